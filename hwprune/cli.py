@@ -1,0 +1,59 @@
+"""The ``hwprune`` command: one sub-command per verb; each lives in ``hwprune.commands``.
+
+The CLI is thin: parse, call the library, print. Every ``HwpruneError`` becomes one line on
+stderr and exit status 2; Ctrl-C exits 130 after the command has saved what it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hwprune import __version__
+from hwprune.errors import HwpruneError
+
+# verb -> module in hwprune.commands exposing HELP, add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "train": "train",
+    "prune": "prune",
+    "profile": "profile",
+    "lut-check": "lut_check",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwprune",
+        description="Hardware-aware structured pruning: profile a device, prune a CNN to a latency "
+        "budget measured on it, fine-tune, measure and report.",
+    )
+    parser.add_argument("--version", action="version", version=f"hwprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for verb, module_name in COMMANDS.items():
+        module = importlib.import_module(f"hwprune.commands.{module_name}")
+        p = sub.add_parser(
+            verb,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except HwpruneError as exc:
+        print(f"hwprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hwprune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
