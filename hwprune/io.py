@@ -40,7 +40,9 @@ def read_json(path: str | Path, kind: str, schema_version: int) -> dict[str, Any
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{kind} file {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        raise ArtifactError(
+            f"{kind} file {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+        ) from None
     if not isinstance(data, dict) or data.get("kind") != kind:
         found = data.get("kind") if isinstance(data, dict) else type(data).__name__
         raise ArtifactError(f"{path} is not a hwprune {kind} (found kind={found!r})")

@@ -1,0 +1,141 @@
+"""PruningPlan: how many channels each group keeps (and, once applied, which ones)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwprune.errors import ArtifactError, ConfigError, PlanError
+from hwprune.io import read_json, write_json
+from hwprune.pruning.graph import ModelGraph
+
+PLAN_KIND = "pruning-plan"
+PLAN_SCHEMA = 1
+
+
+def round_channels(keep: float, original: int, round_to: int = 1) -> int:
+    """Round a channel count to a multiple of ``round_to`` (hardware-friendly widths), within [1, original]."""
+    k = int(round(keep / round_to)) * round_to if round_to > 1 else int(round(keep))
+    return int(min(original, max(k, min(round_to, original), 1)))
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    original: int
+    keep: int
+    kept_indices: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Per-group channel counts for one model; immutable so agents can cache results by ``key``."""
+
+    model: str
+    groups: dict[str, GroupPlan] = field(default_factory=dict)
+
+    # ---- construction ----------------------------------------------------------------
+    @classmethod
+    def full(cls, model: str, graph: ModelGraph) -> PruningPlan:
+        return cls(model, {g.name: GroupPlan(g.channels, g.channels) for g in graph.groups})
+
+    @classmethod
+    def uniform(cls, model: str, graph: ModelGraph, ratio: float, round_to: int = 1) -> PruningPlan:
+        if not 0 < ratio <= 1:
+            raise ConfigError(f"keep ratio must be in (0, 1], got {ratio}")
+        return cls(
+            model,
+            {
+                g.name: GroupPlan(g.channels, round_channels(ratio * g.channels, g.channels, round_to))
+                for g in graph.groups
+            },
+        )
+
+    @classmethod
+    def random(
+        cls, model: str, graph: ModelGraph, rng: np.random.Generator, low: float = 0.2, high: float = 1.0
+    ) -> PruningPlan:
+        return cls(
+            model,
+            {
+                g.name: GroupPlan(g.channels, round_channels(rng.uniform(low, high) * g.channels, g.channels))
+                for g in graph.groups
+            },
+        )
+
+    def with_keep(self, updates: dict[str, int]) -> PruningPlan:
+        groups = dict(self.groups)
+        for name, k in updates.items():
+            groups[name] = GroupPlan(groups[name].original, int(k))
+        return PruningPlan(self.model, groups)
+
+    # ---- views -----------------------------------------------------------------------
+    @property
+    def keep(self) -> dict[str, int]:
+        return {name: g.keep for name, g in self.groups.items()}
+
+    def key(self) -> tuple[int, ...]:
+        """Hashable identity of the channel counts (indices aside), for caching evaluations."""
+        return tuple(g.keep for g in self.groups.values())
+
+    def keep_ratio(self) -> float:
+        """Overall fraction of prunable channels kept."""
+        total = sum(g.original for g in self.groups.values())
+        return sum(g.keep for g in self.groups.values()) / max(total, 1)
+
+    # ---- validation ------------------------------------------------------------------
+    def validate(self, graph: ModelGraph, model: str | None = None) -> None:
+        if model is not None and self.model != model:
+            raise PlanError(f"plan was made for model '{self.model}', not '{model}'")
+        for name, g in self.groups.items():
+            if name not in graph.group_by_name:
+                raise PlanError(
+                    f"plan names group '{name}', which model '{self.model}' does not have: "
+                    "was the plan made for another model?"
+                )
+            expected = graph.group_by_name[name].channels
+            if g.original != expected:
+                raise PlanError(f"group '{name}' has {expected} channels, plan says {g.original}")
+            if not 1 <= g.keep <= g.original:
+                raise PlanError(
+                    f"group '{name}' keeps {g.keep} of {g.original} channels: keep must be in [1, original]"
+                )
+            if g.kept_indices is not None and (
+                len(g.kept_indices) != g.keep
+                or len(set(g.kept_indices)) != g.keep
+                or min(g.kept_indices) < 0
+                or max(g.kept_indices) >= g.original
+            ):
+                raise PlanError(f"group '{name}' has invalid kept_indices")
+
+    # ---- JSON ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        groups = []
+        for name, g in self.groups.items():
+            entry: dict[str, Any] = {"name": name, "original": g.original, "keep": g.keep}
+            if g.kept_indices is not None:
+                entry["kept_indices"] = list(g.kept_indices)
+            groups.append(entry)
+        return {"kind": PLAN_KIND, "schema_version": PLAN_SCHEMA, "model": self.model, "groups": groups}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "plan") -> PruningPlan:
+        try:
+            groups = {}
+            for entry in data["groups"]:
+                idx = entry.get("kept_indices")
+                groups[str(entry["name"])] = GroupPlan(
+                    int(entry["original"]), int(entry["keep"]), tuple(int(i) for i in idx) if idx is not None else None
+                )
+            return cls(str(data["model"]), groups)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{source} is malformed ({exc!r}): re-create it with hwprune") from None
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        return cls.from_dict(read_json(path, PLAN_KIND, PLAN_SCHEMA), source=str(path))
