@@ -1,0 +1,167 @@
+"""The Profiler contract, the one timing protocol every backend shares, and the backend registry.
+
+Backends differ only in how they build a runnable workload and how they read a clock (wall
+clock on CPU, CUDA events on a GPU); warm-up, sampling and the stability check live here once,
+so a number printed by any backend means the same thing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from torch import nn
+
+from hwprune.errors import BackendUnavailable, ConfigError
+from hwprune.profilers.blocks import BlockSpec
+from hwprune.profilers.fingerprint import device_key
+from hwprune.profilers.measurement import Measurement
+
+Workload = Callable[[], object]
+
+
+class UnstableMeasurementWarning(UserWarning):
+    """Samples spread more than the threshold allows: the machine was busy or throttling."""
+
+
+class Profiler(ABC):
+    """Times workloads on one device + backend under the protocol in DESIGN.md."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        warmup: int = 10,
+        warmup_s: float = 0.2,
+        repeats: int = 30,
+        unstable_threshold: float = 0.15,
+        remeasure_unstable: bool = True,
+    ) -> None:
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        if warmup < 0 or warmup_s < 0:
+            raise ConfigError(f"warm-up must be >= 0 runs and >= 0 s, got {warmup} runs / {warmup_s} s")
+        if repeats < 3:
+            raise ConfigError(f"repeats must be >= 3 for a median and IQR to mean anything, got {repeats}")
+        if not unstable_threshold > 0:
+            raise ConfigError(f"unstable_threshold must be > 0, got {unstable_threshold}")
+        self.check_available()
+        self.threads = threads if threads is not None else (os.cpu_count() or 1)
+        self.warmup = warmup
+        self.warmup_s = warmup_s
+        self.repeats = repeats
+        self.unstable_threshold = unstable_threshold
+        self.remeasure_unstable = remeasure_unstable
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise BackendUnavailable naming the fix when the package or hardware is missing."""
+        return None
+
+    @classmethod
+    def is_available(cls) -> bool:
+        try:
+            cls.check_available()
+        except BackendUnavailable:
+            return False
+        return True
+
+    @abstractmethod
+    def measure_block(self, spec: BlockSpec) -> Measurement:
+        """One layer as deployed on this backend (e.g. BN folded where the runtime folds it)."""
+
+    @abstractmethod
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+        """The whole model end to end, as deployed on this backend, at a fixed input shape."""
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """Device, runtime and settings this profiler measures on (see fingerprint.py)."""
+
+    def device_key(self) -> str:
+        return device_key(self.fingerprint())
+
+    # -- the timing protocol ---------------------------------------------------------------
+
+    def _sample_ms(self, run: Workload) -> float:
+        """One timed run. perf_counter_ns: monotonic and high resolution, unlike time.time()."""
+        start = time.perf_counter_ns()
+        run()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    def _sync(self) -> None:
+        """Wait for queued work; a no-op on synchronous backends, a device sync on GPUs."""
+        return None
+
+    def _warm_up(self, run: Workload) -> None:
+        """By count AND by time: caches, allocators and clock governors need both to settle."""
+        deadline = time.perf_counter_ns() + int(self.warmup_s * 1e9)
+        done = 0
+        while done < self.warmup or time.perf_counter_ns() < deadline:
+            run()
+            self._sync()
+            done += 1
+
+    def _collect(self, run: Workload) -> Measurement:
+        return Measurement([self._sample_ms(run) for _ in range(self.repeats)])
+
+    def _measure(self, run: Workload, what: str) -> Measurement:
+        """Warm up, sample, and re-measure once when the run is unstable, keeping the steadier run."""
+        self._warm_up(run)
+        first = self._collect(run)
+        if not first.is_unstable(self.unstable_threshold):
+            return first
+        kept, outcome = first, "not re-measured (remeasure_unstable=False)"
+        if self.remeasure_unstable:
+            second = self._collect(run)
+            kept = min(first, second, key=Measurement.instability)
+            verdict = "stable" if not kept.is_unstable(self.unstable_threshold) else "still unstable"
+            outcome = (
+                f"re-measured once, kept the steadier run ({verdict}: relative IQR "
+                f"{kept.relative_iqr:.2f}, CV {kept.cv:.2f})"
+            )
+        warnings.warn(
+            f"{self.name}: unstable timing of {what} (relative IQR {first.relative_iqr:.2f}, "
+            f"CV {first.cv:.2f} > {self.unstable_threshold}); {outcome}. "
+            "Close other work on the machine or raise repeats.",
+            UnstableMeasurementWarning,
+            stacklevel=4,
+        )
+        return kept
+
+
+# -- registry -------------------------------------------------------------------------------
+
+P = TypeVar("P", bound=type[Profiler])
+_REGISTRY: dict[str, type[Profiler]] = {}
+
+
+def register_profiler(cls: P) -> P:
+    """Class decorator; a second backend under the same name is a programming error, so it raises."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} must set a class attribute `name` to be registered")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"profiler '{cls.name}' is already registered by {_REGISTRY[cls.name].__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_profilers(usable_only: bool = False) -> list[str]:
+    """Registered backend names; with ``usable_only`` just those whose package and hardware are here."""
+    return sorted(name for name, cls in _REGISTRY.items() if not usable_only or cls.is_available())
+
+
+def get_profiler(name: str, **kwargs: Any) -> Profiler:
+    """Build a backend by name; raises ConfigError (with a suggestion) or BackendUnavailable."""
+    if name not in _REGISTRY:
+        names = available_profilers()
+        close = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(names)}"
+        raise ConfigError(f"unknown profiler '{name}': {hint}")
+    return _REGISTRY[name](**kwargs)

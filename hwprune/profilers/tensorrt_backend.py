@@ -1,0 +1,178 @@
+"""TensorRT backend (TensorRT 10 Python API): the latency of a built engine, as trtexec would report.
+
+``tensorrt`` is imported only when this backend is used, so the package imports (and this module
+registers) on machines without it. Device buffers are torch CUDA tensors and timing uses CUDA
+events on a torch stream, so neither pycuda nor cuda-python is needed at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwprune.errors import BackendUnavailable, ConfigError, ModelError
+from hwprune.profilers.base import Profiler, register_profiler
+from hwprune.profilers.blocks import BlockSpec, onnx_block
+from hwprune.profilers.fingerprint import device_fingerprint
+from hwprune.profilers.measurement import Measurement
+from hwprune.profilers.onnx_backend import export_onnx
+from hwprune.profilers.torch_backend import CudaEventTiming, require_cuda
+
+_INSTALL_HINT = 'tensorrt backend needs TensorRT: pip install "hwprune[tensorrt]" (NVIDIA GPU + CUDA required)'
+_LOGGER: Any = None
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise BackendUnavailable(_INSTALL_HINT) from None
+    return tensorrt
+
+
+def _logger() -> Any:
+    """One logger per process, as TensorRT expects; errors only, so a table build stays readable."""
+    global _LOGGER
+    if _LOGGER is None:
+        trt = _trt()
+        _LOGGER = trt.Logger(trt.Logger.ERROR)
+    return _LOGGER
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    table = {
+        "FLOAT": torch.float32,
+        "HALF": torch.float16,
+        "BF16": torch.bfloat16,
+        "INT8": torch.int8,
+        "INT32": torch.int32,
+        "INT64": torch.int64,
+        "BOOL": torch.bool,
+        "UINT8": torch.uint8,
+    }
+    for name, torch_dtype in table.items():
+        if hasattr(trt.DataType, name) and dtype == getattr(trt.DataType, name):
+            return torch_dtype
+    raise ModelError(f"tensorrt engine uses an I/O data type hwprune cannot allocate: {dtype}")
+
+
+def _parser_errors(parser: Any) -> str:
+    parts = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = getattr(err, "node_name", lambda: "")() or f"node {err.node()}"
+        op = getattr(err, "node_operator", lambda: "")()
+        where = f"{node} ({op})" if op else node
+        parts.append(f"{where}: {' '.join(str(err.desc()).split())}")
+    return "; ".join(parts) or "no detail from the parser"
+
+
+@register_profiler
+class TensorRTProfiler(CudaEventTiming, Profiler):
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        *args: Any,
+        fp16: bool = False,
+        workspace_mib: int = 1024,
+        device_index: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if workspace_mib < 1:
+            raise ConfigError(f"workspace_mib must be >= 1, got {workspace_mib}")
+        self.fp16 = fp16
+        self.workspace_mib = workspace_mib
+        self.device = torch.device("cuda", device_index)
+        self._runtime: Any = None
+
+    @classmethod
+    def check_available(cls) -> None:
+        _trt()
+        require_cuda(cls.name)
+
+    def measure_block(self, spec: BlockSpec) -> Measurement:
+        return self.measure_onnx(onnx_block(spec), f"block {spec}")
+
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+        what = f"{type(model).__name__} {tuple(input_shape)}"
+        return self.measure_onnx(export_onnx(model, tuple(input_shape)), what)
+
+    def measure_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Measurement:
+        with torch.cuda.device(self.device):
+            engine = self._build_engine(model_bytes)
+            context = engine.create_execution_context()
+            if context is None:
+                raise ModelError("tensorrt could not create an execution context (out of GPU memory?)")
+            buffers = self._bind_buffers(engine, context)  # referenced until the timing is over
+            stream = torch.cuda.Stream(self.device)
+            self._stream = stream
+
+            def run() -> None:
+                if not context.execute_async_v3(stream.cuda_stream):
+                    raise ModelError(f"tensorrt execute_async_v3 failed on {what}")
+
+            try:
+                return self._measure(run, what)
+            finally:
+                self._stream = None
+                stream.synchronize()  # no kernel may still use the buffers when they are freed
+                buffers.clear()
+
+    def _build_engine(self, model_bytes: bytes) -> Any:
+        trt = _trt()
+        builder = trt.Builder(_logger())
+        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        parser = trt.OnnxParser(network, _logger())
+        if not parser.parse(model_bytes):
+            raise ModelError(f"tensorrt could not parse the ONNX model: {_parser_errors(parser)}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mib * 2**20)
+        if self.fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ModelError(
+                f"tensorrt could not build an engine (workspace {self.workspace_mib} MiB, "
+                f"{'fp16' if self.fp16 else 'fp32'}); try a larger workspace_mib"
+            )
+        if self._runtime is None:  # kept on the profiler: a runtime must outlive the engines it made
+            self._runtime = trt.Runtime(_logger())
+        engine = self._runtime.deserialize_cuda_engine(serialized)
+        if engine is None:
+            raise ModelError("tensorrt could not deserialize the engine it just built")
+        return engine
+
+    def _bind_buffers(self, engine: Any, context: Any) -> list[torch.Tensor]:
+        trt = _trt()
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        buffers = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            shape = tuple(engine.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise ConfigError(f"tensor {name} has a dynamic shape {shape}; export the model with a fixed shape")
+            dtype = _torch_dtype(trt, engine.get_tensor_dtype(name))
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and dtype.is_floating_point:
+                tensor = torch.randn(shape, generator=gen, device=self.device).to(dtype)
+            else:
+                tensor = torch.zeros(shape, dtype=dtype, device=self.device)
+            context.set_tensor_address(name, tensor.data_ptr())
+            buffers.append(tensor)
+        return buffers
+
+    def fingerprint(self) -> dict[str, Any]:
+        trt = _trt()
+        return device_fingerprint(
+            self.name,
+            threads=None,
+            device="cuda",
+            device_index=self.device.index or 0,
+            runtime="tensorrt",
+            runtime_version=trt.__version__,
+            precision="fp16" if self.fp16 else "fp32",
+            extra={"workspace_mib": self.workspace_mib},
+        )
