@@ -1,0 +1,232 @@
+"""What every search agent shares: the context it searches in, its result, and the registry.
+
+Agents see latency only through an object with ``predict_ms(plan)`` and accuracy only through an
+object called with a plan (normally :class:`hwprune.evaluator.Evaluator`), so uniform, NetAdapt,
+AMC and LeGR are compared on exactly the same footing and none of them can peek at the latency
+table or the test split.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from torch import nn
+
+from hwprune.errors import BudgetError, ConfigError
+from hwprune.pruning import ModelGraph, PruningPlan
+
+DEFAULT_MIN_KEEP_RATIO = 0.1
+
+
+class LatencyPredictor(Protocol):
+    def predict_ms(self, plan: PruningPlan) -> float: ...
+
+
+class PlanEvaluator(Protocol):
+    def __call__(self, plan: PruningPlan) -> float: ...
+
+
+def min_keep_count(channels: int, ratio: float, round_to: int = 1) -> int:
+    """Fewest channels a group may keep: ``ratio`` of it, at least 1, rounded *up* to ``round_to``."""
+    k = max(1, math.ceil(ratio * channels - 1e-9))
+    if round_to > 1:
+        k = math.ceil(k / round_to) * round_to
+    return min(channels, k)
+
+
+@dataclass
+class SearchContext:
+    """Everything an agent may use. ``min_keep_ratio`` bounds every group from below.
+
+    The default 0.1 is low enough not to constrain searches at usual budgets (0.3x-0.7x) and high
+    enough that no layer collapses to a 1-channel bottleneck, which no fine-tune recovers from.
+    ``round_to`` makes every kept count a multiple of it (hardware-friendly widths; a group's
+    full width is always allowed). Predictions are memoised per plan for the context's lifetime:
+    a different predictor (another table, a recalibration) needs a new context.
+    """
+
+    model_name: str
+    model: nn.Module
+    graph: ModelGraph
+    predictor: LatencyPredictor
+    evaluator: PlanEvaluator
+    seed: int = 0
+    min_keep_ratio: float = DEFAULT_MIN_KEEP_RATIO
+    round_to: int = 1
+    predictor_calls: int = field(default=0, init=False)
+    _predictions: dict[tuple[int, ...], float] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_keep_ratio <= 1:
+            raise ConfigError(f"min keep ratio must be in (0, 1], got {self.min_keep_ratio}")
+        if self.round_to < 1:
+            raise ConfigError(f"round_to must be >= 1, got {self.round_to}")
+
+    # ---- plans -------------------------------------------------------------------------------
+    def full_plan(self) -> PruningPlan:
+        return PruningPlan.full(self.model_name, self.graph)
+
+    def min_keep(self, group: str) -> int:
+        return min_keep_count(self.graph.group_by_name[group].channels, self.min_keep_ratio, self.round_to)
+
+    def min_plan(self) -> PruningPlan:
+        """Every group at its minimum keep: the fastest model any agent may return."""
+        return self.full_plan().with_keep({g.name: self.min_keep(g.name) for g in self.graph.groups})
+
+    def allowed_keeps(self, group: str) -> list[int]:
+        """Keep counts a group may take, ascending: multiples of ``round_to`` from the minimum, and full."""
+        channels = self.graph.group_by_name[group].channels
+        return sorted(set(range(self.min_keep(group), channels, self.round_to)) | {channels})
+
+    def clamp_keep(self, group: str, k: int) -> int:
+        """Nearest allowed keep count to ``k`` (ties go to the larger count)."""
+        allowed = self.allowed_keeps(group)
+        return min(allowed, key=lambda a: (abs(a - k), -a))
+
+    # ---- the two oracles -----------------------------------------------------------------------
+    def predict_ms(self, plan: PruningPlan) -> float:
+        """Predicted latency, memoised per channel counts so bisections never pay twice."""
+        key = plan.key()
+        if key not in self._predictions:
+            self.predictor_calls += 1
+            self._predictions[key] = float(self.predictor.predict_ms(plan))
+        return self._predictions[key]
+
+    def evaluate(self, plan: PruningPlan) -> float:
+        return float(self.evaluator(plan))
+
+    def require_feasible(self, budget_ms: float) -> None:
+        """Refuse a budget that no plan within the minimum keep can meet, under the predictor."""
+        if not (math.isfinite(budget_ms) and budget_ms > 0):
+            raise BudgetError(f"latency budget must be a positive number of ms, got {budget_ms}")
+        floor = self.predict_ms(self.min_plan())
+        if floor > budget_ms:
+            raise BudgetError(
+                f"budget {budget_ms:.3f} ms is impossible: even with every group at its minimum keep "
+                f"(ratio {self.min_keep_ratio}) the predicted latency is {floor:.3f} ms"
+            )
+
+
+@dataclass
+class SearchResult:
+    """The chosen plan, one history row per iteration (JSON-ready), and what the search cost."""
+
+    plan: PruningPlan
+    history: list[dict[str, Any]]
+    cost: dict[str, Any]
+    predicted_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "predicted_ms": self.predicted_ms,
+                "history": self.history, "cost": self.cost}
+
+
+class CostMeter:
+    """Counts one search's wall time, evaluations, fine-tune steps and predictor calls.
+
+    Counters are differences over the search (the evaluator may be shared by several searches)
+    plus ``prior``: what earlier, interrupted runs of the same search had spent.
+    """
+
+    COUNTERS = ("evaluations", "cache_hits", "finetune_steps", "eval_seconds")
+
+    def __init__(self, ctx: SearchContext, prior: dict[str, Any] | None = None) -> None:
+        self.ctx = ctx
+        self.prior = dict(prior or {})
+        self._t0 = time.perf_counter()
+        self._ev0 = self._evaluator_cost()
+        self._pc0 = ctx.predictor_calls
+
+    def _evaluator_cost(self) -> dict[str, Any]:
+        cost = getattr(self.ctx.evaluator, "cost", None)
+        return dict(cost()) if callable(cost) else {}
+
+    def total(self) -> dict[str, Any]:
+        ev = self._evaluator_cost()
+        out: dict[str, Any] = {
+            "wall_s": self.prior.get("wall_s", 0.0) + time.perf_counter() - self._t0,
+            "predictor_calls": self.prior.get("predictor_calls", 0) + self.ctx.predictor_calls - self._pc0,
+        }
+        for name in self.COUNTERS:
+            out[name] = self.prior.get(name, 0) + ev.get(name, 0) - self._ev0.get(name, 0)
+        out["resumes"] = self.prior.get("resumes", 0)
+        return out
+
+
+class SearchAgent(ABC):
+    """A pruning strategy. Subclasses take their options as keyword arguments with defaults.
+
+    ``search`` must be deterministic for a given context (seed, predictor, evaluator) and budget,
+    and, given ``state_path``, checkpoint after every completed iteration so that a second call
+    with the same path continues where the first stopped and ends at the same plan.
+    """
+
+    name: ClassVar[str]
+    #: options that do not change the search trajectory, so a resume may change them
+    resume_neutral: ClassVar[frozenset[str]] = frozenset({"progress", "max_iterations"})
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """The agent's option values, JSON-ready (recorded in history and state files)."""
+
+    def trajectory_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options().items() if k not in self.resume_neutral}
+
+    @abstractmethod
+    def search(self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None) -> SearchResult:
+        """Find a plan whose predicted latency is at most ``budget_ms``."""
+
+
+# ---- registry -------------------------------------------------------------------------------------
+_AGENTS: dict[str, type[SearchAgent]] = {}
+AgentClass = type[SearchAgent]
+
+
+def register_agent(cls: AgentClass) -> AgentClass:
+    """Class decorator: make ``cls`` available by ``cls.name``; a duplicate name is a bug and raises."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} must set a non-empty class attribute `name`")
+    if name in _AGENTS:
+        raise ValueError(f"search agent '{name}' is already registered (by {_AGENTS[name].__name__})")
+    _AGENTS[name] = cls
+    return cls
+
+
+def available_agents() -> list[str]:
+    return sorted(_AGENTS)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.4)
+    return f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(choices) or '(none)'}"
+
+
+def get_agent(name: str, **options: Any) -> SearchAgent:
+    """Build a registered agent; unknown names and unknown options get a suggestion."""
+    if name not in _AGENTS:
+        raise ConfigError(f"unknown search agent '{name}': {_suggest(name, available_agents())}")
+    cls = _AGENTS[name]
+    params = [
+        p.name for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    for key in options:
+        if key not in params:
+            raise ConfigError(f"agent '{name}' has no option '{key}': {_suggest(key, params)}")
+    return cls(**options)
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    """Validate a string option in the same one-line style as unknown agent names."""
+    if value not in choices:
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}; got '{value}'")
+    return value
+

@@ -1,0 +1,51 @@
+"""Latency budgets: parse what the user typed, and refuse budgets that make no sense up front.
+
+A budget is a *measured* target: "0.5x" is half the unpruned model's measured median on the
+device, "4.2ms" is absolute. Refusing an already-met or impossible budget before searching saves
+a user from a long search that can only end in "nothing to do" or failure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from hwprune.errors import BudgetError
+
+_BUDGET = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(x|ms)\s*$", re.IGNORECASE)
+
+
+def parse_budget(text: str, reference_ms: float | None) -> float:
+    """Budget in ms from ``"0.5x"`` (fraction of ``reference_ms``, the measured unpruned latency) or ``"4.2ms"``."""
+    match = _BUDGET.match(str(text))
+    if match is None:
+        raise BudgetError(
+            f"malformed budget '{text}': write a fraction of the unpruned latency like 0.5x, or a time like 4.2ms"
+        )
+    value, unit = float(match.group(1)), match.group(2).lower()
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"budget '{text}' must be positive (e.g. 0.5x or 4.2ms)")
+    if unit == "ms":
+        return value
+    if reference_ms is None or not math.isfinite(reference_ms) or reference_ms <= 0:
+        raise BudgetError(f"budget '{text}' is relative, but there is no measured unpruned latency to scale")
+    return value * reference_ms
+
+
+def check_budget(budget_ms: float, measured_full_ms: float, predicted_min_ms: float) -> None:
+    """Refuse a budget the unpruned model already meets, or one even the smallest allowed model misses.
+
+    ``predicted_min_ms`` is the predictor's latency with every group at its minimum keep.
+    """
+    if not math.isfinite(budget_ms) or budget_ms <= 0:
+        raise BudgetError(f"budget must be a positive number of ms, got {budget_ms}")
+    if budget_ms >= measured_full_ms:
+        raise BudgetError(
+            f"budget {budget_ms:.3f} ms is already met: the unpruned model measures {measured_full_ms:.3f} ms "
+            f"(median); ask for less, e.g. 0.5x"
+        )
+    if predicted_min_ms > budget_ms:
+        raise BudgetError(
+            f"budget {budget_ms:.3f} ms is impossible: even with every group at its minimum keep the "
+            f"predicted latency is {predicted_min_ms:.3f} ms (unpruned measures {measured_full_ms:.3f} ms)"
+        )

@@ -1,0 +1,318 @@
+"""Search agents and the evaluator, on a tiny CNN and synthetic data (fast, deterministic)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from hwprune import train
+from hwprune.agents import SearchAgent, SearchContext, available_agents, get_agent, register_agent
+from hwprune.agents.uniform import UniformAgent
+from hwprune.data import load_data
+from hwprune.errors import BudgetError, ConfigError
+from hwprune.evaluator import Evaluator
+from hwprune.models import create_model
+from hwprune.pruning import ModelGraph, PruningPlan
+
+
+def _block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def tiny_net() -> nn.Module:
+    """Four prunable groups, named '0', '3', '6', '9' after their convs."""
+    return nn.Sequential(
+        *_block(1, 8, 2), *_block(8, 16, 2), *_block(16, 16), *_block(16, 32, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+class MacsPredictor:
+    """Latency proportional to MACs; ``weights`` plants layers slower than their FLOPs suggest."""
+
+    def __init__(self, graph: ModelGraph, weights: dict[str, float] | None = None) -> None:
+        self.graph, self.weights = graph, weights or {}
+
+    def predict_ms(self, plan: PruningPlan) -> float:
+        shapes = self.graph.layer_shapes(plan.keep)
+        return 0.01 + 1e-5 * sum(s.macs * self.weights.get(s.name, 1.0) for s in shapes)
+
+
+class ProxyEvaluator:
+    """Cheap deterministic stand-in for accuracy: wider groups score higher (diminishing returns)."""
+
+    def __init__(self, graph: ModelGraph) -> None:
+        self.graph, self.calls = graph, 0
+
+    def __call__(self, plan: PruningPlan) -> float:
+        self.calls += 1
+        return sum((plan.keep[g.name] / g.channels) ** 0.5 for g in self.graph.groups) / len(self.graph.groups)
+
+
+class Interrupting:
+    """Wraps a predictor or evaluator and raises KeyboardInterrupt on call number ``after + 1``."""
+
+    def __init__(self, inner, after: int) -> None:
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def _tick(self) -> None:
+        self.calls += 1
+        if self.calls > self.after:
+            raise KeyboardInterrupt
+
+    def predict_ms(self, plan: PruningPlan) -> float:
+        self._tick()
+        return self.inner.predict_ms(plan)
+
+    def __call__(self, plan: PruningPlan) -> float:
+        self._tick()
+        return self.inner(plan)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead and noise on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny CNN briefly trained on synthetic data, so pruning it changes accuracy."""
+    data = load_data("synthetic", val_size=100)
+    torch.manual_seed(0)
+    model = tiny_net()
+    train.fine_tune(model, data.train, 40, lr=0.05, batch_size=64, seed=0)
+    return model, ModelGraph(model, (1, 32, 32)), data
+
+
+@pytest.fixture(scope="module")
+def resnet_graph():
+    model = create_model("resnet20", 1, 10)
+    return model, ModelGraph(model, (1, 16, 16))
+
+
+def make_ctx(model, graph, predictor, evaluator, **kw) -> SearchContext:
+    return SearchContext("tiny", model, graph, predictor, evaluator, seed=0, **kw)
+
+
+def real_evaluator(tiny) -> Evaluator:
+    model, graph, data = tiny
+    return Evaluator(model, graph, data, finetune_steps=2, batch_size=32, seed=0, val_samples=100)
+
+
+NETADAPT_FAST = {"initial_reduction": 0.2, "decay": 1.0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def netadapt_reference(tiny):
+    """One uninterrupted NetAdapt search with the real evaluator: determinism and resume compare to it."""
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), real_evaluator(tiny))
+    budget = 0.5 * ctx.predict_ms(ctx.full_plan())
+    return budget, get_agent("netadapt", **NETADAPT_FAST).search(ctx, budget)
+
+
+# ---- registry ------------------------------------------------------------------------------------
+def test_registry_lists_agents_and_suggests_unknown_names() -> None:
+    assert {"uniform", "netadapt"} <= set(available_agents())
+    with pytest.raises(ConfigError, match="did you mean netadapt") as err:
+        get_agent("netadpt")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="did you mean decay"):
+        get_agent("netadapt", decai=0.5)
+    with pytest.raises(ConfigError, match="selection must be one of"):
+        get_agent("netadapt", selection="fastest")
+
+
+def test_duplicate_agent_name_raises() -> None:
+    class Again(UniformAgent):
+        name = "uniform"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_agent(Again)
+    assert isinstance(get_agent("uniform"), SearchAgent)
+
+
+# ---- every agent meets the predicted budget, deterministically --------------------------------------
+@pytest.mark.parametrize("agent", ["uniform", "netadapt"])
+@pytest.mark.parametrize("fraction", [0.7, 0.4])
+def test_agent_plan_meets_predicted_budget(tiny, agent: str, fraction: float) -> None:
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    budget = fraction * ctx.predict_ms(ctx.full_plan())
+    options = {"progress": False} if agent == "netadapt" else {}
+    result = get_agent(agent, **options).search(ctx, budget)
+    assert result.predicted_ms == pytest.approx(ctx.predictor.predict_ms(result.plan))
+    assert result.predicted_ms <= budget
+    result.plan.validate(graph)
+    assert all(result.plan.keep[g.name] >= ctx.min_keep(g.name) for g in graph.groups)
+    json.dumps(result.history), json.dumps(result.cost)  # JSON-ready for the run directory
+    ctx2 = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    again = get_agent(agent, **options).search(ctx2, budget)
+    assert again.plan.key() == result.plan.key()
+
+
+def test_uniform_is_largest_ratio_and_respects_rounding(resnet_graph) -> None:
+    model, graph = resnet_graph
+    ctx = SearchContext("resnet20", model, graph, MacsPredictor(graph), ProxyEvaluator(graph), round_to=4)
+    budget = 0.5 * ctx.predict_ms(ctx.full_plan())
+    result = get_agent("uniform").search(ctx, budget)
+    assert result.predicted_ms <= budget
+    assert all(k % 4 == 0 or k == graph.group_by_name[g].channels for g, k in result.plan.keep.items())
+    ratio = result.history[-1]["ratio"]
+    assert ctx.predict_ms(UniformAgent.plan_at(ctx, ratio + 1e-3)) > budget  # a wider ratio misses
+    assert result.cost["evaluations"] == 0 and result.cost["predictor_calls"] > 0
+
+
+def test_netadapt_real_evaluator_is_deterministic(tiny, netadapt_reference) -> None:
+    budget, ref = netadapt_reference
+    assert ref.predicted_ms <= budget and len(ref.history) >= 2
+    assert ref.cost["evaluations"] > 0 and ref.cost["finetune_steps"] == 2 * ref.cost["evaluations"]
+    model, graph, _ = tiny
+    again = get_agent("netadapt", **NETADAPT_FAST).search(
+        make_ctx(model, graph, MacsPredictor(graph), real_evaluator(tiny)), budget
+    )
+    assert again.plan.key() == ref.plan.key()
+    assert [r["accuracy"] for r in again.history] == [r["accuracy"] for r in ref.history]
+
+
+def test_netadapt_prunes_the_planted_slow_layer_first(tiny) -> None:
+    model, graph, _ = tiny
+    # Layer '0' has the fewest MACs, but the table says it is 20x slower than its FLOPs suggest.
+    planted = make_ctx(model, graph, MacsPredictor(graph, {"0": 20.0}), ProxyEvaluator(graph))
+    flops = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    agent = get_agent("netadapt", progress=False)
+    first = agent.search(planted, 0.6 * planted.predict_ms(planted.full_plan())).history[0]
+    assert first["group"] == "0"
+    assert len(first["candidates"]) > 1  # a real choice among groups, not the only option left
+    assert agent.search(flops, 0.6 * flops.predict_ms(flops.full_plan())).history[0]["group"] != "0"
+
+
+def test_netadapt_respects_round_to(tiny) -> None:
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph), round_to=4)
+    result = get_agent("netadapt", progress=False).search(ctx, 0.5 * ctx.predict_ms(ctx.full_plan()))
+    assert result.predicted_ms <= 0.5 * ctx.predict_ms(ctx.full_plan())
+    assert all(k % 4 == 0 and k >= 4 for k in result.plan.keep.values())
+
+
+def test_netadapt_accuracy_per_ms_selection(tiny) -> None:
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    budget = 0.5 * ctx.predict_ms(ctx.full_plan())
+    result = get_agent("netadapt", selection="accuracy_per_ms", progress=False).search(ctx, budget)
+    assert result.predicted_ms <= budget
+
+
+# ---- checkpoint and resume ----------------------------------------------------------------------------
+@pytest.mark.parametrize("interrupt", ["evaluator", "predictor"])
+def test_netadapt_resume_after_interrupt_matches_uninterrupted(tiny, netadapt_reference, tmp_path, interrupt) -> None:
+    budget, ref = netadapt_reference
+    model, graph, _ = tiny
+    state = tmp_path / "state.json"
+    predictor, evaluator = MacsPredictor(graph), real_evaluator(tiny)
+    if interrupt == "evaluator":
+        evaluator = Interrupting(evaluator, after=len(ref.history[0]["candidates"]) + 1)
+    else:
+        predictor = Interrupting(predictor, after=40)
+    with pytest.raises(KeyboardInterrupt):
+        get_agent("netadapt", **NETADAPT_FAST).search(make_ctx(model, graph, predictor, evaluator), budget, state)
+    saved = json.loads(state.read_text())
+    assert not saved["done"] and 1 <= saved["iteration"] < len(ref.history)
+    ctx = make_ctx(model, graph, MacsPredictor(graph), real_evaluator(tiny))
+    resumed = get_agent("netadapt", **NETADAPT_FAST).search(ctx, budget, state)
+    assert resumed.plan.key() == ref.plan.key()
+    assert [(r["group"], r["keep"], r["accuracy"]) for r in resumed.history] == [
+        (r["group"], r["keep"], r["accuracy"]) for r in ref.history
+    ]
+    assert resumed.cost["resumes"] == 1
+    # A finished state answers at once, without re-evaluating anything.
+    fresh = ProxyEvaluator(graph)
+    ctx3 = make_ctx(model, graph, MacsPredictor(graph), fresh)
+    done = get_agent("netadapt", **NETADAPT_FAST).search(ctx3, budget, state)
+    assert done.plan.key() == ref.plan.key() and fresh.calls == 0
+
+
+def test_netadapt_max_iterations_stops_resumably(tiny, tmp_path) -> None:
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    budget = 0.4 * ctx.predict_ms(ctx.full_plan())
+    ref = get_agent("netadapt", progress=False).search(ctx, budget)
+    state = tmp_path / "state.json"
+    with pytest.raises(BudgetError, match="stopped after 2 iterations") as err:
+        get_agent("netadapt", max_iterations=2, progress=False).search(ctx, budget, state)
+    assert "\n" not in str(err.value)
+    resumed = get_agent("netadapt", progress=False).search(ctx, budget, state)  # a larger bound resumes
+    assert resumed.plan.key() == ref.plan.key() and resumed.history == ref.history
+
+
+def test_uniform_resume_after_interrupt(resnet_graph, tmp_path) -> None:
+    model, graph = resnet_graph
+    ctx = SearchContext("resnet20", model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    budget = 0.45 * ctx.predict_ms(ctx.full_plan())
+    ref = get_agent("uniform").search(ctx, budget)
+    state = tmp_path / "uniform.json"
+    broken = SearchContext("resnet20", model, graph, Interrupting(MacsPredictor(graph), 6), ProxyEvaluator(graph))
+    with pytest.raises(KeyboardInterrupt):
+        get_agent("uniform").search(broken, budget, state)
+    ctx2 = SearchContext("resnet20", model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    assert get_agent("uniform").search(ctx2, budget, state).plan.key() == ref.plan.key()
+
+
+def test_state_from_another_search_is_refused(tiny, tmp_path) -> None:
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    budget = 0.5 * ctx.predict_ms(ctx.full_plan())
+    state = tmp_path / "state.json"
+    get_agent("uniform").search(ctx, budget, state)
+    with pytest.raises(ConfigError, match="agent: 'uniform' there, 'netadapt' here") as err:
+        get_agent("netadapt", progress=False).search(ctx, budget, state)
+    assert "\n" not in str(err.value) and "another search" in str(err.value)
+    with pytest.raises(ConfigError, match="budget_ms"):
+        get_agent("uniform").search(ctx, budget * 0.9, state)
+    slow = make_ctx(model, graph, MacsPredictor(graph, {"0": 3.0}), ProxyEvaluator(graph))
+    with pytest.raises(ConfigError, match="full_predicted_ms"):  # another latency table
+        get_agent("uniform").search(slow, budget, state)
+
+
+# ---- budgets the agents refuse ------------------------------------------------------------------------
+@pytest.mark.parametrize("agent", ["uniform", "netadapt"])
+def test_agents_refuse_impossible_budget(tiny, agent: str) -> None:
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph), min_keep_ratio=0.5)
+    floor = ctx.predict_ms(ctx.min_plan())
+    with pytest.raises(BudgetError, match="impossible") as err:
+        get_agent(agent).search(ctx, floor * 0.9)
+    assert "\n" not in str(err.value) and f"{floor:.3f}" in str(err.value)
+
+
+# ---- evaluator --------------------------------------------------------------------------------------
+def test_evaluator_is_cached_seeded_and_counts(tiny) -> None:
+    model, graph, data = tiny
+    plan = PruningPlan.uniform("tiny", graph, 0.5)
+    first = real_evaluator(tiny)
+    acc = first(plan)
+    assert 0.0 <= acc <= 1.0
+    assert first(plan) == acc
+    assert first.cost()["evaluations"] == 1 and first.cost()["cache_hits"] == 1
+    assert first.cost()["finetune_steps"] == 2
+    assert real_evaluator(tiny)(plan) == acc  # same plan, same seed -> same number
+    before = [p.detach().clone() for p in model.parameters()]
+    Evaluator(model, graph, data, finetune_steps=3)(PruningPlan.uniform("tiny", graph, 0.25))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # original untouched
+
+
+def test_evaluator_uses_validation_split_only(tiny) -> None:
+    model, graph, data = tiny
+    from dataclasses import replace
+
+    no_test = replace(data, test=torch.utils.data.TensorDataset(torch.empty(0), torch.empty(0)))
+    ev = Evaluator(model, graph, no_test, val_samples=50)
+    assert ev(PruningPlan.full("tiny", graph)) == train.evaluate(model, data.val, max_samples=50)
+    with pytest.raises(ConfigError):
+        Evaluator(model, graph, data, finetune_steps=-1)

@@ -1,0 +1,66 @@
+"""Budgets: parsing, and the up-front refusal of malformed, already-met and impossible budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwprune.agents import check_budget, min_keep_count, parse_budget
+from hwprune.errors import BudgetError, HwpruneError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0.5x", 5.0), ("0.25X", 2.5), (" .3x ", 3.0), ("4.2ms", 4.2), ("4.2 ms", 4.2), ("12MS", 12.0), ("1e1ms", 10.0)],
+)
+def test_parse_budget(text: str, expected: float) -> None:
+    assert parse_budget(text, reference_ms=10.0) == pytest.approx(expected)
+
+
+def test_absolute_budget_needs_no_reference() -> None:
+    assert parse_budget("4.2ms", reference_ms=None) == pytest.approx(4.2)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "0.5", "x", "ms", "0.5 x ms", "half", "4.2s", "0.5xx", "1/2x", "nanms"])
+def test_malformed_budget_is_one_line(text: str) -> None:
+    with pytest.raises(BudgetError, match="malformed budget") as err:
+        parse_budget(text, reference_ms=10.0)
+    assert "\n" not in str(err.value) and "0.5x" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["0x", "0ms", "-0.5x", "-4ms", "1e400ms"])
+def test_non_positive_or_infinite_budget_is_refused(text: str) -> None:
+    with pytest.raises(BudgetError, match="must be positive") as err:
+        parse_budget(text, reference_ms=10.0)
+    assert "\n" not in str(err.value)
+
+
+def test_relative_budget_without_reference_is_refused() -> None:
+    with pytest.raises(BudgetError, match="relative"):
+        parse_budget("0.5x", reference_ms=None)
+
+
+def test_already_met_budget_names_the_numbers() -> None:
+    with pytest.raises(BudgetError, match="already met") as err:
+        check_budget(budget_ms=12.0, measured_full_ms=10.0, predicted_min_ms=1.0)
+    msg = str(err.value)
+    assert "12.000 ms" in msg and "10.000 ms" in msg and "\n" not in msg
+    with pytest.raises(BudgetError, match="already met"):
+        check_budget(parse_budget("1.0x", 10.0), measured_full_ms=10.0, predicted_min_ms=1.0)
+
+
+def test_impossible_budget_names_the_numbers() -> None:
+    with pytest.raises(BudgetError, match="impossible") as err:
+        check_budget(budget_ms=0.5, measured_full_ms=10.0, predicted_min_ms=1.25)
+    msg = str(err.value)
+    assert "0.500 ms" in msg and "1.250 ms" in msg and "\n" not in msg
+    assert isinstance(err.value, HwpruneError)  # the CLI prints these as one line
+
+
+def test_reasonable_budget_passes() -> None:
+    check_budget(parse_budget("0.5x", 10.0), measured_full_ms=10.0, predicted_min_ms=1.0)
+
+
+@pytest.mark.parametrize(("channels", "ratio", "round_to", "expected"),
+                         [(16, 0.1, 1, 2), (8, 0.1, 1, 1), (64, 0.25, 1, 16), (16, 0.1, 8, 8), (6, 0.5, 8, 6)])
+def test_min_keep_count(channels: int, ratio: float, round_to: int, expected: int) -> None:
+    assert min_keep_count(channels, ratio, round_to) == expected
