@@ -1,0 +1,238 @@
+"""The pruning job: checkpoint -> (profile) -> search under a budget -> apply -> fine-tune -> measure -> report.
+
+The budget is judged on the *measured* median latency of the pruned model on the device. When a
+searched plan measures over the budget, the search runs again against a target tightened by the
+observed miss, a bounded number of times, and the job fails clearly rather than report a success
+the device did not show. Every stage writes into the run directory as it completes, so
+``--resume`` continues after Ctrl-C or a crash (the LUT build and the search resume mid-way).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwprune import __version__
+from hwprune.checkpoint import load_checkpoint
+from hwprune.data import DataBundle, load_data
+from hwprune.agents import check_budget, parse_budget
+from hwprune.errors import ConfigError, HwpruneError
+from hwprune.io import read_json, write_json
+from hwprune.models import ModelSpec
+from hwprune.profilers import Measurement, Profiler, get_profiler
+from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, save_pruned
+from hwprune.report import write_report
+from hwprune.train import evaluate, fine_tune
+
+JOB_KIND = "prune-job"
+JOB_SCHEMA = 1
+
+
+@dataclass
+class JobConfig:
+    """Everything that defines a run; saved as ``job.json`` so ``--resume`` needs only the directory."""
+
+    checkpoint: str
+    out: str
+    budget: str | None = None
+    ratio: float | None = None
+    agent: str = "netadapt"
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "onnxruntime"
+    threads: int | None = None
+    batch: int = 32
+    lut: str | None = None
+    allow_foreign_table: bool = False
+    data_dir: str | None = None
+    seed: int = 0
+    search_finetune_steps: int = 20
+    val_samples: int = 2000
+    finetune_steps: int = 400
+    finetune_lr: float = 0.01
+    batch_size: int = 128
+    margin: float = 0.02
+    max_tries: int = 3
+    repeats: int = 30
+    calibration_plans: int = 8
+    min_keep_ratio: float = 0.1
+    round_to: int = 1
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    spec: ModelSpec
+    meta: dict[str, Any]
+    data: DataBundle
+    graph: ModelGraph
+    profiler: Profiler
+
+
+def validate_config(cfg: JobConfig) -> None:
+    """Refuse bad option values before anything is loaded or written."""
+    if (cfg.budget is None) == (cfg.ratio is None):
+        raise ConfigError("give exactly one of --budget (e.g. 0.5x or 4.2ms) or --ratio (uniform keep ratio)")
+    if cfg.ratio is not None and not 0 < cfg.ratio <= 1:
+        raise ConfigError(f"--ratio must be in (0, 1], got {cfg.ratio}")
+    for name in ("batch", "repeats", "max_tries", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.finetune_steps < 0 or cfg.search_finetune_steps < 0:
+        raise ConfigError("fine-tune steps must be >= 0")
+    if not 0 <= cfg.margin < 0.5:
+        raise ConfigError(f"--margin must be in [0, 0.5), got {cfg.margin}")
+
+
+def load_inputs(cfg: JobConfig) -> Loaded:
+    model, spec, meta = load_checkpoint(cfg.checkpoint)
+    data = load_data(str(meta.get("data", "fashion-mnist")), cfg.data_dir, seed=cfg.seed)
+    if (data.in_channels, data.num_classes) != (spec.in_channels, spec.num_classes):
+        raise ConfigError(
+            f"checkpoint expects {spec.in_channels} input channels and {spec.num_classes} classes, "
+            f"dataset '{data.name}' has {data.in_channels} and {data.num_classes}"
+        )
+    graph = ModelGraph(model, (spec.in_channels, *spec.input_size))
+    profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats)
+    return Loaded(model, spec, meta, data, graph, profiler)
+
+
+def measure(loaded: Loaded, model: nn.Module, batch: int) -> Measurement:
+    return loaded.profiler.measure_model(model.eval(), (batch, loaded.spec.in_channels, *loaded.spec.input_size))
+
+
+def params_of(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_of(graph: ModelGraph, plan: PruningPlan | None) -> int:
+    return sum(layer.macs for layer in graph.layer_shapes(plan.keep if plan else None))
+
+
+def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
+    fine_tune(
+        model,
+        loaded.data.train,
+        cfg.finetune_steps,
+        lr=cfg.finetune_lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=True,
+        augment=loaded.data.augment,
+    )
+
+
+def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
+    run = Path(cfg.out)
+    if run.exists() and any(run.iterdir()):
+        raise ConfigError(f"run directory {run} already exists: pick another --out, or continue it with --resume {run}")
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "job.json",
+               {"kind": JOB_KIND, "schema_version": JOB_SCHEMA, "config": asdict(cfg), "budget_ms": budget_ms})
+    return run
+
+
+def resume_config(run_dir: str | Path) -> JobConfig:
+    data = read_json(Path(run_dir) / "job.json", JOB_KIND, JOB_SCHEMA)
+    return JobConfig(**data["config"])
+
+
+def summarize_model(loaded: Loaded, model: nn.Module, plan: PruningPlan | None, m: Measurement) -> dict[str, Any]:
+    return {
+        "measured": m.to_dict(),
+        "test_accuracy": evaluate(model, loaded.data.test),
+        "params": params_of(model),
+        "macs": macs_of(loaded.graph, plan),
+    }
+
+
+def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
+    """Run (or resume) a pruning job; returns the path of ``report.md`` and whether the budget was met.
+
+    Everything that can be refused (options, checkpoint, data, backend, an already-met budget) is
+    checked before the run directory is created; a fresh run that fails later is removed whole,
+    while an interrupted one stays for ``--resume``.
+    """
+    validate_config(cfg)
+    loaded = load_inputs(cfg)
+    t0 = time.perf_counter()
+    base_m = measure(loaded, loaded.model, cfg.batch)
+    print(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
+    budget_ms = None
+    if cfg.budget is not None:
+        budget_ms = _budget_ms(cfg, base_m, resume)
+    run = Path(cfg.out) if resume else start_run(cfg, budget_ms)
+    try:
+        report_path, met = _run_stages(cfg, loaded, run, base_m, budget_ms, resume, t0)
+    except HwpruneError:
+        if not resume:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    return report_path, met
+
+
+def _budget_ms(cfg: JobConfig, base_m: Measurement, resume: bool) -> float:
+    """The budget in ms; a resumed run keeps the one fixed at its start (0.5x of *that* measurement)."""
+    if resume:
+        stored = read_json(Path(cfg.out) / "job.json", JOB_KIND, JOB_SCHEMA).get("budget_ms")
+        if stored:
+            return float(stored)
+    budget_ms = parse_budget(cfg.budget, base_m.median_ms)
+    if budget_ms >= base_m.median_ms:
+        check_budget(budget_ms, base_m.median_ms, 0.0)  # raises: already met
+    return budget_ms
+
+
+def _run_stages(cfg: JobConfig, loaded: Loaded, run: Path, base_m: Measurement, budget_ms: float | None,
+                resume: bool, t0: float) -> tuple[Path, bool]:
+    search: dict[str, Any] | None = None
+    predictor = None
+    if budget_ms is None:
+        plan = PruningPlan.uniform(loaded.spec.name, loaded.graph, float(cfg.ratio), cfg.round_to)
+        pruned, applied = apply_plan(loaded.model, plan, loaded.graph)
+        pruned_m = measure(loaded, pruned, cfg.batch)
+    else:
+        from hwprune.search_job import budgeted_search
+
+        outcome = budgeted_search(cfg, loaded, run, budget_ms, base_m, resume)
+        pruned, applied, pruned_m = outcome.model, outcome.plan, outcome.measured
+        search, predictor = outcome.search, outcome.predictor
+
+    print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
+    long_finetune(cfg, loaded, pruned)
+    final_m = measure(loaded, pruned, cfg.batch)
+    plan_path, model_dir = run / "plan.json", run / "model"
+    applied.save(plan_path)
+    save_pruned(model_dir, pruned, loaded.spec, applied, {"checkpoint": cfg.checkpoint})
+
+    report: dict[str, Any] = {
+        "hwprune_version": __version__,
+        "model": loaded.spec.to_dict() | {"checkpoint": cfg.checkpoint},
+        "deployment": {
+            "backend": cfg.backend,
+            "batch": cfg.batch,
+            "input_shape": [cfg.batch, loaded.spec.in_channels, *loaded.spec.input_size],
+            "threads": loaded.profiler.fingerprint().get("threads"),
+        },
+        "unpruned": summarize_model(loaded, loaded.model, None, base_m),
+        "pruned": summarize_model(loaded, pruned, applied, final_m),
+        "pruned_measured_before_finetune": pruned_m.to_dict(),
+        "finetune": {"steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.batch_size},
+        "fingerprint": loaded.profiler.fingerprint(),
+        "plan_keep_ratio": applied.keep_ratio(),
+        "search": search,
+        "budget": None if budget_ms is None else {"text": cfg.budget, "ms": budget_ms},
+        "wall_s": time.perf_counter() - t0,
+        "artifacts": {"plan": str(plan_path), "model": str(model_dir)},
+    }
+    if predictor is not None:
+        report["unpruned"]["predicted_ms"] = predictor.predict_ms(PruningPlan.full(loaded.spec.name, loaded.graph))
+        report["pruned"]["predicted_ms"] = predictor.predict_ms(applied)
+    met = budget_ms is None or final_m.median_ms <= budget_ms
+    report["budget_met"] = met if budget_ms is not None else None
+    return write_report(run, report), met

@@ -1,0 +1,84 @@
+"""Run reports: ``report.json`` for machines and ``report.md`` for people, from the same dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hwprune.io import atomic_write_text, write_json
+
+REPORT_KIND = "prune-report"
+REPORT_SCHEMA = 1
+
+
+def _ms(m: dict[str, Any] | None) -> str:
+    return "-" if not m else f"{m['summary']['median_ms']:.3f} (IQR {m['summary']['iqr_ms']:.3f})"
+
+
+def _num(x: float | int | None, fmt: str = ",") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    base, pruned = report["unpruned"], report["pruned"]
+    setting = report["deployment"]
+    budget = report.get("budget")
+    lines = [
+        f"# hwprune report: {report['model']['name']} on {setting['backend']}",
+        "",
+        f"Deployment: backend `{setting['backend']}`, batch {setting['batch']}, input "
+        f"{setting['input_shape']}, {setting.get('threads', '-')} threads. Latency is the measured median "
+        "(ms per batch) with its IQR; the predicted value comes from the latency table.",
+        "",
+    ]
+    if budget:
+        verdict = "met" if report["budget_met"] else "NOT met"
+        lines += [
+            f"Budget: **{budget['ms']:.3f} ms** (`{budget['text']}`), {verdict}: measured "
+            f"{pruned['measured']['summary']['median_ms']:.3f} ms <= {budget['ms']:.3f} ms"
+            if report["budget_met"]
+            else f"Budget: **{budget['ms']:.3f} ms** (`{budget['text']}`), {verdict}: measured "
+            f"{pruned['measured']['summary']['median_ms']:.3f} ms > {budget['ms']:.3f} ms",
+            "",
+        ]
+    speedup = base["measured"]["summary"]["median_ms"] / pruned["measured"]["summary"]["median_ms"]
+    lines += [
+        "| | unpruned | pruned |",
+        "|---|---|---|",
+        f"| measured latency, ms | {_ms(base['measured'])} | {_ms(pruned['measured'])} |",
+        f"| predicted latency, ms | {_num(base.get('predicted_ms'), '.3f')} | {_num(pruned.get('predicted_ms'), '.3f')} |",
+        f"| measured speed-up | 1.00x | {speedup:.2f}x |",
+        f"| test accuracy | {base['test_accuracy']:.4f} | {pruned['test_accuracy']:.4f} |",
+        f"| parameters | {_num(base['params'])} | {_num(pruned['params'])} |",
+        f"| MACs per sample | {_num(base['macs'])} | {_num(pruned['macs'])} |",
+        "",
+    ]
+    search = report.get("search")
+    if search:
+        cost = search["cost"]
+        lines += [
+            f"Search: agent `{search['agent']}`, {len(search['tries'])} search(es), "
+            f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
+            f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
+            f"{report['finetune']['steps']} steps.",
+            "",
+        ]
+        if len(search["tries"]) > 1:
+            lines += ["| try | search target, ms | predicted, ms | measured, ms |", "|---|---|---|---|"]
+            for i, t in enumerate(search["tries"]):
+                lines.append(
+                    f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {t['measured']['summary']['median_ms']:.3f} |"
+                )
+            lines.append("")
+    fp = report.get("fingerprint", {})
+    if fp:
+        lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]
+    lines += [f"Artifacts: `{report['artifacts']['model']}` (pruned model), `{report['artifacts']['plan']}` (plan)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: str | Path, report: dict[str, Any]) -> Path:
+    run_dir = Path(run_dir)
+    write_json(run_dir / "report.json", {"kind": REPORT_KIND, "schema_version": REPORT_SCHEMA} | report)
+    atomic_write_text(run_dir / "report.md", render_markdown(report))
+    return run_dir / "report.md"

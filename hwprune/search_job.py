@@ -1,0 +1,117 @@
+"""The budgeted part of ``hwprune prune``: latency table -> predictor -> agent -> measured check.
+
+A plan is accepted only when the pruned model's *measured* median is under the budget (with half
+of ``--margin`` kept in reserve for the final re-measurement). Otherwise the search target is
+tightened by the observed miss and the agent searches again, at most ``--max-tries`` times. Each
+try is recorded in ``tries.json`` as it completes, so a resumed run replays the same targets and
+the agents' own state files continue mid-search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from hwprune.agents import SearchContext, check_budget, get_agent
+from hwprune.errors import BudgetError, TableError
+from hwprune.evaluator import Evaluator
+from hwprune.io import read_json, write_json
+from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model
+from hwprune.profilers import Measurement
+from hwprune.pruning import PruningPlan, apply_plan
+
+if TYPE_CHECKING:
+    from hwprune.job import JobConfig, Loaded
+
+TRIES_KIND = "search-tries"
+
+
+@dataclass
+class SearchOutcome:
+    model: nn.Module
+    plan: PruningPlan
+    measured: Measurement
+    search: dict[str, Any]
+    predictor: Predictor
+
+
+def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> LatencyTable:
+    """The user's table (checked for device and setting), or one profiled now into the run directory."""
+    if cfg.lut:
+        table = LatencyTable.load(cfg.lut, expected_key=loaded.profiler.device_key(),
+                                  allow_foreign=cfg.allow_foreign_table)
+        wanted = {"model": loaded.spec.name, "batch": cfg.batch, "input_size": list(loaded.spec.input_size),
+                  "in_channels": loaded.spec.in_channels}
+        found = {k: table.settings.get(k) for k in wanted}
+        if found != wanted:
+            diff = ", ".join(f"{k}={found[k]!r} (run wants {v!r})" for k, v in wanted.items() if found[k] != v)
+            raise TableError(f"latency table {cfg.lut} was profiled for another setting: {diff}; "
+                             "re-run `hwprune profile` with this model and batch")
+        return table
+    fp = loaded.profiler
+    setting = TableSetting(
+        model=loaded.spec.name, in_channels=loaded.spec.in_channels, num_classes=loaded.spec.num_classes,
+        input_size=loaded.spec.input_size, batch=cfg.batch, backend=cfg.backend,
+        threads=int(fp.fingerprint().get("threads") or 0), repeats=fp.repeats, warmup=fp.warmup,
+        warmup_s=fp.warmup_s, calib_plans=cfg.calibration_plans,
+    )
+    print(f"profiling {loaded.spec.name} blocks on {cfg.backend} into {run / 'lut.json'}")
+    table, _ = profile_model(setting, run / "lut.json", resume=resume, profiler=loaded.profiler, model=loaded.model)
+    return table
+
+
+def _load_tries(path: Path) -> list[dict[str, Any]]:
+    return read_json(path, TRIES_KIND, 1)["tries"] if path.is_file() else []
+
+
+def budgeted_search(cfg: JobConfig, loaded: Loaded, run: Path, budget_ms: float, base: Measurement,
+                    resume: bool) -> SearchOutcome:
+    table = latency_table(cfg, loaded, run, resume)
+    predictor = Predictor(table, loaded.graph)
+    evaluator = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=cfg.search_finetune_steps,
+                          seed=cfg.seed, val_samples=cfg.val_samples)
+    ctx = SearchContext(loaded.spec.name, loaded.model, loaded.graph, predictor, evaluator, seed=cfg.seed,
+                        min_keep_ratio=cfg.min_keep_ratio, round_to=cfg.round_to)
+    check_budget(budget_ms, base.median_ms, ctx.predict_ms(ctx.min_plan()))
+
+    accept_ms = budget_ms * (1 - cfg.margin / 2)
+    tries_path = run / "tries.json"
+    tries = _load_tries(tries_path) if resume else []
+    target = budget_ms * (1 - cfg.margin)
+    for i in range(cfg.max_tries):
+        if i < len(tries):  # replayed from a resumed run: same targets, same state files
+            target = tries[i]["target_ms"]
+            done = tries[i]
+        else:
+            agent = get_agent(cfg.agent, **cfg.agent_options)
+            result = agent.search(ctx, target, state_path=run / f"search-{i + 1}.json")
+            pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
+            m = loaded.profiler.measure_model(pruned.eval(), (cfg.batch, loaded.spec.in_channels,
+                                                              *loaded.spec.input_size))
+            done = {"target_ms": target, "predicted_ms": ctx.predict_ms(result.plan), "measured": m.to_dict(),
+                    "plan": result.plan.to_dict(), "history": result.history, "cost": result.cost}
+            tries.append(done)
+            write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
+        measured = Measurement.from_dict(done["measured"])
+        print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
+              f"measured {measured.median_ms:.3f} ms (budget {budget_ms:.3f} ms)")
+        if measured.median_ms <= accept_ms:
+            plan = PruningPlan.from_dict(done["plan"])
+            pruned, applied = apply_plan(loaded.model, plan, loaded.graph)
+            search = {"agent": cfg.agent, "options": cfg.agent_options, "tries": tries,
+                      "cost": _total_cost(tries), "predictor": predictor.describe()}
+            return SearchOutcome(pruned, applied, measured, search, predictor)
+        target *= budget_ms * (1 - cfg.margin) / measured.median_ms
+    raise BudgetError(
+        f"no plan met the {budget_ms:.3f} ms budget on the device after {cfg.max_tries} searches (measured "
+        + ", ".join(f"{t['measured']['summary']['median_ms']:.3f}" for t in tries)
+        + " ms): the latency table mispredicts this setting; check it with `hwprune lut-check` or raise --max-tries"
+    )
+
+
+def _total_cost(tries: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("wall_s", "evaluations", "finetune_steps", "predictor_calls")
+    return {k: sum(t["cost"].get(k, 0) for t in tries) for k in keys}
