@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from hwprune import __version__
 from hwprune.errors import HwpruneError
@@ -43,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    """Warnings (e.g. an unstable timing) read as one line, like errors, without a source excerpt."""
+    return f"hwprune: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         return int(args._run(args) or 0)
     except HwpruneError as exc:

@@ -42,6 +42,7 @@ class JobConfig:
     out: str
     budget: str | None = None
     ratio: float | None = None
+    plan: str | None = None
     agent: str = "netadapt"
     agent_options: dict[str, Any] = field(default_factory=dict)
     backend: str = "onnxruntime"
@@ -76,8 +77,8 @@ class Loaded:
 
 def validate_config(cfg: JobConfig) -> None:
     """Refuse bad option values before anything is loaded or written."""
-    if (cfg.budget is None) == (cfg.ratio is None):
-        raise ConfigError("give exactly one of --budget (e.g. 0.5x or 4.2ms) or --ratio (uniform keep ratio)")
+    if sum(x is not None for x in (cfg.budget, cfg.ratio, cfg.plan)) != 1:
+        raise ConfigError("give exactly one of --budget (e.g. 0.5x or 4.2ms), --ratio (uniform keep ratio) or --plan")
     if cfg.ratio is not None and not 0 < cfg.ratio <= 1:
         raise ConfigError(f"--ratio must be in (0, 1], got {cfg.ratio}")
     for name in ("batch", "repeats", "max_tries", "batch_size"):
@@ -159,16 +160,17 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     while an interrupted one stays for ``--resume``.
     """
     validate_config(cfg)
+    if cfg.budget is not None:
+        parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
     loaded = load_inputs(cfg)
+    fixed = fixed_plan(cfg, loaded) if cfg.budget is None else None
     t0 = time.perf_counter()
     base_m = measure(loaded, loaded.model, cfg.batch)
     print(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
-    budget_ms = None
-    if cfg.budget is not None:
-        budget_ms = _budget_ms(cfg, base_m, resume)
+    budget_ms = _budget_ms(cfg, base_m, resume) if cfg.budget is not None else None
     run = Path(cfg.out) if resume else start_run(cfg, budget_ms)
     try:
-        report_path, met = _run_stages(cfg, loaded, run, base_m, budget_ms, resume, t0)
+        report_path, met = _run_stages(cfg, loaded, run, base_m, budget_ms, fixed, resume, t0)
     except HwpruneError:
         if not resume:
             shutil.rmtree(run, ignore_errors=True)
@@ -188,13 +190,21 @@ def _budget_ms(cfg: JobConfig, base_m: Measurement, resume: bool) -> float:
     return budget_ms
 
 
+def fixed_plan(cfg: JobConfig, loaded: Loaded) -> PruningPlan:
+    """The plan of a run without search: uniform ``--ratio``, or a user's ``--plan`` file (checked against the model)."""
+    if cfg.plan is not None:
+        plan = PruningPlan.load(cfg.plan)
+        plan.validate(loaded.graph, loaded.spec.name)
+        return plan
+    return PruningPlan.uniform(loaded.spec.name, loaded.graph, float(cfg.ratio), cfg.round_to)
+
+
 def _run_stages(cfg: JobConfig, loaded: Loaded, run: Path, base_m: Measurement, budget_ms: float | None,
-                resume: bool, t0: float) -> tuple[Path, bool]:
+                fixed: PruningPlan | None, resume: bool, t0: float) -> tuple[Path, bool]:
     search: dict[str, Any] | None = None
     predictor = None
-    if budget_ms is None:
-        plan = PruningPlan.uniform(loaded.spec.name, loaded.graph, float(cfg.ratio), cfg.round_to)
-        pruned, applied = apply_plan(loaded.model, plan, loaded.graph)
+    if fixed is not None:
+        pruned, applied = apply_plan(loaded.model, fixed, loaded.graph)
         pruned_m = measure(loaded, pruned, cfg.batch)
     else:
         from hwprune.search_job import budgeted_search

@@ -1,6 +1,6 @@
 """Prune a trained checkpoint for a device: to a latency budget measured on that device
-(--budget 0.5x or --budget 4.2ms, searched by an agent over a latency table), or uniformly
-(--ratio R). The pruned model is fine-tuned, measured on the device, and written with a report.
+(--budget 0.5x or --budget 4.2ms, searched by an agent over a latency table), uniformly
+(--ratio R), or by a given plan (--plan plan.json). The pruned model is fine-tuned, measured on the device, and written with a report.
 
 Example:  hwprune prune --checkpoint checkpoints/resnet20-fmnist --budget 0.5x --agent netadapt --out runs/r20
 """
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     goal.add_argument("--budget", help="latency budget: a fraction of the unpruned model's measured latency "
                       "(0.5x) or milliseconds per batch (4.2ms)")
     goal.add_argument("--ratio", type=float, help="instead of a budget: keep this fraction of every group")
+    goal.add_argument("--plan", help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)")
     goal.add_argument("--agent", default="netadapt", help="search agent (uniform, netadapt)")
     goal.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
                       help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96")
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.checkpoint or not args.out:
             raise ConfigError("--checkpoint and --out are required (or --resume DIR)")
         cfg = JobConfig(
-            checkpoint=args.checkpoint, out=args.out, budget=args.budget, ratio=args.ratio, agent=args.agent,
+            checkpoint=args.checkpoint, out=args.out, budget=args.budget, ratio=args.ratio, plan=args.plan, agent=args.agent,
             agent_options=_agent_options(args.agent_option), backend=args.backend, threads=args.threads,
             batch=args.batch, lut=args.lut, allow_foreign_table=args.allow_foreign_table, data_dir=args.data_dir,
             seed=args.seed, search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,

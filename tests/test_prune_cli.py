@@ -1,0 +1,116 @@
+"""`hwprune prune` end to end on a tiny checkpoint: fixed-ratio and plan runs, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwprune.checkpoint import save_checkpoint
+from hwprune.cli import main
+from hwprune.models import ModelSpec
+from hwprune.pruning import ModelGraph, PruningPlan, load_pruned
+
+FAST = ["--backend", "torch-cpu", "--batch", "2", "--repeats", "3", "--finetune-steps", "2", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    spec = ModelSpec("resnet20", 1, 10, (32, 32))
+    out = tmp_path_factory.mktemp("ck") / "resnet20"
+    save_checkpoint(out, spec.build(), spec, {"data": "synthetic", "seed": 0})
+    return out
+
+
+def _one_error_line(capsys) -> str:
+    """The single error line on stderr (one-line warnings about timing noise may stand beside it)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.strip().splitlines() if ": error: " in line]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["prune", "--checkpoint", str(checkpoint), "--ratio", "0.5", "--out", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "prune-report"
+    assert report["pruned"]["params"] < report["unpruned"]["params"]
+    assert report["pruned"]["macs"] < report["unpruned"]["macs"]
+    assert report["pruned"]["measured"]["summary"]["median_ms"] > 0
+    assert "measured latency" in (out / "report.md").read_text()
+    model, spec, plan = load_pruned(out / "model")
+    assert spec.name == "resnet20" and plan == PruningPlan.load(out / "plan.json")
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+    # The saved plan re-applies through --plan.
+    again = tmp_path / "again"
+    assert main(["prune", "--checkpoint", str(checkpoint), "--plan", str(out / "plan.json"), "--out", str(again),
+                 *FAST]) == 0
+    assert PruningPlan.load(again / "plan.json").keep == plan.keep
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--ratio", "1.5"], "(0, 1]"),
+        (["--ratio", "0"], "(0, 1]"),
+        (["--budget", "fast"], "malformed budget"),
+        (["--budget=-2ms"], "positive"),
+        (["--budget", "5x"], "already met"),
+        (["--ratio", "0.5", "--budget", "0.5x"], "exactly one of"),
+        (["--ratio", "0.5", "--backend", "onnxrt"], "did you mean onnxruntime"),
+    ],
+)
+def test_bad_options_refused_without_output(checkpoint: Path, tmp_path: Path, capsys, args, match) -> None:
+    out = tmp_path / "run"
+    fast = [a for a in FAST if a not in ("--backend", "torch-cpu")] if "--backend" in args else FAST
+    assert main(["prune", "--checkpoint", str(checkpoint), "--out", str(out), *fast, *args]) == 2
+    assert match in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_bad_plans_refused_without_output(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{\"kind\": \"pruning-plan\", \"schema_")
+    vgg = ModelSpec("vgg16_bn", 1, 10, (32, 32))
+    foreign = tmp_path / "foreign.json"
+    PruningPlan.uniform("vgg16_bn", ModelGraph(vgg.build(), (1, 32, 32)), 0.5).save(foreign)
+    for plan, match in ((corrupt, "not valid JSON"), (foreign, "made for model 'vgg16_bn'"),
+                        (tmp_path / "missing.json", "not found")):
+        out = tmp_path / "run"
+        assert main(["prune", "--checkpoint", str(checkpoint), "--plan", str(plan), "--out", str(out), *FAST]) == 2
+        assert match in _one_error_line(capsys)
+        assert not out.exists()
+
+
+def test_missing_checkpoint_and_data(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["prune", "--checkpoint", str(tmp_path / "nope"), "--ratio", "0.5", "--out", str(out), *FAST]) == 2
+    assert "not found" in _one_error_line(capsys)
+    spec = ModelSpec("resnet20", 1, 10, (32, 32))
+    fm = tmp_path / "fm"
+    save_checkpoint(fm, spec.build(), spec, {"data": "fashion-mnist"})
+    assert main(["prune", "--checkpoint", str(fm), "--ratio", "0.5", "--out", str(out), "--data-dir",
+                 str(tmp_path / "empty"), *FAST]) == 2
+    assert "data dir" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_existing_run_dir_refused(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["prune", "--checkpoint", str(checkpoint), "--ratio", "0.5", "--out", str(out), *FAST]) == 2
+    assert "--resume" in _one_error_line(capsys)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_unknown_model_in_train_cli(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ck"
+    assert main(["train", "--model", "resnet21", "--data", "synthetic", "--epochs", "1", "--out", str(out)]) == 2
+    assert "did you mean" in _one_error_line(capsys)
+    assert not out.exists()
