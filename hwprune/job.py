@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from hwprune import __version__
+from hwprune.agents import check_budget, parse_budget
 from hwprune.checkpoint import load_checkpoint
 from hwprune.data import DataBundle, load_data
-from hwprune.agents import check_budget, parse_budget
 from hwprune.errors import ConfigError, HwpruneError
 from hwprune.io import read_json, write_json
 from hwprune.models import ModelSpec
@@ -133,8 +132,10 @@ def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
     if run.exists() and any(run.iterdir()):
         raise ConfigError(f"run directory {run} already exists: pick another --out, or continue it with --resume {run}")
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "job.json",
-               {"kind": JOB_KIND, "schema_version": JOB_SCHEMA, "config": asdict(cfg), "budget_ms": budget_ms})
+    write_json(
+        run / "job.json",
+        {"kind": JOB_KIND, "schema_version": JOB_SCHEMA, "config": asdict(cfg), "budget_ms": budget_ms},
+    )
     return run
 
 
@@ -191,7 +192,7 @@ def _budget_ms(cfg: JobConfig, base_m: Measurement, resume: bool) -> float:
 
 
 def fixed_plan(cfg: JobConfig, loaded: Loaded) -> PruningPlan:
-    """The plan of a run without search: uniform ``--ratio``, or a user's ``--plan`` file (checked against the model)."""
+    """The plan of a run without search: uniform ``--ratio``, or a ``--plan`` file checked against the model."""
     if cfg.plan is not None:
         plan = PruningPlan.load(cfg.plan)
         plan.validate(loaded.graph, loaded.spec.name)
@@ -199,8 +200,16 @@ def fixed_plan(cfg: JobConfig, loaded: Loaded) -> PruningPlan:
     return PruningPlan.uniform(loaded.spec.name, loaded.graph, float(cfg.ratio), cfg.round_to)
 
 
-def _run_stages(cfg: JobConfig, loaded: Loaded, run: Path, base_m: Measurement, budget_ms: float | None,
-                fixed: PruningPlan | None, resume: bool, t0: float) -> tuple[Path, bool]:
+def _run_stages(
+    cfg: JobConfig,
+    loaded: Loaded,
+    run: Path,
+    base_m: Measurement,
+    budget_ms: float | None,
+    fixed: PruningPlan | None,
+    resume: bool,
+    t0: float,
+) -> tuple[Path, bool]:
     search: dict[str, Any] | None = None
     predictor = None
     if fixed is not None:

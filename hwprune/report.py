@@ -46,7 +46,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| | unpruned | pruned |",
         "|---|---|---|",
         f"| measured latency, ms | {_ms(base['measured'])} | {_ms(pruned['measured'])} |",
-        f"| predicted latency, ms | {_num(base.get('predicted_ms'), '.3f')} | {_num(pruned.get('predicted_ms'), '.3f')} |",
+        f"| predicted latency, ms | {_num(base.get('predicted_ms'), '.3f')} "
+        f"| {_num(pruned.get('predicted_ms'), '.3f')} |",
         f"| measured speed-up | 1.00x | {speedup:.2f}x |",
         f"| test accuracy | {base['test_accuracy']:.4f} | {pruned['test_accuracy']:.4f} |",
         f"| parameters | {_num(base['params'])} | {_num(pruned['params'])} |",
@@ -66,9 +67,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if len(search["tries"]) > 1:
             lines += ["| try | search target, ms | predicted, ms | measured, ms |", "|---|---|---|---|"]
             for i, t in enumerate(search["tries"]):
-                lines.append(
-                    f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {t['measured']['summary']['median_ms']:.3f} |"
-                )
+                measured = t["measured"]["summary"]["median_ms"]
+                lines.append(f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {measured:.3f} |")
             lines.append("")
     fp = report.get("fingerprint", {})
     if fp:

@@ -41,22 +41,36 @@ class SearchOutcome:
 def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> LatencyTable:
     """The user's table (checked for device and setting), or one profiled now into the run directory."""
     if cfg.lut:
-        table = LatencyTable.load(cfg.lut, expected_key=loaded.profiler.device_key(),
-                                  allow_foreign=cfg.allow_foreign_table)
-        wanted = {"model": loaded.spec.name, "batch": cfg.batch, "input_size": list(loaded.spec.input_size),
-                  "in_channels": loaded.spec.in_channels}
+        table = LatencyTable.load(
+            cfg.lut, expected_key=loaded.profiler.device_key(), allow_foreign=cfg.allow_foreign_table
+        )
+        wanted = {
+            "model": loaded.spec.name,
+            "batch": cfg.batch,
+            "input_size": list(loaded.spec.input_size),
+            "in_channels": loaded.spec.in_channels,
+        }
         found = {k: table.settings.get(k) for k in wanted}
         if found != wanted:
             diff = ", ".join(f"{k}={found[k]!r} (run wants {v!r})" for k, v in wanted.items() if found[k] != v)
-            raise TableError(f"latency table {cfg.lut} was profiled for another setting: {diff}; "
-                             "re-run `hwprune profile` with this model and batch")
+            raise TableError(
+                f"latency table {cfg.lut} was profiled for another setting: {diff}; "
+                "re-run `hwprune profile` with this model and batch"
+            )
         return table
     fp = loaded.profiler
     setting = TableSetting(
-        model=loaded.spec.name, in_channels=loaded.spec.in_channels, num_classes=loaded.spec.num_classes,
-        input_size=loaded.spec.input_size, batch=cfg.batch, backend=cfg.backend,
-        threads=int(fp.fingerprint().get("threads") or 0), repeats=fp.repeats, warmup=fp.warmup,
-        warmup_s=fp.warmup_s, calib_plans=cfg.calibration_plans,
+        model=loaded.spec.name,
+        in_channels=loaded.spec.in_channels,
+        num_classes=loaded.spec.num_classes,
+        input_size=loaded.spec.input_size,
+        batch=cfg.batch,
+        backend=cfg.backend,
+        threads=int(fp.fingerprint().get("threads") or 0),
+        repeats=fp.repeats,
+        warmup=fp.warmup,
+        warmup_s=fp.warmup_s,
+        calib_plans=cfg.calibration_plans,
     )
     print(f"profiling {loaded.spec.name} blocks on {cfg.backend} into {run / 'lut.json'}")
     table, _ = profile_model(setting, run / "lut.json", resume=resume, profiler=loaded.profiler, model=loaded.model)
@@ -67,14 +81,29 @@ def _load_tries(path: Path) -> list[dict[str, Any]]:
     return read_json(path, TRIES_KIND, 1)["tries"] if path.is_file() else []
 
 
-def budgeted_search(cfg: JobConfig, loaded: Loaded, run: Path, budget_ms: float, base: Measurement,
-                    resume: bool) -> SearchOutcome:
+def budgeted_search(
+    cfg: JobConfig, loaded: Loaded, run: Path, budget_ms: float, base: Measurement, resume: bool
+) -> SearchOutcome:
     table = latency_table(cfg, loaded, run, resume)
     predictor = Predictor(table, loaded.graph)
-    evaluator = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=cfg.search_finetune_steps,
-                          seed=cfg.seed, val_samples=cfg.val_samples)
-    ctx = SearchContext(loaded.spec.name, loaded.model, loaded.graph, predictor, evaluator, seed=cfg.seed,
-                        min_keep_ratio=cfg.min_keep_ratio, round_to=cfg.round_to)
+    evaluator = Evaluator(
+        loaded.model,
+        loaded.graph,
+        loaded.data,
+        finetune_steps=cfg.search_finetune_steps,
+        seed=cfg.seed,
+        val_samples=cfg.val_samples,
+    )
+    ctx = SearchContext(
+        loaded.spec.name,
+        loaded.model,
+        loaded.graph,
+        predictor,
+        evaluator,
+        seed=cfg.seed,
+        min_keep_ratio=cfg.min_keep_ratio,
+        round_to=cfg.round_to,
+    )
     check_budget(budget_ms, base.median_ms, ctx.predict_ms(ctx.min_plan()))
 
     accept_ms = budget_ms * (1 - cfg.margin / 2)
@@ -89,20 +118,34 @@ def budgeted_search(cfg: JobConfig, loaded: Loaded, run: Path, budget_ms: float,
             agent = get_agent(cfg.agent, **cfg.agent_options)
             result = agent.search(ctx, target, state_path=run / f"search-{i + 1}.json")
             pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
-            m = loaded.profiler.measure_model(pruned.eval(), (cfg.batch, loaded.spec.in_channels,
-                                                              *loaded.spec.input_size))
-            done = {"target_ms": target, "predicted_ms": ctx.predict_ms(result.plan), "measured": m.to_dict(),
-                    "plan": result.plan.to_dict(), "history": result.history, "cost": result.cost}
+            m = loaded.profiler.measure_model(
+                pruned.eval(), (cfg.batch, loaded.spec.in_channels, *loaded.spec.input_size)
+            )
+            done = {
+                "target_ms": target,
+                "predicted_ms": ctx.predict_ms(result.plan),
+                "measured": m.to_dict(),
+                "plan": result.plan.to_dict(),
+                "history": result.history,
+                "cost": result.cost,
+            }
             tries.append(done)
             write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
         measured = Measurement.from_dict(done["measured"])
-        print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
-              f"measured {measured.median_ms:.3f} ms (budget {budget_ms:.3f} ms)")
+        print(
+            f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
+            f"measured {measured.median_ms:.3f} ms (budget {budget_ms:.3f} ms)"
+        )
         if measured.median_ms <= accept_ms:
             plan = PruningPlan.from_dict(done["plan"])
             pruned, applied = apply_plan(loaded.model, plan, loaded.graph)
-            search = {"agent": cfg.agent, "options": cfg.agent_options, "tries": tries,
-                      "cost": _total_cost(tries), "predictor": predictor.describe()}
+            search = {
+                "agent": cfg.agent,
+                "options": cfg.agent_options,
+                "tries": tries,
+                "cost": _total_cost(tries),
+                "predictor": predictor.describe(),
+            }
             return SearchOutcome(pruned, applied, measured, search, predictor)
         target *= budget_ms * (1 - cfg.margin) / measured.median_ms
     raise BudgetError(

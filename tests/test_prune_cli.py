@@ -48,8 +48,10 @@ def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: P
 
     # The saved plan re-applies through --plan.
     again = tmp_path / "again"
-    assert main(["prune", "--checkpoint", str(checkpoint), "--plan", str(out / "plan.json"), "--out", str(again),
-                 *FAST]) == 0
+    assert (
+        main(["prune", "--checkpoint", str(checkpoint), "--plan", str(out / "plan.json"), "--out", str(again), *FAST])
+        == 0
+    )
     assert PruningPlan.load(again / "plan.json").keep == plan.keep
 
 
@@ -75,12 +77,15 @@ def test_bad_options_refused_without_output(checkpoint: Path, tmp_path: Path, ca
 
 def test_bad_plans_refused_without_output(checkpoint: Path, tmp_path: Path, capsys) -> None:
     corrupt = tmp_path / "corrupt.json"
-    corrupt.write_text("{\"kind\": \"pruning-plan\", \"schema_")
+    corrupt.write_text('{"kind": "pruning-plan", "schema_')
     vgg = ModelSpec("vgg16_bn", 1, 10, (32, 32))
     foreign = tmp_path / "foreign.json"
     PruningPlan.uniform("vgg16_bn", ModelGraph(vgg.build(), (1, 32, 32)), 0.5).save(foreign)
-    for plan, match in ((corrupt, "not valid JSON"), (foreign, "made for model 'vgg16_bn'"),
-                        (tmp_path / "missing.json", "not found")):
+    for plan, match in (
+        (corrupt, "not valid JSON"),
+        (foreign, "made for model 'vgg16_bn'"),
+        (tmp_path / "missing.json", "not found"),
+    ):
         out = tmp_path / "run"
         assert main(["prune", "--checkpoint", str(checkpoint), "--plan", str(plan), "--out", str(out), *FAST]) == 2
         assert match in _one_error_line(capsys)
@@ -94,8 +99,23 @@ def test_missing_checkpoint_and_data(checkpoint: Path, tmp_path: Path, capsys) -
     spec = ModelSpec("resnet20", 1, 10, (32, 32))
     fm = tmp_path / "fm"
     save_checkpoint(fm, spec.build(), spec, {"data": "fashion-mnist"})
-    assert main(["prune", "--checkpoint", str(fm), "--ratio", "0.5", "--out", str(out), "--data-dir",
-                 str(tmp_path / "empty"), *FAST]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                str(fm),
+                "--ratio",
+                "0.5",
+                "--out",
+                str(out),
+                "--data-dir",
+                str(tmp_path / "empty"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "data dir" in _one_error_line(capsys)
     assert not out.exists()
 

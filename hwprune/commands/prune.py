@@ -1,6 +1,7 @@
 """Prune a trained checkpoint for a device: to a latency budget measured on that device
 (--budget 0.5x or --budget 4.2ms, searched by an agent over a latency table), uniformly
-(--ratio R), or by a given plan (--plan plan.json). The pruned model is fine-tuned, measured on the device, and written with a report.
+(--ratio R), or by a given plan (--plan plan.json). The pruned model is fine-tuned, measured
+on the device, and written with a report.
 
 Example:  hwprune prune --checkpoint checkpoints/resnet20-fmnist --budget 0.5x --agent netadapt --out runs/r20
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hwprune.errors import ConfigError
 
@@ -23,32 +25,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its directory")
     what.add_argument("--data-dir", help="dataset folder, when not in the default place")
     goal = p.add_argument_group("goal")
-    goal.add_argument("--budget", help="latency budget: a fraction of the unpruned model's measured latency "
-                      "(0.5x) or milliseconds per batch (4.2ms)")
+    goal.add_argument(
+        "--budget",
+        help="latency budget: a fraction of the unpruned model's measured latency "
+        "(0.5x) or milliseconds per batch (4.2ms)",
+    )
     goal.add_argument("--ratio", type=float, help="instead of a budget: keep this fraction of every group")
     goal.add_argument("--plan", help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)")
     goal.add_argument("--agent", default="netadapt", help="search agent (uniform, netadapt)")
-    goal.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
-                      help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96")
-    goal.add_argument("--margin", type=float, default=0.02,
-                      help="search for a plan predicted this fraction under the budget, so device noise "
-                      "does not push the measured median over it")
-    goal.add_argument("--max-tries", type=int, default=3,
-                      help="searches against a tightened target when a plan measures over the budget")
+    goal.add_argument(
+        "--agent-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96",
+    )
+    goal.add_argument(
+        "--margin",
+        type=float,
+        default=0.02,
+        help="search for a plan predicted this fraction under the budget, so device noise "
+        "does not push the measured median over it",
+    )
+    goal.add_argument(
+        "--max-tries",
+        type=int,
+        default=3,
+        help="searches against a tightened target when a plan measures over the budget",
+    )
     dev = p.add_argument_group("device and deployment setting")
-    dev.add_argument("--backend", default="onnxruntime", help="profiler backend: torch-cpu, onnxruntime, "
-                     "torch-cuda, tensorrt")
+    dev.add_argument(
+        "--backend", default="onnxruntime", help="profiler backend: torch-cpu, onnxruntime, torch-cuda, tensorrt"
+    )
     dev.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     dev.add_argument("--batch", type=int, default=32, help="batch size the model is deployed at")
     dev.add_argument("--repeats", type=int, default=30, help="timed samples per latency measurement")
     dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
-    dev.add_argument("--allow-foreign-table", action="store_true",
-                     help="accept a latency table made on another device or backend")
-    dev.add_argument("--calibration-plans", type=int, default=8,
-                     help="whole-model measurements used to calibrate the latency predictor")
+    dev.add_argument(
+        "--allow-foreign-table", action="store_true", help="accept a latency table made on another device or backend"
+    )
+    dev.add_argument(
+        "--calibration-plans",
+        type=int,
+        default=8,
+        help="whole-model measurements used to calibrate the latency predictor",
+    )
     tune = p.add_argument_group("accuracy")
-    tune.add_argument("--search-finetune-steps", type=int, default=20,
-                      help="short fine-tune steps before each candidate is scored on the validation split")
+    tune.add_argument(
+        "--search-finetune-steps",
+        type=int,
+        default=20,
+        help="short fine-tune steps before each candidate is scored on the validation split",
+    )
     tune.add_argument("--val-samples", type=int, default=2000, help="validation samples per candidate score")
     tune.add_argument("--finetune-steps", type=int, default=400, help="fine-tune steps after pruning")
     tune.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate")
@@ -69,29 +97,60 @@ def _agent_options(items: list[str]) -> dict:
     return options
 
 
+def _interruptible(cfg, resume: bool):  # noqa: ANN001, ANN202 - JobConfig is imported lazily
+    """Run the job; on Ctrl-C say how to continue (the run directory keeps every completed stage)."""
+    from hwprune.job import run_job
+
+    try:
+        return run_job(cfg, resume=resume)
+    except KeyboardInterrupt:
+        if Path(cfg.out, "job.json").exists():
+            print(f"hwprune prune: interrupted; continue with: hwprune prune --resume {cfg.out}", file=sys.stderr)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
-    from hwprune.job import JobConfig, resume_config, run_job
+    from hwprune.job import JobConfig, resume_config
 
     if args.resume:
         cfg = resume_config(args.resume)
         cfg.out = args.resume
-        report, met = run_job(cfg, resume=True)
+        report, met = _interruptible(cfg, resume=True)
     else:
         if not args.checkpoint or not args.out:
             raise ConfigError("--checkpoint and --out are required (or --resume DIR)")
         cfg = JobConfig(
-            checkpoint=args.checkpoint, out=args.out, budget=args.budget, ratio=args.ratio, plan=args.plan, agent=args.agent,
-            agent_options=_agent_options(args.agent_option), backend=args.backend, threads=args.threads,
-            batch=args.batch, lut=args.lut, allow_foreign_table=args.allow_foreign_table, data_dir=args.data_dir,
-            seed=args.seed, search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,
-            finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
-            margin=args.margin, max_tries=args.max_tries, repeats=args.repeats,
+            checkpoint=args.checkpoint,
+            out=args.out,
+            budget=args.budget,
+            ratio=args.ratio,
+            plan=args.plan,
+            agent=args.agent,
+            agent_options=_agent_options(args.agent_option),
+            backend=args.backend,
+            threads=args.threads,
+            batch=args.batch,
+            lut=args.lut,
+            allow_foreign_table=args.allow_foreign_table,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            search_finetune_steps=args.search_finetune_steps,
+            val_samples=args.val_samples,
+            finetune_steps=args.finetune_steps,
+            finetune_lr=args.finetune_lr,
+            batch_size=args.batch_size,
+            margin=args.margin,
+            max_tries=args.max_tries,
+            repeats=args.repeats,
             calibration_plans=args.calibration_plans,
         )
-        report, met = run_job(cfg)
+        report, met = _interruptible(cfg, resume=False)
     print(f"report: {report}")
     if not met:
-        print("hwprune prune: error: after fine-tuning the pruned model measured over the budget (device noise); "
-              "see the report, and retry with a larger --margin", file=sys.stderr)
+        print(
+            "hwprune prune: error: after fine-tuning the pruned model measured over the budget (device noise); "
+            "see the report, and retry with a larger --margin",
+            file=sys.stderr,
+        )
         return 1
     return 0
