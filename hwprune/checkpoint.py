@@ -1,0 +1,113 @@
+"""Trained-model checkpoints: ``model.json`` (spec + provenance) beside ``model.safetensors``.
+
+Why this shape: loading must never unpickle (a checkpoint from the internet is data, not code),
+so the architecture is rebuilt from its registered name and only tensors are read. The JSON
+records how the weights were made, so a shipped baseline can be reproduced and audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hwprune import __version__
+from hwprune.errors import ArtifactError, HwpruneError
+from hwprune.io import load_weights, read_json, save_weights, write_json
+from hwprune.models import ModelSpec
+
+KIND = "checkpoint"
+SCHEMA_VERSION = 1
+JSON_NAME = "model.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(out_dir: str | Path, model: nn.Module, spec: ModelSpec, meta: dict[str, Any]) -> Path:
+    """Write weights, then the JSON that points at them (each atomically); returns the JSON path.
+
+    ``meta`` carries provenance such as ``data``, ``seed``, ``epochs``, ``test_accuracy`` and
+    ``command``; the reserved keys below are filled in here and win over ``meta``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / WEIGHTS_NAME
+    save_weights(weights, model.state_dict())
+    doc = dict(meta) | {
+        "kind": KIND,
+        "schema_version": SCHEMA_VERSION,
+        "hwprune_version": __version__,
+        "spec": spec.to_dict(),
+        "weights": WEIGHTS_NAME,
+        "weights_sha256": _sha256(weights),
+    }
+    # Keep the identifying keys first so the file reads well.
+    head = ("kind", "schema_version", "hwprune_version", "spec")
+    ordered = {k: doc[k] for k in head} | {k: v for k, v in doc.items() if k not in head}
+    write_json(out / JSON_NAME, ordered)
+    for path in (weights, out / JSON_NAME):
+        path.chmod(0o644)  # the atomic writers create private temp files; a checkpoint is for sharing
+    return out / JSON_NAME
+
+
+def _json_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        return p / JSON_NAME
+    if p.suffix == ".safetensors":
+        return p.with_name(JSON_NAME)
+    return p
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild the model from its spec and load weights strictly; returns (model in eval mode, spec, json).
+
+    Every failure (missing file, wrong kind, corrupt or foreign weights) is one ArtifactError line.
+    """
+    json_path = _json_path(path)
+    doc = read_json(json_path, KIND, SCHEMA_VERSION)
+    weights_path = json_path.parent / str(doc.get("weights", WEIGHTS_NAME))
+    try:
+        spec = ModelSpec.from_dict(doc.get("spec") or {})
+        model = spec.build()
+    except HwpruneError as exc:
+        raise ArtifactError(f"checkpoint {json_path}: {exc}") from None
+    if weights_path.is_file() and doc.get("weights_sha256") and _sha256(weights_path) != doc["weights_sha256"]:
+        raise ArtifactError(
+            f"{weights_path} does not match the checksum in {json_path}: the file is corrupt or was replaced"
+        )
+    state = load_weights(weights_path)
+    _check_state(model, state, weights_path, spec)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, spec, doc
+
+
+def _check_state(model: nn.Module, state: dict[str, Any], path: Path, spec: ModelSpec) -> None:
+    """Compare names and shapes first, so a mismatch is one readable line, not torch's paragraph."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(
+            f"{len(wrong)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+        )
+    raise ArtifactError(f"weights in {path} do not fit model '{spec.name}': tensors {'; '.join(parts)}")

@@ -1,0 +1,229 @@
+"""Seeded train / evaluate / fine-tune loops shared by every feature that touches weights.
+
+Why one module: a search compares candidate models by accuracy after a short fine-tune, so every
+caller must fine-tune and evaluate the same way, and the same seed must give the same weights.
+Nothing here changes ``torch.set_num_threads``: thread count is the caller's (and the profiler's)
+decision, recorded where latency is measured.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, Subset
+from tqdm import tqdm
+
+from hwprune.data import Augment, DataBundle, make_loader
+from hwprune.errors import ConfigError, DataError
+
+Device = str | torch.device | None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so model init and any unseeded randomness repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _device_of(model: nn.Module, device: Device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _sgd(model: nn.Module, lr: float, weight_decay: float = 5e-4) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine to zero, per step: short budgets end at a low LR, where accuracy peaks."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[float, int]:
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+def train(
+    model: nn.Module,
+    data: DataBundle,
+    epochs: int,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool = True,
+    device: Device = None,
+) -> dict[str, Any]:
+    """Train from scratch: SGD (momentum 0.9, Nesterov, wd 5e-4), warm-up + cosine over all steps.
+
+    Augmentation comes from ``data.augment`` and draws from its own seeded generator, so the run
+    is a function of ``seed`` alone. Returns a history with one row per epoch (train loss and
+    accuracy, validation accuracy, seconds). Ctrl-C propagates as ``KeyboardInterrupt`` after the
+    current step; the caller decides what (if anything) to keep.
+    """
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    dev = _device_of(model, device)
+    model.to(dev)
+    seed_everything(seed)
+    drop_last = len(data.train) > batch_size  # type: ignore[arg-type]
+    loader = make_loader(data.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+    if len(loader) == 0:
+        raise DataError("the training set is empty")
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    optimizer = _sgd(model, lr)
+    total = epochs * len(loader)
+    scheduler = _cosine(optimizer, total, warmup_steps=max(1, total // 20))
+    history: dict[str, Any] = {"epochs": [], "seed": seed, "lr": lr, "batch_size": batch_size}
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        desc = f"epoch {epoch}/{epochs}"
+        loss, acc = _train_epoch(model, loader, optimizer, scheduler, data.augment, aug_gen, dev, desc, progress)
+        val_acc = evaluate(model, data.val, device=dev) if len(data.val) else float("nan")  # type: ignore[arg-type]
+        row = {
+            "epoch": epoch,
+            "loss": loss,
+            "train_acc": acc,
+            "val_acc": val_acc,
+            "seconds": time.perf_counter() - start,
+        }
+        history["epochs"].append(row)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}/{epochs}: loss {row['loss']:.4f}  train acc {row['train_acc']:.4f}  "
+                f"val acc {val_acc:.4f}  ({row['seconds']:.0f}s)"
+            )
+    history["val_acc"] = history["epochs"][-1]["val_acc"]
+    history["seconds"] = sum(r["seconds"] for r in history["epochs"])
+    return history
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    augment: Augment | None,
+    aug_gen: torch.Generator,
+    dev: torch.device,
+    desc: str,
+    progress: bool,
+) -> tuple[float, float]:
+    """One pass over ``loader``; returns mean loss and accuracy. The bar closes even on Ctrl-C."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    with tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch") as bar:
+        for x, y in bar:
+            x, y = x.to(dev), y.to(dev)
+            if augment is not None:
+                x = augment(x, aug_gen)
+            loss, hits = _step(model, optimizer, x, y)
+            scheduler.step()
+            loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return loss_sum / seen, correct / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 512,
+    max_samples: int | None = None,
+    device: Device = None,
+) -> float:
+    """Top-1 accuracy in [0, 1] on the first ``max_samples`` of ``dataset`` (in order: repeatable)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if max_samples is not None and max_samples < n:
+        dataset, n = Subset(dataset, range(max_samples)), max_samples
+    if n == 0:
+        raise DataError("cannot evaluate on an empty dataset")
+    dev = _device_of(model, device)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for x, y in make_loader(dataset, batch_size, shuffle=False):
+            correct += int((model(x.to(dev)).argmax(1) == y.to(dev)).sum())
+    finally:
+        model.train(was_training)
+    return correct / n
+
+
+def _cycle(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless seeded batches: fine-tuning is bounded in steps so its cost does not grow with the data."""
+    loader = make_loader(dataset, batch_size, shuffle=True, seed=seed, drop_last=len(dataset) > batch_size)  # type: ignore[arg-type]
+    if len(loader) == 0:
+        raise DataError("cannot fine-tune on an empty dataset")
+    while True:
+        yield from loader
+
+
+def fine_tune(
+    model: nn.Module,
+    dataset: Dataset,
+    steps: int,
+    lr: float = 0.01,
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool = False,
+    device: Device = None,
+    augment: Augment | None = None,
+) -> None:
+    """Recover accuracy after pruning with ``steps`` SGD steps, cosine-decayed from ``lr``.
+
+    Deterministic: the same model, data and seed give bit-identical weights on the same machine
+    (it reseeds the global RNGs, as ``train`` does). The model's train/eval mode is restored.
+    """
+    if steps < 0:
+        raise ConfigError(f"fine-tune steps must be >= 0, got {steps}")
+    if steps == 0:
+        return
+    dev = _device_of(model, device)
+    model.to(dev)
+    seed_everything(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    optimizer = _sgd(model, lr)
+    scheduler = _cosine(optimizer, steps, warmup_steps=0)
+    was_training = model.training
+    model.train()
+    batches = _cycle(dataset, batch_size, seed)
+    try:
+        with tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False, unit="step") as bar:
+            for _ in bar:
+                x, y = next(batches)
+                x, y = x.to(dev), y.to(dev)
+                if augment is not None:
+                    x = augment(x, aug_gen)
+                loss, _hits = _step(model, optimizer, x, y)
+                scheduler.step()
+                bar.set_postfix(loss=f"{loss:.3f}")
+    finally:
+        model.train(was_training)
