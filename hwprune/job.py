@@ -46,7 +46,7 @@ class JobConfig:
     agent_options: dict[str, Any] = field(default_factory=dict)
     backend: str = "onnxruntime"
     threads: int | None = None
-    batch: int = 32
+    batch: int = 1
     lut: str | None = None
     allow_foreign_table: bool = False
     data_dir: str | None = None

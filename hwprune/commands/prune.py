@@ -109,6 +109,18 @@ def _interruptible(cfg, resume: bool):  # noqa: ANN001, ANN202 - JobConfig is im
         raise
 
 
+def _settings_from_table(args: argparse.Namespace) -> None:
+    """A latency table fixes the deployment setting: take what the user did not say from it."""
+    table = {}
+    if args.lut:
+        from hwprune.latency import LatencyTable
+
+        table = LatencyTable.load(args.lut, allow_foreign=True).settings
+    args.backend = args.backend or table.get("backend", "onnxruntime")
+    args.batch = args.batch or table.get("batch", 1)
+    args.threads = args.threads or table.get("threads") or None
+
+
 def run(args: argparse.Namespace) -> int:
     from hwprune.job import JobConfig, resume_config
 
@@ -119,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.checkpoint or not args.out:
             raise ConfigError("--checkpoint and --out are required (or --resume DIR)")
+        _settings_from_table(args)
         cfg = JobConfig(
             checkpoint=args.checkpoint,
             out=args.out,

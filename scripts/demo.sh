@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: the shipped ResNet-20 trained on Fashion-MNIST, deployed
+# with ONNX Runtime on this CPU at batch 32 (a setting where latency follows channel counts).
+#   profile the device -> prune to half the measured latency with NetAdapt -> fine-tune -> measure -> report
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN=${RUN:-runs/demo-$(date +%Y%m%d-%H%M%S)}
+CHECKPOINT=${CHECKPOINT:-checkpoints/resnet20-fmnist}
+BUDGET=${BUDGET:-0.5x}
+HW=".venv/bin/hwprune"
+
+echo "== 1/2 profile: latency table for $CHECKPOINT on onnxruntime, batch 32 -> $RUN/lut.json"
+$HW profile --checkpoint "$CHECKPOINT" --backend onnxruntime --batch 32 --out "$RUN/lut.json"
+
+echo "== 2/2 prune to $BUDGET of the measured latency with NetAdapt -> $RUN/prune"
+$HW prune --checkpoint "$CHECKPOINT" --lut "$RUN/lut.json" --budget "$BUDGET" --agent netadapt --out "$RUN/prune"
+
+echo
+cat "$RUN/prune/report.md"
+echo "report: $RUN/prune/report.md (and report.json); pruned model: $RUN/prune/model"
