@@ -91,7 +91,9 @@ def validate_config(cfg: JobConfig) -> None:
 
 def load_inputs(cfg: JobConfig) -> Loaded:
     model, spec, meta = load_checkpoint(cfg.checkpoint)
-    data = load_data(str(meta.get("data", "fashion-mnist")), cfg.data_dir, seed=cfg.seed)
+    # Split with the checkpoint's own seed: the validation images the search is rewarded on must be
+    # ones the baseline never trained on.
+    data = load_data(str(meta.get("data", "fashion-mnist")), cfg.data_dir, seed=int(meta.get("seed", 0)))
     if (data.in_channels, data.num_classes) != (spec.in_channels, spec.num_classes):
         raise ConfigError(
             f"checkpoint expects {spec.in_channels} input channels and {spec.num_classes} classes, "

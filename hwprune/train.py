@@ -155,7 +155,7 @@ def _train_epoch(
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
-    batch_size: int = 512,
+    batch_size: int = 128,
     max_samples: int | None = None,
     device: Device = None,
 ) -> float:

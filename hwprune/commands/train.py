@@ -32,7 +32,11 @@ HELP = "train a baseline model and write a checkpoint"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME")
     parser.add_argument("--data", default="fashion-mnist", help=f"dataset: {', '.join(DATASETS)}")
-    parser.add_argument("--data-dir", default=None, help="folder holding the dataset (see the data docs)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset folder (fashion-mnist falls back to /usr/share/datasets/fashion-mnist)",
+    )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (warm-up + cosine)")
     parser.add_argument("--batch-size", type=int, default=128, help="training batch size")
@@ -40,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-train", type=int, default=None, help="train on the first N shuffled samples only")
     parser.add_argument("--device", default="cpu", help="torch device to train on")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 on a busy machine)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads; 1 is fastest on a busy machine (unset: torch's choice)",
     )
     parser.add_argument("--out", required=True, help="checkpoint directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
