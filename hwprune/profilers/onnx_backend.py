@@ -13,6 +13,7 @@ import io
 import logging
 import re
 import warnings
+from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,8 +85,23 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     raise ModelError(f"{type(model).__name__} cannot be exported to ONNX ({'; '.join(errors)})")
 
 
+class OnnxProfiler(Profiler):
+    """A backend that deploys ONNX: blocks are built as ONNX graphs, whole models exported to ONNX."""
+
+    def measure_block(self, spec: BlockSpec) -> Measurement:
+        return self.measure_onnx(onnx_block(spec), f"block {spec}")
+
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+        what = f"{type(model).__name__} {tuple(input_shape)}"
+        return self.measure_onnx(export_onnx(model, tuple(input_shape)), what)
+
+    @abstractmethod
+    def measure_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Measurement:
+        """Time an already serialized model with fixed input shapes."""
+
+
 @register_profiler
-class OnnxRuntimeProfiler(Profiler):
+class OnnxRuntimeProfiler(OnnxProfiler):
     name = "onnxruntime"
 
     def __init__(self, *args: Any, provider: str = "CPUExecutionProvider", **kwargs: Any) -> None:
@@ -108,13 +124,6 @@ class OnnxRuntimeProfiler(Profiler):
             raise BackendUnavailable(
                 'onnxruntime backend needs onnxruntime: pip install onnxruntime (or reinstall "hwprune")'
             ) from None
-
-    def measure_block(self, spec: BlockSpec) -> Measurement:
-        return self.measure_onnx(onnx_block(spec), f"block {spec}")
-
-    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
-        what = f"{type(model).__name__} {tuple(input_shape)}"
-        return self.measure_onnx(export_onnx(model, tuple(input_shape)), what)
 
     def measure_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Measurement:
         """Time an already serialized model; its inputs must have fixed shapes."""

@@ -10,14 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from hwprune.errors import BackendUnavailable, ConfigError, ModelError
-from hwprune.profilers.base import Profiler, register_profiler
-from hwprune.profilers.blocks import BlockSpec, onnx_block
+from hwprune.profilers.base import register_profiler
 from hwprune.profilers.fingerprint import device_fingerprint
 from hwprune.profilers.measurement import Measurement
-from hwprune.profilers.onnx_backend import export_onnx
+from hwprune.profilers.onnx_backend import OnnxProfiler
 from hwprune.profilers.torch_backend import CudaEventTiming, require_cuda
 
 _INSTALL_HINT = 'tensorrt backend needs TensorRT: pip install "hwprune[tensorrt]" (NVIDIA GPU + CUDA required)'
@@ -70,7 +68,7 @@ def _parser_errors(parser: Any) -> str:
 
 
 @register_profiler
-class TensorRTProfiler(CudaEventTiming, Profiler):
+class TensorRTProfiler(CudaEventTiming, OnnxProfiler):
     name = "tensorrt"
 
     def __init__(
@@ -93,13 +91,6 @@ class TensorRTProfiler(CudaEventTiming, Profiler):
     def check_available(cls) -> None:
         _trt()
         require_cuda(cls.name)
-
-    def measure_block(self, spec: BlockSpec) -> Measurement:
-        return self.measure_onnx(onnx_block(spec), f"block {spec}")
-
-    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
-        what = f"{type(model).__name__} {tuple(input_shape)}"
-        return self.measure_onnx(export_onnx(model, tuple(input_shape)), what)
 
     def measure_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Measurement:
         with torch.cuda.device(self.device):
