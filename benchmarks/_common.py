@@ -1,0 +1,23 @@
+"""Shared by the benchmark scripts: machine load and a compact JSON print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load averages: a figure taken with load above the core count is disturbed."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def emit(summary: dict[str, Any]) -> None:
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _r(value: Any, digits: int = 3) -> Any:
+    """Round floats for a readable summary; leave everything else (messages, ints) alone."""
+    return round(value, digits) if isinstance(value, float) else value

@@ -1,0 +1,119 @@
+"""Issue-4 targets: do pruned models meet their budget *as measured*, and does NetAdapt beat uniform?
+
+For every model x budget x agent this runs the real `hwprune prune` job (one latency table per
+model, shared by its runs; the same seed, data split and long fine-tune for every agent), then
+prints one JSON summary: the share of final models whose measured median is <= the budget, and
+test accuracy of each agent at each budget. Runs already finished in --out-dir are reused, so an
+interrupted benchmark continues where it stopped.
+
+    python benchmarks/budget_adherence.py                      # the README's figures
+    python benchmarks/budget_adherence.py --models resnet20 --budgets 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, load_average  # noqa: E402
+
+from hwprune.checkpoint import load_checkpoint  # noqa: E402
+from hwprune.errors import HwpruneError  # noqa: E402
+from hwprune.job import JobConfig, run_job  # noqa: E402
+from hwprune.latency import TableSetting, profile_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def table_for(model: str, args: argparse.Namespace) -> Path:
+    ckpt = ROOT / "checkpoints" / f"{model}-fmnist"
+    _, spec, _ = load_checkpoint(ckpt)
+    out = Path(args.out_dir) / model / "lut.json"
+    setting = TableSetting(
+        model=spec.name, in_channels=spec.in_channels, num_classes=spec.num_classes, input_size=spec.input_size,
+        batch=args.batch, backend=args.backend, threads=args.threads, repeats=30, warmup=10, warmup_s=0.2,
+    )
+    profile_model(setting, out, resume=out.exists(), progress=False)
+    return out
+
+
+def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Namespace) -> dict:
+    out = Path(args.out_dir) / model / f"{agent}-{budget}x"
+    if not (out / "report.json").exists():
+        cfg = JobConfig(
+            checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"), out=str(out), budget=f"{budget}x", agent=agent,
+            backend=args.backend, threads=args.threads, batch=args.batch, lut=str(lut), seed=args.seed,
+            search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,
+            finetune_steps=args.finetune_steps,
+        )
+        try:
+            run_job(cfg, resume=(out / "job.json").exists())
+        except HwpruneError as exc:
+            return {"model": model, "budget": budget, "agent": agent, "error": str(exc), "met": False}
+    report = json.loads((out / "report.json").read_text())
+    return {
+        "model": model,
+        "budget": budget,
+        "agent": agent,
+        "budget_ms": round(report["budget"]["ms"], 3),
+        "measured_ms": round(report["pruned"]["measured"]["summary"]["median_ms"], 3),
+        "measured_iqr_ms": round(report["pruned"]["measured"]["summary"]["iqr_ms"], 3),
+        "predicted_ms": round(report["pruned"]["predicted_ms"], 3),
+        "unpruned_ms": round(report["unpruned"]["measured"]["summary"]["median_ms"], 3),
+        "met": bool(report["budget_met"]),
+        "test_accuracy": round(report["pruned"]["test_accuracy"], 4),
+        "unpruned_test_accuracy": round(report["unpruned"]["test_accuracy"], 4),
+        "search_s": round(report["search"]["cost"]["wall_s"], 1),
+        "evaluations": report["search"]["cost"]["evaluations"],
+        "searches": len(report["search"]["tries"]),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet20,mobilenetv2")
+    p.add_argument("--budgets", default="0.7,0.5,0.3")
+    p.add_argument("--agents", default="uniform,netadapt")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--search-finetune-steps", type=int, default=20)
+    p.add_argument("--val-samples", type=int, default=1000)
+    p.add_argument("--finetune-steps", type=int, default=400)
+    p.add_argument("--out-dir", default="runs/bench-budget")
+    args = p.parse_args()
+
+    start, rows = time.perf_counter(), []
+    for model in args.models.split(","):
+        lut = table_for(model, args)
+        for budget in (float(b) for b in args.budgets.split(",")):
+            for agent in args.agents.split(","):
+                rows.append(run_one(model, budget, agent, lut, args))
+                print(json.dumps(rows[-1]), file=sys.stderr)
+    acc = {(r["model"], r["budget"], r["agent"]): r.get("test_accuracy") for r in rows}
+    versus = [
+        {"model": m, "budget": b, "netadapt": acc.get((m, b, "netadapt")), "uniform": acc.get((m, b, "uniform"))}
+        for m, b, a in acc if a == "uniform" and (m, b, "netadapt") in acc
+    ]
+    emit({
+        "benchmark": "budget_adherence",
+        "command": "python " + " ".join(sys.argv),
+        "setting": {"backend": args.backend, "batch": args.batch, "threads": args.threads, "seed": args.seed,
+                    "finetune_steps": args.finetune_steps, "search_finetune_steps": args.search_finetune_steps},
+        "adherence": sum(r["met"] for r in rows) / len(rows),
+        "runs": rows,
+        "netadapt_vs_uniform": versus,
+        "netadapt_at_least_uniform": all((v["netadapt"] or 0) >= (v["uniform"] or 0) for v in versus),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "load_average": load_average(),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""How dense must the (c_in, c_out) grid be, and does splitting aligned/unaligned widths pay? Measure, then compare.
+
+Every candidate grid (fractions + quantum) is built for the same model and setting, sharing one
+cache of timed blocks (a block in two candidates is timed once; each candidate is charged the
+seconds of its own blocks) and one set of whole-model measurements (calibration plans and
+held-out plans do not depend on the table). Reported per candidate:
+
+- cost: blocks and the seconds they took;
+- block level: interpolation error at random off-grid widths (20..100 % of each layer), timed directly;
+- model level: held-out error of the calibrated predictor and of the plain sum.
+
+    .venv/bin/python benchmarks/grid_density.py --model resnet20 --batch 32 --input-size 32x32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import _r, emit, load_average  # noqa: E402
+
+from hwprune.commands.profile import parse_input_size  # noqa: E402
+from hwprune.io import write_json  # noqa: E402
+from hwprune.latency import Signature, TableSetting, check, heldout_plans, parse_grid  # noqa: E402
+from hwprune.latency.build import fill_table, new_table  # noqa: E402
+from hwprune.latency.calibrate import calibrate, measure_plan  # noqa: E402
+from hwprune.models import create_model  # noqa: E402
+from hwprune.pruning import ModelGraph, PruningPlan  # noqa: E402
+
+CANDIDATES = "0.5,1@1;0.125,0.25,0.5,0.75,1@1;8@1;0.25,0.5,1@8;0.125,0.25,0.5,0.75,1@8"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--backend", default="torch-cpu")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--input-size", default="32x32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--candidates", default=CANDIDATES, help="';'-separated GRID@QUANTUM")
+    p.add_argument("--probes", type=int, default=6, help="random off-grid widths timed per layer grid")
+    p.add_argument("--plans", type=int, default=30)
+    p.add_argument("--calib-plans", type=int, default=8)
+    p.add_argument("--out-dir", default="benchmarks/results")
+    args = p.parse_args()
+
+    load_before = load_average()
+    base = TableSetting(
+        model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
+        input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
+        repeats=args.repeats, warmup=10, warmup_s=0.2, calib_plans=args.calib_plans,
+    )
+    model = create_model(base.model, base.in_channels, base.num_classes)
+    graph = ModelGraph(model, base.input_shape)
+    profiler = base.profiler()
+    shape = (base.batch, *base.input_shape)
+    blocks: dict[object, tuple[object, float]] = {}
+    plans: dict[tuple, object] = {}
+
+    def block(spec):
+        if spec not in blocks:
+            t0 = time.perf_counter()
+            blocks[spec] = (profiler.measure_block(spec), time.perf_counter() - t0)
+        return blocks[spec][0]
+
+    def plan_ms(plan: PruningPlan):
+        key = plan.key()
+        if key not in plans:
+            plans[key] = measure_plan(model, graph, plan, profiler, shape)
+        return plans[key]
+
+    # Off-grid probes: random widths per layer, timed directly, shared by every candidate.
+    rng = np.random.default_rng(1)
+    probes = []
+    for layer in graph.layer_shapes():
+        sig = Signature.of(layer, base.batch)
+        for _ in range(args.probes):
+            ci = layer.c_in if layer.name == graph.layer_shapes()[0].name else int(rng.integers(
+                max(1, layer.c_in // 5), layer.c_in + 1))
+            co = int(rng.integers(max(1, layer.c_out // 5), layer.c_out + 1))
+            if layer.depthwise:
+                ci = co
+            if layer.kind == "linear":
+                co = layer.c_out
+            probes.append((sig, ci, co, (layer.c_in, layer.c_out)))
+    probe_values = {(s.key(), ci, co): block(s.block(ci, co)).median_ms for s, ci, co, _ in probes}
+
+    rows = []
+    heldout = None
+    for text in args.candidates.split(";"):
+        grid_text, _, q = text.partition("@")
+        setting = TableSetting(**{**base.__dict__, "grid": parse_grid(grid_text), "quantum": int(q or 1)})
+        table = new_table(setting, graph, profiler)
+        fill_table(table, profiler, None, progress=False, measure=block)
+        calibrate(table, model, graph, profiler, None, progress=False, measure=plan_ms)
+        if heldout is None:
+            heldout = heldout_plans(table, graph, args.plans, 0)
+        report = check(table, model, graph, profiler, heldout, progress=False, measure=plan_ms)
+        errs = [abs(table.lookup_ms(s.key(), ci, co, full=full) - probe_values[(s.key(), ci, co)])
+                / probe_values[(s.key(), ci, co)] * 100 for s, ci, co, full in probes]
+        cost = sum(blocks[table.signatures[k].block(ci, co)][1] for k, ci, co in table.planned_points())
+        rows.append({
+            "grid": list(setting.grid), "quantum": setting.quantum, "blocks": table.num_entries(),
+            "block_seconds": round(cost, 1),
+            "probe_median_abs_pct": round(float(np.median(errs)), 2),
+            "probe_p95_abs_pct": round(float(np.percentile(errs, 95)), 2),
+            "model": {k: {m: _r(v) for m, v in st.items()} for k, st in report["predictors"].items()
+                      if k != "flops"},
+        })
+    summary = {
+        "command": "python benchmarks/grid_density.py " + " ".join(sys.argv[1:]),
+        "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
+        "threads": args.threads, "device_key": profiler.device_key(), "heldout_plans": len(heldout or []),
+        "probes": len(probes), "candidates": rows,
+        "load_average": {"before": load_before, "after": load_average()},
+    }
+    stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"
+    write_json(Path(args.out_dir) / f"grid_{stem}.json", summary)
+    emit(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Build a latency table for one model/backend/setting, then grade its predictions on held-out plans.
+
+Prints a JSON summary (profiling time per phase, error figures for the calibrated predictor and
+both references, and the held-out error of every calibration form) and writes the full report,
+held-out rows included, to --out-dir. Run from the repository root, e.g.:
+
+    .venv/bin/python benchmarks/lut_accuracy.py --model resnet20 --backend torch-cpu --batch 32 --input-size 32x32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import _r, emit, load_average  # noqa: E402
+
+from hwprune.commands.profile import parse_input_size  # noqa: E402
+from hwprune.io import write_json  # noqa: E402
+from hwprune.latency import TableSetting, check, heldout_plans, model_for, parse_grid, profile_model  # noqa: E402
+from hwprune.latency.build import DEFAULT_FRACTIONS  # noqa: E402
+from hwprune.latency.load import profiler_for  # noqa: E402
+from hwprune.latency.validate import compare_forms  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--backend", default="torch-cpu")
+    p.add_argument("--batch", type=int, default=32, help="the batch the demo deploys at (32 for the zoo)")
+    p.add_argument("--input-size", default="32x32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
+    p.add_argument("--calib-plans", type=int, default=8)
+    p.add_argument("--calib-form", default="sum")
+    p.add_argument("--plans", type=int, default=40, help="held-out plans to measure")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="benchmarks/results")
+    p.add_argument("--resume", action="store_true", help="reuse/continue the table in --out-dir")
+    args = p.parse_args()
+
+    load_before = load_average()
+    setting = TableSetting(
+        model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
+        input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
+        repeats=args.repeats, warmup=10, warmup_s=0.2, grid=parse_grid(args.grid), calib_plans=args.calib_plans,
+        calib_form=args.calib_form,
+    )
+    stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"
+    out_dir = Path(args.out_dir)
+    lut = out_dir / f"lut_{stem}.json"
+    start = time.perf_counter()
+    table, seconds = profile_model(setting, lut, resume=args.resume, overwrite=not args.resume, progress=False)
+    profile_s = time.perf_counter() - start
+    model, graph = model_for(table)
+    profiler = profiler_for(table)
+    report = check(table, model, graph, profiler, heldout_plans(table, graph, args.plans, args.seed), progress=False)
+    report["calibration_forms"] = compare_forms(table, graph, report)
+    summary = {
+        "command": "python benchmarks/lut_accuracy.py " + " ".join(sys.argv[1:]),
+        "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
+        "threads": args.threads, "device_key": table.device_key(), "grid": list(setting.grid),
+        "signatures": len(table.grids), "blocks": table.num_entries(),
+        "profile_seconds": {"total": round(profile_s, 1), "blocks": round(seconds["blocks_s"], 1),
+                            "calibration": round(seconds["calibration_s"], 1)},
+        "unstable_blocks": seconds.get("unstable_blocks", 0),
+        "heldout_plans": report["plans"], "full_model_ms": round(report["full_model_measured_ms"], 3),
+        "unstable_measurements": report["unstable_measurements"],
+        "predictors": {k: {m: round(v, 4) for m, v in st.items()} for k, st in report["predictors"].items()},
+        "calibration_forms": {k: {m: _r(v) for m, v in st.items() if m != "coef"}
+                              for k, st in report["calibration_forms"].items()},
+        "load_average": {"before": load_before, "after": load_average()},
+    }
+    report["summary"] = summary
+    write_json(out_dir / f"accuracy_{stem}.json", report)
+    emit(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Check a latency table against reality: measure random pruned variants end to end and score predictions.
+
+The K plans are random (each group keeps 20..100 % of its channels), drawn from --seed, and
+never one of the plans the table was calibrated on. Each is pruned, run end to end on this
+device with the table's backend and settings, and compared with three predictions: the
+calibrated table (what `prune` uses), the plain sum of isolated block timings (NetAdapt-style)
+and the unpruned latency scaled by MACs (FLOPs-proportional).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hwprune.errors import ConfigError
+from hwprune.io import write_json
+from hwprune.latency.load import load_table, model_for
+from hwprune.latency.validate import check, heldout_plans
+
+HELP = "measure random pruned variants and report the latency table's prediction error"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the model the table was made for (a safety check)")
+    parser.add_argument("--lut", required=True, help="latency table JSON from `hwprune profile`")
+    parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    parser.add_argument("--repeats", type=int, default=None, help="timed samples per model (default: the table's)")
+    parser.add_argument("--out", default=None, help="JSON report (default: LUT name with .check.json)")
+    parser.add_argument("--allow-foreign-table", action="store_true",
+                        help="use a table profiled on another device/backend anyway")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plans < 1:
+        raise ConfigError(f"--plans must be >= 1, got {args.plans}")
+    if args.repeats is not None and args.repeats < 3:
+        raise ConfigError(f"--repeats must be >= 3, got {args.repeats}")
+    lut = Path(args.lut)
+    table, profiler = load_table(lut, args.allow_foreign_table, repeats=args.repeats)
+    if table.settings.get("model") != args.model:
+        raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {args.model!r}")
+    model, graph = model_for(table)
+    plans = heldout_plans(table, graph, args.plans, args.seed)
+    report = check(table, model, graph, profiler, plans, progress=not args.no_progress)
+    report |= {"lut": str(lut), "seed": args.seed, "device_key": profiler.device_key()}
+    out = Path(args.out) if args.out else lut.with_name(lut.stem + ".check.json")
+    write_json(out, report)
+    print(format_report(report))
+    print(f"wrote {out}")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    """A small fixed-width table: one row per predictor, the calibrated one first."""
+    lines = [
+        f"{report['model']} on {report['backend']} (batch {report['batch']}, "
+        f"{report['input_size'][0]}x{report['input_size'][1]}): {report['plans']} held-out plans, "
+        f"unpruned {report['full_model_measured_ms']:.3f} ms"
+        + ("" if report["calibrated"] else "  [table NOT calibrated: run `hwprune profile --calib-plans 8`]"),
+        f"{'predictor':<12}{'median |err|':>14}{'p95 |err|':>11}{'within 10%':>12}{'bias':>9}",
+    ]
+    for name, st in report["predictors"].items():
+        lines.append(f"{name:<12}{st['median_abs_pct']:>13.1f}%{st['p95_abs_pct']:>10.1f}%"
+                     f"{st['within_10pct']:>11.0%} {st['mean_signed_pct']:>+8.1f}%")
+    if report.get("unstable_measurements"):
+        lines.append(f"warning: {report['unstable_measurements']} measurements were unstable (busy machine?)")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Profile this device: build a latency lookup table (LUT) for a model at one deployment setting.
+
+Every conv/linear layer of the model is reduced to a signature (kind, kernel, stride, padding,
+depthwise, input HxW, batch, dtype); each signature is timed once per point of a grid of
+(c_in, c_out) widths, as a conv+BN+ReLU block the way the backend deploys it. Then a few pruned
+variants of the whole model are measured to calibrate the table's sum to end-to-end latency.
+The table is rewritten after every block, so Ctrl-C loses at most one block: run the same
+command with --resume to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from hwprune.errors import ConfigError
+from hwprune.io import read_json
+from hwprune.latency.build import DEFAULT_FRACTIONS, DEFAULT_QUANTUM, TableSetting, parse_grid, profile_model
+from hwprune.models import ModelSpec, create_model
+from hwprune.profilers import available_profilers
+
+HELP = "build a latency lookup table for a model on this device"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME")
+    src.add_argument("--checkpoint", help="checkpoint directory from `hwprune train`: its model spec is used "
+                     "(weights do not change latency)")
+    parser.add_argument("--backend", default="torch-cpu", help=f"profiler: {', '.join(available_profilers())}")
+    parser.add_argument("--batch", type=int, default=1, help="batch size the model is deployed at")
+    parser.add_argument("--input-size", default=None, help="input HxW, e.g. 32x32 (default: checkpoint's, else 32x32)")
+    parser.add_argument("--in-channels", type=int, default=None, help="input channels (default: checkpoint's, else 3)")
+    parser.add_argument("--num-classes", type=int, default=None, help="classes (default: checkpoint's, else 10)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: all cores); part of the device key")
+    parser.add_argument("--repeats", type=int, default=30, help="timed samples per block and per model")
+    parser.add_argument("--warmup", type=int, default=10, help="warm-up runs before sampling (at least)")
+    parser.add_argument("--warmup-s", type=float, default=0.2, help="warm-up seconds before sampling (at least)")
+    parser.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
+                        help="grid widths as fractions of each layer's width (e.g. 0.25,0.5,1), or a count N")
+    parser.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM,
+                        help="channel alignment the backend rewards: aligned and unaligned widths get their own "
+                        "grid points; 1 = one plain grid")
+    parser.add_argument("--calib-plans", type=int, default=8,
+                        help="whole-model measurements (unpruned + random plans) to calibrate on; 0 = none")
+    parser.add_argument("--calib-seed", type=int, default=1234, help="seed of the calibration plans")
+    parser.add_argument("--out", required=True, help="table JSON to write")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted table at --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="with --resume: keep the blocks, re-measure the whole-model calibration plans")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text) or re.fullmatch(r"\s*(\d+)\s*", text)
+    if not match:
+        raise ConfigError(f"--input-size must look like 32x32 (HxW), got {text!r}")
+    h = int(match.group(1))
+    w = int(match.group(2)) if match.lastindex == 2 else h
+    if h < 1 or w < 1:
+        raise ConfigError(f"--input-size must be positive, got {text!r}")
+    return h, w
+
+
+def setting_from_args(args: argparse.Namespace) -> TableSetting:
+    """Validate every option before any file is touched or any block is timed."""
+    spec = _checkpoint_spec(Path(args.checkpoint)) if args.checkpoint else None
+    model = spec.name if spec else args.model
+    input_size = parse_input_size(args.input_size) if args.input_size else (spec.input_size if spec else (32, 32))
+    in_channels = args.in_channels or (spec.in_channels if spec else 3)
+    num_classes = args.num_classes or (spec.num_classes if spec else 10)
+    if args.backend not in available_profilers():
+        raise ConfigError(f"unknown backend '{args.backend}': choose one of {', '.join(available_profilers())}")
+    for flag, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 3), ("--warmup", args.warmup, 0),
+                               ("--in-channels", in_channels, 1), ("--num-classes", num_classes, 1),
+                               ("--calib-plans", args.calib_plans, 0), ("--quantum", args.quantum, 1)):
+        if value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if 0 < args.calib_plans < 3:
+        raise ConfigError(f"--calib-plans must be 0 (no calibration) or >= 3, got {args.calib_plans}")
+    create_model(model, in_channels, num_classes)  # unknown model names fail here, before any work
+    return TableSetting(
+        model=model, in_channels=in_channels, num_classes=num_classes, input_size=input_size, batch=args.batch,
+        backend=args.backend, threads=args.threads or (os.cpu_count() or 1), repeats=args.repeats,
+        warmup=args.warmup, warmup_s=args.warmup_s, grid=parse_grid(args.grid), quantum=args.quantum,
+        calib_plans=args.calib_plans, calib_seed=args.calib_seed,
+    )
+
+
+def _checkpoint_spec(path: Path) -> ModelSpec:
+    from hwprune.checkpoint import JSON_NAME, KIND, SCHEMA_VERSION
+
+    json_path = path / JSON_NAME if path.is_dir() else path
+    return ModelSpec.from_dict(read_json(json_path, KIND, SCHEMA_VERSION).get("spec", {}))
+
+
+def run(args: argparse.Namespace) -> int:
+    setting = setting_from_args(args)
+    out = Path(args.out)
+    if args.recalibrate and not args.resume:
+        raise ConfigError("--recalibrate continues an existing table: pass it with --resume")
+    try:
+        table, seconds = profile_model(setting, out, resume=args.resume, overwrite=args.overwrite,
+                                       recalibrate=args.recalibrate, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if out.exists():
+            print(f"hwprune profile: every finished block is saved in {out}; run the same command with --resume "
+                  "to continue", file=sys.stderr)
+        raise
+    fit = (table.calibration or {}).get("fit")
+    calib = "; not calibrated"
+    if fit:
+        calib = (f"; calibrated on {len(table.calibration['plans'])} whole-model plans (in-sample median "
+                 f"error {fit['in_sample_median_abs_pct']:.1f}%, max {fit['in_sample_max_abs_pct']:.1f}%)")
+    print(f"{setting.model} on {table.device_key()} (batch {setting.batch}, {setting.input_size[0]}x"
+          f"{setting.input_size[1]}): {table.num_entries()} blocks over {len(table.grids)} signatures in "
+          f"{seconds['blocks_s']:.0f}s + {seconds['calibration_s']:.0f}s calibration{calib}; wrote {out}")
+    if seconds.get("unstable_blocks"):
+        print(f"note: {seconds['unstable_blocks']:.0f} of {seconds['blocks_timed']:.0f} blocks timed unstably "
+              "(a busy machine?); re-profile on a quiet machine for trustworthy numbers")
+    return 0

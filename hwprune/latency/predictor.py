@@ -1,0 +1,122 @@
+"""Predict a model's latency under any PruningPlan: the calibrated predictor and two references.
+
+The sum of per-layer block timings misses what a whole model adds (residual adds, pooling,
+the head, framework overhead per op, memory traffic between layers, fusion across blocks). Most
+of that scales with the same work the blocks do or is a constant, so a small least-squares fit
+on a few whole-model measurements, ``measured ~ a * sum + b``, removes it; the calibration lives
+in the table, so every later prediction on that device reuses it.
+
+The two references exist to show what the calibration buys: the plain sum of isolated block
+timings (NetAdapt's estimate) and a FLOPs-proportional estimate (measured full-model latency
+scaled by the plan's share of MACs), which is what FLOPs-based pruning implicitly assumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from hwprune.errors import TableError
+from hwprune.latency.table import LatencyTable, Signature
+from hwprune.pruning.graph import ModelGraph
+from hwprune.pruning.plan import PruningPlan
+
+
+class LatencyPredictor(Protocol):
+    """What agents see of latency: a number of milliseconds for a plan."""
+
+    name: str
+
+    def predict_ms(self, plan: PruningPlan) -> float: ...
+
+
+class TableSum:
+    """Sum of the table's interpolated block latencies over a model's layers (the raw LUT estimate)."""
+
+    def __init__(self, table: LatencyTable, graph: ModelGraph) -> None:
+        self.table = table
+        self.graph = graph
+        self.batch = int(table.settings["batch"])
+        self.dtype = str(table.settings.get("dtype", "float32"))
+        self._layers = [(s.name, Signature.of(s, self.batch, self.dtype).key(), (s.c_in, s.c_out))
+                        for s in graph.layer_shapes()]
+        missing = sorted({sig for _, sig, _ in self._layers if sig not in table.grids})
+        if missing:
+            raise TableError(
+                f"latency table ({table.settings.get('model')!r}, batch {self.batch}) has no entries for "
+                f"{len(missing)} layer signature(s) of this model, e.g. {missing[0]}: profile this model and setting"
+            )
+
+    def sum_ms(self, plan: PruningPlan | None) -> float:
+        return self.features(plan)["lut_sum_ms"]
+
+    def features(self, plan: PruningPlan | None) -> dict[str, float]:
+        """The calibration's inputs for a plan: the table sum, and the activation volume in millions.
+
+        The activation volume (sum over layers of batch * c_out * out H * out W) stands for the
+        work that grows with a layer's *width* rather than its width squared: residual adds,
+        pooling, layout reorders, memory traffic between layers.
+        """
+        keep = plan.keep if plan is not None else None
+        total = act = 0.0
+        for (_, sig, full), shape in zip(self._layers, self.graph.layer_shapes(keep), strict=True):
+            total += self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full)
+            act += shape.c_out * shape.out_hw[0] * shape.out_hw[1]
+        return {"lut_sum_ms": total, "act_melems": act * self.batch / 1e6}
+
+
+class SumPredictor:
+    """NetAdapt-style reference: the plain, uncalibrated sum of isolated block timings."""
+
+    name = "lut-sum"
+
+    def __init__(self, table: LatencyTable, graph: ModelGraph) -> None:
+        self._sum = TableSum(table, graph)
+
+    def predict_ms(self, plan: PruningPlan) -> float:
+        return self._sum.sum_ms(plan)
+
+
+class FlopsPredictor:
+    """FLOPs-proportional reference: measured full-model latency times the plan's share of MACs."""
+
+    name = "flops"
+
+    def __init__(self, graph: ModelGraph, full_ms: float) -> None:
+        self.graph = graph
+        self.full_ms = full_ms
+        self._full_macs = sum(s.macs for s in graph.layer_shapes())
+
+    def predict_ms(self, plan: PruningPlan) -> float:
+        macs = sum(s.macs for s in self.graph.layer_shapes(plan.keep))
+        return self.full_ms * macs / self._full_macs
+
+
+class Predictor:
+    """The calibrated predictor: a linear function of the table sum (and activation volume) fitted per table.
+
+    Without a calibration in the table it falls back to the plain sum and says so through
+    ``calibrated``; callers that need honest numbers should check it.
+    """
+
+    name = "calibrated"
+
+    def __init__(self, table: LatencyTable, graph: ModelGraph) -> None:
+        self.table = table
+        self.graph = graph
+        self._sum = TableSum(table, graph)
+        fit = (table.calibration or {}).get("fit")
+        self.calibrated = bool(fit)
+        self.coef: dict[str, float] = {k: float(v) for k, v in fit["coef"].items()} if fit else {"lut_sum_ms": 1.0}
+        self.offset_ms = float(fit["offset_ms"]) if fit else 0.0
+
+    def predict_ms(self, plan: PruningPlan) -> float:
+        return self.apply(self._sum.features(plan))
+
+    def apply(self, features: dict[str, float]) -> float:
+        return self.offset_ms + sum(c * features[k] for k, c in self.coef.items())
+
+    def full_ms(self) -> float:
+        return self.apply(self._sum.features(None))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "calibrated": self.calibrated, "coef": self.coef, "offset_ms": self.offset_ms}

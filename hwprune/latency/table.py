@@ -1,0 +1,238 @@
+"""LatencyTable: measured block latencies on one device + backend, keyed by layer signature and widths.
+
+A table is a *record of measurements*, not a model of them: it keeps every raw sample, the
+device fingerprint and the settings it was built under, and a sha256 over its payload so a
+hand-edited or truncated file is refused instead of silently mis-predicting. Values between
+measured widths are read by interpolation on rectangular grids (see ``interp.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hwprune import __version__
+from hwprune.errors import ArtifactError, TableError
+from hwprune.io import read_json, write_json
+from hwprune.latency.interp import Grid, interpolate
+from hwprune.profilers.blocks import BlockSpec
+from hwprune.profilers.fingerprint import device_key
+from hwprune.profilers.measurement import Measurement
+from hwprune.pruning.graph import LayerShape
+
+TABLE_KIND = "latency-table"
+TABLE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Everything about a layer that changes its latency except its channel counts."""
+
+    kind: str
+    kernel: int
+    stride: int
+    padding: int
+    depthwise: bool
+    in_hw: tuple[int, int]
+    batch: int
+    dtype: str = "float32"
+
+    @classmethod
+    def of(cls, layer: LayerShape, batch: int, dtype: str = "float32") -> Signature:
+        return cls(layer.kind, layer.kernel, layer.stride, layer.padding, layer.depthwise,
+                   tuple(layer.in_hw), batch, dtype)
+
+    def key(self) -> str:
+        """Readable, stable string: it is the JSON key and what error messages show."""
+        dw = "-dw" if self.depthwise else ""
+        h, w = self.in_hw
+        return (f"{self.kind}{dw}-k{self.kernel}s{self.stride}p{self.padding}-{h}x{w}"
+                f"-b{self.batch}-{self.dtype}")
+
+    def block(self, c_in: int, c_out: int) -> BlockSpec:
+        return BlockSpec(self.kind, c_in, c_out, self.kernel, self.stride, self.padding,
+                         self.depthwise, self.in_hw, self.batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"in_hw": list(self.in_hw)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        return cls(str(data["kind"]), int(data["kernel"]), int(data["stride"]), int(data["padding"]),
+                   bool(data["depthwise"]), (int(data["in_hw"][0]), int(data["in_hw"][1])),
+                   int(data["batch"]), str(data.get("dtype", "float32")))
+
+
+@dataclass
+class LatencyTable:
+    """Block latencies for one model setting on one device + backend.
+
+    ``grids[sig]`` lists the rectangular channel grids planned for that signature (one per
+    distinct full width of the layers sharing it); ``entries[sig][(c_in, c_out)]`` holds what has
+    been measured so far. A table is *complete* when every planned grid point is measured.
+    ``calibration`` (optional) holds whole-model measurements and the fit made from them.
+    """
+
+    backend: str
+    fingerprint: dict[str, Any]
+    settings: dict[str, Any]
+    signatures: dict[str, Signature]
+    grids: dict[str, list[Grid]]
+    entries: dict[str, dict[tuple[int, int], Measurement]]
+    calibration: dict[str, Any] | None = None
+    created: str = ""
+    hwprune_version: str = __version__
+
+    # ---- queries -----------------------------------------------------------------------
+    def planned_points(self) -> list[tuple[str, int, int]]:
+        """Every (signature, c_in, c_out) the grids ask for, in a stable order, each once."""
+        seen: set[tuple[str, int, int]] = set()
+        out = []
+        for sig, grids in self.grids.items():
+            for grid in grids:
+                for ci, co in grid.points():
+                    if (sig, ci, co) not in seen:
+                        seen.add((sig, ci, co))
+                        out.append((sig, ci, co))
+        return out
+
+    def missing_points(self) -> list[tuple[str, int, int]]:
+        return [p for p in self.planned_points() if (p[1], p[2]) not in self.entries.get(p[0], {})]
+
+    def is_complete(self) -> bool:
+        return not self.missing_points()
+
+    def num_entries(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+    def add(self, sig: str, c_in: int, c_out: int, m: Measurement) -> None:
+        self.entries.setdefault(sig, {})[(c_in, c_out)] = m
+
+    def value_ms(self, sig: str, c_in: int, c_out: int) -> float:
+        """The median of one measured grid point (no interpolation)."""
+        return self.entries[sig][(c_in, c_out)].median_ms
+
+    def lookup_ms(self, sig: Signature | str, c_in: int, c_out: int,
+                  full: tuple[int, int] | None = None) -> float:
+        """Interpolated latency of a block; ``full`` = the layer's unpruned widths picks its grid.
+
+        Passing ``full`` makes a layer always read its own grid, so predicted latency is
+        monotone in its widths; without it the smallest grid that covers the point is used.
+        """
+        key = sig.key() if isinstance(sig, Signature) else sig
+        if key not in self.grids:
+            raise TableError(
+                f"latency table has no entries for layer signature {key}: it was profiled for "
+                f"{self.settings.get('model')!r} at another setting; re-run `hwprune profile` for this model"
+            )
+        grid = self._pick_grid(key, c_in, c_out, full)
+        values = self.entries.get(key, {})
+        try:
+            return interpolate(grid, c_in, c_out, lambda ci, co: values[(ci, co)].median_ms)
+        except KeyError:
+            raise TableError(
+                f"latency table is incomplete for signature {key}: resume it with `hwprune profile --resume`"
+            ) from None
+
+    def _pick_grid(self, key: str, c_in: int, c_out: int, full: tuple[int, int] | None) -> Grid:
+        grids = self.grids[key]
+        if full is not None:
+            for g in grids:
+                if (g.c_in[-1], g.c_out[-1]) == tuple(full):
+                    return g
+        covering = [g for g in grids if g.covers(c_in, c_out)]
+        pool = covering or grids
+        return min(pool, key=lambda g: g.c_in[-1] * g.c_out[-1]) if covering else max(
+            pool, key=lambda g: g.c_in[-1] * g.c_out[-1])
+
+    # ---- JSON --------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        """The checksummed part: what the numbers are and what they were measured on."""
+        return {
+            "backend": self.backend,
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "signatures": {k: s.to_dict() for k, s in self.signatures.items()},
+            "grids": {k: [g.to_dict() for g in gs] for k, gs in self.grids.items()},
+            "entries": {
+                k: [{"c_in": ci, "c_out": co, "measurement": m.to_dict()}
+                    for (ci, co), m in sorted(v.items())]
+                for k, v in self.entries.items()
+            },
+            "calibration": self.calibration,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = self._payload()
+        return {
+            "kind": TABLE_KIND,
+            "schema_version": TABLE_SCHEMA,
+            "hwprune_version": self.hwprune_version,
+            "created": self.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "sha256": checksum(payload),
+            **payload,
+        }
+
+    def save(self, path: str | Path) -> None:
+        if not self.created:
+            self.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "latency table") -> LatencyTable:
+        payload_keys = ("backend", "fingerprint", "settings", "signatures", "grids", "entries", "calibration")
+        payload = {k: data.get(k) for k in payload_keys}
+        if data.get("sha256") != checksum(payload):
+            raise TableError(f"{source} is corrupt: its sha256 does not match its entries (edited or truncated?); "
+                             "re-profile with `hwprune profile`")
+        try:
+            entries: dict[str, dict[tuple[int, int], Measurement]] = {}
+            for k, rows in data["entries"].items():
+                entries[k] = {(int(r["c_in"]), int(r["c_out"])): Measurement.from_dict(r["measurement"]) for r in rows}
+            return cls(
+                backend=str(data["backend"]),
+                fingerprint=dict(data["fingerprint"]),
+                settings=dict(data["settings"]),
+                signatures={k: Signature.from_dict(s) for k, s in data["signatures"].items()},
+                grids={k: [Grid.from_dict(g) for g in gs] for k, gs in data["grids"].items()},
+                entries=entries,
+                calibration=data.get("calibration"),
+                created=str(data.get("created", "")),
+                hwprune_version=str(data.get("hwprune_version", "")),
+            )
+        except (ArtifactError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise TableError(f"{source} is malformed ({exc}); re-profile with `hwprune profile`") from None
+
+    @classmethod
+    def load(cls, path: str | Path, expected_key: str | None = None, allow_foreign: bool = False) -> LatencyTable:
+        """Read and verify a table; ``expected_key`` is ``device_key`` of the profiler about to use it."""
+        try:
+            data = read_json(path, TABLE_KIND, TABLE_SCHEMA)
+        except ArtifactError as exc:
+            raise TableError(str(exc)) from None
+        table = cls.from_dict(data, source=str(path))
+        if expected_key is not None:
+            table.verify_device(expected_key, allow_foreign, source=str(path))
+        return table
+
+    def verify_device(self, expected_key: str, allow_foreign: bool = False, source: str = "latency table") -> None:
+        """Refuse a table made on another device/backend: its numbers would silently mislead every agent."""
+        found = self.device_key()
+        if found != expected_key and not allow_foreign:
+            raise TableError(
+                f"{source} was profiled on another device/backend ({found}), not this one ({expected_key}): "
+                "re-profile here, or pass --allow-foreign-table to use it anyway"
+            )
+
+    def device_key(self) -> str:
+        return device_key(self.fingerprint)
+
+
+def checksum(payload: dict[str, Any]) -> str:
+    """sha256 of canonical JSON (sorted keys, fixed separators), so key order and whitespace do not matter."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()

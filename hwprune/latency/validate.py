@@ -1,0 +1,138 @@
+"""Validate predictors against measured end-to-end latency on held-out random plans.
+
+The held-out plans are i.i.d. random (each group keeps a uniform 20..100 % of its channels),
+drawn from a seed of their own; any plan that coincides with a calibration plan is skipped, so
+the figures never grade the fit on its own data.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from hwprune.errors import TableError
+from hwprune.latency.calibrate import measure_plan
+from hwprune.latency.predictor import FlopsPredictor, LatencyPredictor, Predictor, SumPredictor
+from hwprune.latency.table import LatencyTable
+from hwprune.profilers.base import Profiler
+from hwprune.profilers.measurement import Measurement
+from hwprune.pruning.graph import ModelGraph
+from hwprune.pruning.plan import PruningPlan
+
+WITHIN_PCT = 10.0
+
+
+def heldout_plans(table: LatencyTable, graph: ModelGraph, count: int, seed: int,
+                  low: float = 0.2, high: float = 1.0) -> list[PruningPlan]:
+    model_name = str(table.settings["model"])
+    used = {tuple(sorted((k, int(v)) for k, v in r["keep"].items()))
+            for r in (table.calibration or {}).get("plans", [])}
+    rng = np.random.default_rng(seed)
+    plans: list[PruningPlan] = []
+    seen = set(used)
+    for _ in range(count * 20):
+        if len(plans) == count:
+            break
+        plan = PruningPlan.random(model_name, graph, rng, low=low, high=high)
+        key = tuple(sorted(plan.keep.items()))
+        if key not in seen:
+            seen.add(key)
+            plans.append(plan)
+    return plans
+
+
+def error_stats(predicted: list[float], measured: list[float]) -> dict[str, float]:
+    """Median / p95 absolute percentage error, the share within +-10 %, and the mean signed error (bias)."""
+    p, m = np.asarray(predicted), np.asarray(measured)
+    signed = (p - m) / m * 100
+    err = np.abs(signed)
+    return {
+        "median_abs_pct": float(np.median(err)),
+        "p95_abs_pct": float(np.percentile(err, 95)),
+        "max_abs_pct": float(err.max()),
+        "within_10pct": float(np.mean(err <= WITHIN_PCT)),
+        "mean_signed_pct": float(signed.mean()),
+    }
+
+
+def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler,
+          plans: list[PruningPlan], progress: bool = True,
+          measure: Callable[[PruningPlan], Measurement] | None = None) -> dict[str, Any]:
+    """Measure every plan end to end and score the calibrated predictor and both references."""
+    s = table.settings
+    shape = (int(s["batch"]), int(s["in_channels"]), *[int(v) for v in s["input_size"]])
+    measure = measure or (lambda plan: measure_plan(model, graph, plan, profiler, shape))
+    calibrated = Predictor(table, graph)
+    full_ms = _full_ms(table, graph) or measure(PruningPlan.full(str(s["model"]), graph)).median_ms
+    predictors: list[LatencyPredictor] = [calibrated, SumPredictor(table, graph), FlopsPredictor(graph, full_ms)]
+    rows = []
+    unstable = 0
+    start = time.perf_counter()
+    for plan in tqdm(plans, desc="measuring held-out plans", unit="plan", disable=not progress):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = measure(plan)
+        unstable += bool(caught)
+        rows.append({
+            "keep": plan.keep,
+            "keep_ratio": plan.keep_ratio(),
+            "measured_ms": m.median_ms,
+            "measured_iqr_ms": m.iqr_ms,
+            "predicted_ms": {p.name: p.predict_ms(plan) for p in predictors},
+        })
+    measured = [r["measured_ms"] for r in rows]
+    return {
+        "model": s["model"],
+        "backend": table.backend,
+        "batch": s["batch"],
+        "input_size": s["input_size"],
+        "plans": len(rows),
+        "calibrated": calibrated.calibrated,
+        "calibration": calibrated.describe(),
+        "full_model_measured_ms": full_ms,
+        "unstable_measurements": unstable,
+        "seconds": time.perf_counter() - start,
+        "predictors": {p.name: error_stats([r["predicted_ms"][p.name] for r in rows], measured) for p in predictors},
+        "rows": rows,
+    }
+
+
+def _full_ms(table: LatencyTable, graph: ModelGraph) -> float | None:
+    """The unpruned model's latency if calibration measured it (it always does; None for a bare table)."""
+    full = PruningPlan.full(str(table.settings["model"]), graph).keep
+    for r in (table.calibration or {}).get("plans", []):
+        if {k: int(v) for k, v in r["keep"].items()} == full:
+            return Measurement.from_dict(r["measurement"]).median_ms
+    return None
+
+
+def compare_forms(table: LatencyTable, graph: ModelGraph, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Held-out error of every calibration form, refitted on the table's own calibration plans.
+
+    Costs no measurement: the held-out rows already hold measured latencies, so this is how the
+    default form was chosen (benchmarks/LATENCY.md).
+    """
+    from hwprune.latency.calibrate import FORMS, fit
+    from hwprune.latency.predictor import TableSum
+
+    rows = (table.calibration or {}).get("plans", [])
+    sums = TableSum(table, graph)
+    model_name = str(table.settings["model"])
+    feats = [sums.features(PruningPlan.full(model_name, graph).with_keep(r["keep"])) for r in report["rows"]]
+    measured = [r["measured_ms"] for r in report["rows"]]
+    out: dict[str, dict[str, Any]] = {}
+    for form in FORMS:
+        try:
+            f = fit(table, graph, rows, form)
+        except TableError as exc:
+            out[form] = {"failed": str(exc)}
+            continue
+        predicted = [f["offset_ms"] + sum(c * x[k] for k, c in f["coef"].items()) for x in feats]
+        out[form] = {"coef": f["coef"], "offset_ms": f["offset_ms"], **error_stats(predicted, measured)}
+    return out

@@ -1,0 +1,292 @@
+"""Latency tables: JSON round-trip, interpolation, refusal of corrupt/foreign tables, resumable builds, predictors.
+
+Most tests use a fake profiler whose "latency" is a deterministic function of the block, so they
+check behaviour (what is stored, what is refused, what a resume yields) without timing anything.
+The CLI tests in test_lut_check.py time real blocks, briefly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from torch import nn
+
+from hwprune.errors import ConfigError, TableError
+from hwprune.latency import (
+    FlopsPredictor,
+    Grid,
+    LatencyTable,
+    Predictor,
+    Signature,
+    SumPredictor,
+    TableSetting,
+    axis_points,
+    error_stats,
+    heldout_plans,
+    interpolate,
+    parse_grid,
+    plan_grids,
+    profile_model,
+)
+from hwprune.latency.calibrate import calibration_plans
+from hwprune.models import create_model
+from hwprune.profilers import BlockSpec, Measurement, Profiler
+from hwprune.pruning import ModelGraph, PruningPlan
+
+
+class FakeProfiler(Profiler):
+    """Latency = MACs-like work + overhead, with fixed samples; never registered, never timed."""
+
+    name = "fake"
+
+    def __init__(self, threads: int = 1, fail_after: int | None = None, **kwargs: Any) -> None:
+        super().__init__(threads=threads, **kwargs)
+        self.fail_after = fail_after
+        self.blocks = 0
+
+    def measure_block(self, spec: BlockSpec) -> Measurement:
+        if self.fail_after is not None and self.blocks >= self.fail_after:
+            raise KeyboardInterrupt  # what Ctrl-C looks like from inside the build
+        self.blocks += 1
+        h, w = spec.out_hw
+        work = spec.batch * spec.c_out * h * w * (1 if spec.depthwise else spec.c_in) * spec.kernel**2
+        base = 0.01 + work * 1e-6
+        return Measurement([base, base * 1.01, base * 0.99])
+
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+        params = sum(p.numel() for p in model.parameters())
+        return Measurement([0.5 + params * 1e-5] * 3)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": "fake", "device": "cpu", "cpu_model": "test-cpu", "threads": self.threads,
+                "precision": "fp32"}
+
+
+def setting(**overrides: Any) -> TableSetting:
+    base = dict(model="resnet20", in_channels=3, num_classes=10, input_size=(16, 16), batch=2, backend="fake",
+                threads=1, repeats=3, warmup=0, warmup_s=0.0, grid=(0.25, 0.5, 1.0), calib_plans=4, calib_seed=7)
+    return TableSetting(**(base | overrides))
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> tuple[nn.Module, ModelGraph]:
+    model = create_model("resnet20", 3, 10)
+    return model, ModelGraph(model, (3, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def built(resnet20, tmp_path_factory) -> tuple[LatencyTable, Path]:
+    out = tmp_path_factory.mktemp("lut") / "lut.json"
+    table, _ = profile_model(setting(), out, progress=False, profiler=FakeProfiler(repeats=3), model=resnet20[0])
+    return table, out
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and text
+    return text
+
+
+# ---- interpolation ------------------------------------------------------------------------
+
+def test_axis_points_are_fractions_of_the_full_width() -> None:
+    assert axis_points(64, (0.125, 0.25, 0.5, 1.0)) == (8, 16, 32, 64)
+    assert axis_points(3, (0.125, 0.5, 1.0)) == (1, 2, 3)  # rounded, at least 1, deduplicated
+
+
+def test_interpolation_exact_at_grid_points_and_monotone_between() -> None:
+    grid = Grid((4, 8, 16, 32), (3, 12, 24))
+    rng = np.random.default_rng(0)
+    # Monotone but deliberately not bilinear data (steps and a convex term), as real timings are.
+    data = {(ci, co): 0.1 + ci * co * 0.01 + (ci // 8) * 0.3 + co**1.5 * 0.02 for ci, co in grid.points()}
+    value = lambda ci, co: data[(ci, co)]  # noqa: E731
+    for (ci, co), v in data.items():
+        assert interpolate(grid, ci, co, value) == pytest.approx(v, rel=1e-12)
+    for _ in range(300):
+        ci, co = rng.uniform(1, 40), rng.uniform(1, 30)
+        base = interpolate(grid, ci, co, value)
+        assert interpolate(grid, ci + rng.uniform(0, 5), co, value) >= base - 1e-12
+        assert interpolate(grid, ci, co + rng.uniform(0, 5), value) >= base - 1e-12
+    # Between two grid points the value lies between their values.
+    mid = interpolate(grid, 12, 12, value)
+    assert data[(8, 12)] <= mid <= data[(16, 12)]
+
+
+def test_depthwise_grid_is_one_dimensional() -> None:
+    grid = Grid((8, 16, 32), (8, 16, 32), diagonal=True)
+    assert grid.points() == [(8, 8), (16, 16), (32, 32)]
+    data = {(8, 8): 1.0, (16, 16): 2.0, (32, 32): 5.0}
+    assert interpolate(grid, 24, 24, lambda a, b: data[(a, b)]) == pytest.approx(3.5)
+    assert interpolate(grid, 4, 4, lambda a, b: data[(a, b)]) == pytest.approx(1.0)  # flat below the grid
+
+
+def test_aligned_and_unaligned_widths_read_their_own_points() -> None:
+    assert axis_points(64, (0.25, 0.5, 1.0), quantum=8) == (13, 16, 29, 32, 61, 64)
+    grid = Grid(axis_points(64, (0.25, 0.5, 1.0), 8), (10,), quantum=8)
+    # Aligned widths are cheaper here, as on a SIMD backend: 1.0 per 8 channels vs 1.5.
+    data = {(ci, 10): (ci / 8) * (1.0 if ci % 8 == 0 else 1.5) for ci in grid.c_in}
+    value = lambda ci, co: data[(ci, co)]  # noqa: E731
+    for ci in grid.c_in:
+        assert interpolate(grid, ci, 10, value) == pytest.approx(data[(ci, 10)])
+    assert interpolate(grid, 24, 10, value) == pytest.approx(3.0)  # from 16 and 32 only
+    assert interpolate(grid, 25, 10, value) == pytest.approx(1.5 * 25 / 8)  # from 13 and 29 only
+    assert interpolate(grid, 24, 10, value) < interpolate(grid, 23, 10, value)  # the hardware's truth
+    unaligned = [interpolate(grid, c, 10, value) for c in range(1, 64) if c % 8]
+    assert all(b >= a for a, b in itertools.pairwise(unaligned))  # monotone within a class
+
+
+def test_parse_grid() -> None:
+    assert parse_grid("4") == (0.25, 0.5, 0.75, 1.0)
+    assert parse_grid("1,0.5") == (0.5, 1.0)
+    assert parse_grid("1") == (1.0,)
+    for bad in ("0.5,0.9", "0", "x", "0,1"):
+        with pytest.raises(ConfigError):
+            parse_grid(bad)
+
+
+# ---- planning -----------------------------------------------------------------------------
+
+def test_plan_dedupes_signatures_and_freezes_unprunable_axes(resnet20) -> None:
+    _, graph = resnet20
+    sigs, grids = plan_grids(graph, batch=2, fractions=(0.5, 1.0), quantum=1)
+    layers = graph.layer_shapes()
+    assert len(sigs) < len(layers)  # the 3x3 convs of a stage share one signature
+    stem = Signature.of(layers[0], 2).key()
+    assert Grid((3,), (8, 16)) in grids[stem]  # image channels are not prunable...
+    assert Grid((8, 16), (8, 16)) in grids[stem]  # ...while layer1's 3x3 convs share the signature
+    head = Signature.of(layers[-1], 2).key()
+    assert grids[head] == [Grid((32, 64), (10,))]  # nor are the classes
+
+
+# ---- JSON, corruption, foreign tables ------------------------------------------------------
+
+def test_table_round_trip(built) -> None:
+    table, out = built
+    loaded = LatencyTable.load(out)
+    assert loaded.to_dict() | {"created": ""} == table.to_dict() | {"created": ""}
+    assert loaded.is_complete() and loaded.num_entries() == len(table.planned_points())
+    for sig, ci, co in table.planned_points()[:20]:
+        assert loaded.lookup_ms(sig, ci, co) == table.value_ms(sig, ci, co)
+    assert loaded.entries[sig][(ci, co)].samples_ms == table.entries[sig][(ci, co)].samples_ms
+    data = json.loads(out.read_text())
+    assert {"schema_version", "hwprune_version", "backend", "fingerprint", "created", "sha256"} <= set(data)
+
+
+@pytest.mark.parametrize("damage", ["not json", "edited entry", "wrong kind", "wrong schema", "truncated"])
+def test_corrupt_table_refused_with_one_line(built, tmp_path, damage) -> None:
+    _, out = built
+    text = out.read_text()
+    data = json.loads(text)
+    if damage == "not json":
+        text = text[: len(text) // 2]
+    elif damage == "edited entry":
+        rows = next(iter(data["entries"].values()))
+        rows[0]["measurement"]["samples_ms"][0] *= 0.5
+        text = json.dumps(data)
+    elif damage == "wrong kind":
+        text = json.dumps(data | {"kind": "pruning-plan"})
+    elif damage == "wrong schema":
+        text = json.dumps(data | {"schema_version": 99})
+    else:
+        text = json.dumps({k: v for k, v in data.items() if k != "entries"})
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    with pytest.raises(TableError) as exc:
+        LatencyTable.load(bad)
+    one_line(exc)
+
+
+def test_foreign_table_refused_unless_allowed(built, tmp_path) -> None:
+    table, out = built
+    here = FakeProfiler(threads=1, repeats=3).device_key()
+    LatencyTable.load(out, expected_key=here)  # same device: fine
+    other = FakeProfiler(threads=4, repeats=3).device_key()
+    with pytest.raises(TableError) as exc:
+        LatencyTable.load(out, expected_key=other)
+    assert "--allow-foreign-table" in one_line(exc)
+    assert LatencyTable.load(out, expected_key=other, allow_foreign=True).num_entries() == table.num_entries()
+
+
+# ---- building and resuming -----------------------------------------------------------------
+
+def test_resume_after_interruption_gives_the_same_entries(resnet20, built, tmp_path) -> None:
+    model, _ = resnet20
+    reference, _ = built
+    out = tmp_path / "lut.json"
+    with pytest.raises(KeyboardInterrupt):
+        profile_model(setting(), out, progress=False, profiler=FakeProfiler(fail_after=7, repeats=3), model=model)
+    partial = LatencyTable.load(out)
+    assert partial.num_entries() == 7 and not partial.is_complete()  # every finished block was kept
+    with pytest.raises(ConfigError):  # no silent clobbering without --resume
+        profile_model(setting(), out, progress=False, profiler=FakeProfiler(repeats=3), model=model)
+    resumed_profiler = FakeProfiler(repeats=3)
+    resumed, _ = profile_model(setting(), out, resume=True, progress=False, profiler=resumed_profiler, model=model)
+    assert resumed_profiler.blocks == reference.num_entries() - 7  # nothing timed twice
+    final = LatencyTable.load(out)
+    assert final.is_complete()
+    assert {k: set(v) for k, v in final.entries.items()} == {k: set(v) for k, v in reference.entries.items()}
+    assert final._payload()["entries"] == reference._payload()["entries"]
+    assert final.calibration == reference.calibration
+
+
+def test_resume_refuses_a_different_setting(resnet20, built) -> None:
+    _, out = built
+    with pytest.raises(TableError) as exc:
+        profile_model(setting(batch=4), out, resume=True, progress=False, profiler=FakeProfiler(repeats=3),
+                      model=resnet20[0])
+    assert "batch=2" in one_line(exc)
+
+
+# ---- predictors ----------------------------------------------------------------------------
+
+def test_calibration_is_stored_with_its_plans(built, resnet20) -> None:
+    table, _ = built
+    _, graph = resnet20
+    cal = table.calibration
+    assert len(cal["plans"]) == 4 and cal["fit"]["coef"]["lut_sum_ms"] > 0
+    assert cal["plans"][0]["keep"] == PruningPlan.full("resnet20", graph).keep
+    assert [p.keep for p in calibration_plans("resnet20", graph, 4, 7)] == [r["keep"] for r in cal["plans"]]
+    held = heldout_plans(table, graph, 10, seed=0)
+    used = [r["keep"] for r in cal["plans"]]
+    assert len(held) == 10 and all(p.keep not in used for p in held)
+
+
+def test_predictors_are_monotone_and_references_behave(built, resnet20) -> None:
+    table, _ = built
+    _, graph = resnet20
+    pred, plain = Predictor(table, graph), SumPredictor(table, graph)
+    full = PruningPlan.full("resnet20", graph)
+    assert pred.calibrated
+    fit = table.calibration["fit"]
+    assert pred.predict_ms(full) == pytest.approx(fit["coef"]["lut_sum_ms"] * plain.predict_ms(full) + fit["offset_ms"])
+    flops = FlopsPredictor(graph, full_ms=10.0)
+    assert flops.predict_ms(full) == pytest.approx(10.0)
+    assert flops.predict_ms(PruningPlan.uniform("resnet20", graph, 0.5)) < 5.0
+    previous = 0.0
+    for ratio in (0.2, 0.4, 0.6, 0.8, 1.0):
+        value = pred.predict_ms(PruningPlan.uniform("resnet20", graph, ratio))
+        assert value > previous
+        previous = value
+    for g in graph.groups[:4]:  # shrinking any one group never raises the prediction
+        values = [pred.predict_ms(full.with_keep({g.name: k})) for k in range(1, g.channels + 1)]
+        assert all(b >= a - 1e-12 for a, b in itertools.pairwise(values))
+
+
+def test_predictor_refuses_a_table_for_another_model(built) -> None:
+    table, _ = built
+    other = ModelGraph(create_model("mobilenetv2", 3, 10), (3, 16, 16))
+    with pytest.raises(TableError) as exc:
+        Predictor(table, other)
+    assert "profile" in one_line(exc)
+
+
+def test_error_stats() -> None:
+    stats = error_stats([105.0, 95.0, 130.0, 100.0], [100.0, 100.0, 100.0, 100.0])
+    assert stats["median_abs_pct"] == pytest.approx(5.0)
+    assert stats["within_10pct"] == pytest.approx(0.75)
+    assert stats["max_abs_pct"] == pytest.approx(30.0)
