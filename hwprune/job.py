@@ -85,6 +85,10 @@ def validate_config(cfg: JobConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.finetune_steps < 0 or cfg.search_finetune_steps < 0:
         raise ConfigError("fine-tune steps must be >= 0")
+    if cfg.round_to < 1:
+        raise ConfigError(f"--round-to must be >= 1, got {cfg.round_to}")
+    if not 0 < cfg.min_keep_ratio <= 1:
+        raise ConfigError(f"--min-keep-ratio must be in (0, 1], got {cfg.min_keep_ratio}")
     if not 0 <= cfg.margin < 0.5:
         raise ConfigError(f"--margin must be in [0, 0.5), got {cfg.margin}")
 

@@ -153,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             finetune_lr=args.finetune_lr,
             batch_size=args.batch_size,
             margin=args.margin,
+            round_to=args.round_to,
+            min_keep_ratio=args.min_keep_ratio,
             max_tries=args.max_tries,
             repeats=args.repeats,
             calibration_plans=args.calibration_plans,
