@@ -41,6 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96",
     )
     goal.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="keep channel counts at multiples of this (8 suits CPU SIMD widths; a full width is always allowed)",
+    )
+    goal.add_argument(
+        "--min-keep-ratio", type=float, default=0.1, help="no group keeps fewer than this fraction of its channels"
+    )
+    goal.add_argument(
         "--margin",
         type=float,
         default=0.02,

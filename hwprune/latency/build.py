@@ -89,8 +89,10 @@ class TableSetting:
 
     def profiler(self) -> Profiler:
         """The backend, configured to measure the way this setting says (raises if unavailable here)."""
+        from hwprune.latency.allocator import pin_allocator
         from hwprune.profilers import get_profiler
 
+        pin_allocator()
         return get_profiler(self.backend, threads=self.threads, warmup=self.warmup, warmup_s=self.warmup_s,
                             repeats=self.repeats)
 

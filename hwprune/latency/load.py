@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from hwprune.latency.allocator import pin_allocator
 from hwprune.latency.predictor import Predictor
 from hwprune.latency.table import LatencyTable
 from hwprune.profilers import Profiler, get_profiler
@@ -20,6 +21,7 @@ from hwprune.pruning.graph import ModelGraph
 
 def profiler_for(table: LatencyTable, **overrides: Any) -> Profiler:
     """A profiler measuring the way the table was measured (``overrides`` e.g. repeats=50)."""
+    pin_allocator()  # the table was measured under it (see allocator.py)
     s = table.settings
     kwargs: dict[str, Any] = {"threads": int(s["threads"]), "warmup": int(s["warmup"]),
                               "warmup_s": float(s["warmup_s"]), "repeats": int(s["repeats"])}
