@@ -13,6 +13,7 @@ interrupted benchmark continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -52,7 +53,8 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
             finetune_steps=args.finetune_steps,
         )
         try:
-            run_job(cfg, resume=(out / "job.json").exists())
+            with contextlib.redirect_stdout(sys.stderr):  # the job's progress lines; stdout is the JSON
+                run_job(cfg, resume=(out / "job.json").exists())
         except HwpruneError as exc:
             return {"model": model, "budget": budget, "agent": agent, "error": str(exc), "met": False}
     report = json.loads((out / "report.json").read_text())

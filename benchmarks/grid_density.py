@@ -27,9 +27,10 @@ from _common import _r, emit, load_average  # noqa: E402
 
 from hwprune.commands.profile import parse_input_size  # noqa: E402
 from hwprune.io import write_json  # noqa: E402
-from hwprune.latency import Signature, TableSetting, check, heldout_plans, parse_grid  # noqa: E402
+from hwprune.latency import LatencyTable, Signature, TableSetting, check, heldout_plans, parse_grid  # noqa: E402
 from hwprune.latency.build import fill_table, new_table  # noqa: E402
-from hwprune.latency.calibrate import calibrate, measure_plan  # noqa: E402
+from hwprune.latency.calibrate import PlanMeter, calibrate, calibration_plans, measure_rounds  # noqa: E402
+from hwprune.latency.table import keep_faster  # noqa: E402
 from hwprune.models import create_model  # noqa: E402
 from hwprune.pruning import ModelGraph, PruningPlan  # noqa: E402
 
@@ -47,7 +48,8 @@ def main() -> None:
     p.add_argument("--candidates", default=CANDIDATES, help="';'-separated GRID@QUANTUM")
     p.add_argument("--probes", type=int, default=6, help="random off-grid widths timed per layer grid")
     p.add_argument("--plans", type=int, default=30)
-    p.add_argument("--calib-plans", type=int, default=8)
+    p.add_argument("--calib-plans", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out-dir", default="benchmarks/results")
     args = p.parse_args()
 
@@ -55,26 +57,35 @@ def main() -> None:
     base = TableSetting(
         model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
         input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, warmup=10, warmup_s=0.2, calib_plans=args.calib_plans,
+        repeats=args.repeats, warmup=10, warmup_s=0.1, calib_plans=args.calib_plans, rounds=args.rounds,
     )
     model = create_model(base.model, base.in_channels, base.num_classes)
     graph = ModelGraph(model, base.input_shape)
     profiler = base.profiler()
     shape = (base.batch, *base.input_shape)
-    blocks: dict[object, tuple[object, float]] = {}
-    plans: dict[tuple, object] = {}
+    runs: dict[object, list[tuple[object, float]]] = {}  # block -> its timed runs and their seconds
+    asked: dict[object, int] = {}  # per candidate: how many runs of a block it has consumed
 
     def block(spec):
-        if spec not in blocks:
+        """The k-th run of a block for this candidate, timed only the first time any candidate asks."""
+        k = asked.get(spec, 0)
+        asked[spec] = k + 1
+        done = runs.setdefault(spec, [])
+        if k >= len(done):
             t0 = time.perf_counter()
-            blocks[spec] = (profiler.measure_block(spec), time.perf_counter() - t0)
-        return blocks[spec][0]
+            done.append((profiler.measure_block(spec), time.perf_counter() - t0))
+        return done[k][0]
+
+    # Whole-model runs do not depend on the table: measure calibration and held-out plans once, in rounds.
+    calib = calibration_plans(base.model, graph, base.calib_plans, base.calib_seed)
+    stub = LatencyTable("", {}, base.to_dict(), {}, {}, {}, calibration={"plans": [{"keep": p.keep} for p in calib]})
+    heldout = heldout_plans(stub, graph, args.plans, 0)
+    every = calib + heldout
+    results = measure_rounds(every, PlanMeter(model, graph, profiler, shape), base.rounds, "plans", progress=False)
+    plans = {p.key(): m for p, (m, _, _) in zip(every, results, strict=True)}
 
     def plan_ms(plan: PruningPlan):
-        key = plan.key()
-        if key not in plans:
-            plans[key] = measure_plan(model, graph, plan, profiler, shape)
-        return plans[key]
+        return plans[plan.key()]
 
     # Off-grid probes: random widths per layer, timed directly, shared by every candidate.
     rng = np.random.default_rng(1)
@@ -90,22 +101,31 @@ def main() -> None:
             if layer.kind == "linear":
                 co = layer.c_out
             probes.append((sig, ci, co, (layer.c_in, layer.c_out)))
-    probe_values = {(s.key(), ci, co): block(s.block(ci, co)).median_ms for s, ci, co, _ in probes}
+    for _ in range(base.rounds):
+        for s, ci, co, _ in probes:
+            block(s.block(ci, co))
+
+    def best(spec) -> float:
+        kept = None
+        for m, _ in runs[spec][: base.rounds]:
+            kept = keep_faster(kept, m)
+        return kept.median_ms
+
+    probe_values = {(s.key(), ci, co): best(s.block(ci, co)) for s, ci, co, _ in probes}
 
     rows = []
-    heldout = None
     for text in args.candidates.split(";"):
         grid_text, _, q = text.partition("@")
         setting = TableSetting(**{**base.__dict__, "grid": parse_grid(grid_text), "quantum": int(q or 1)})
+        asked.clear()
         table = new_table(setting, graph, profiler)
         fill_table(table, profiler, None, progress=False, measure=block)
         calibrate(table, model, graph, profiler, None, progress=False, measure=plan_ms)
-        if heldout is None:
-            heldout = heldout_plans(table, graph, args.plans, 0)
         report = check(table, model, graph, profiler, heldout, progress=False, measure=plan_ms)
         errs = [abs(table.lookup_ms(s.key(), ci, co, full=full) - probe_values[(s.key(), ci, co)])
                 / probe_values[(s.key(), ci, co)] * 100 for s, ci, co, full in probes]
-        cost = sum(blocks[table.signatures[k].block(ci, co)][1] for k, ci, co in table.planned_points())
+        cost = sum(sec for k, ci, co in table.planned_points()
+                   for _, sec in runs[table.signatures[k].block(ci, co)][: base.rounds])
         rows.append({
             "grid": list(setting.grid), "quantum": setting.quantum, "blocks": table.num_entries(),
             "block_seconds": round(cost, 1),
@@ -117,7 +137,8 @@ def main() -> None:
     summary = {
         "command": "python benchmarks/grid_density.py " + " ".join(sys.argv[1:]),
         "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
-        "threads": args.threads, "device_key": profiler.device_key(), "heldout_plans": len(heldout or []),
+        "threads": args.threads, "device_key": profiler.device_key(), "heldout_plans": len(heldout),
+        "rounds": base.rounds,
         "probes": len(probes), "candidates": rows,
         "load_average": {"before": load_before, "after": load_average()},
     }

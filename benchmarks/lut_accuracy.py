@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import _r, emit, load_average  # noqa: E402
@@ -21,7 +23,8 @@ from _common import _r, emit, load_average  # noqa: E402
 from hwprune.commands.profile import parse_input_size  # noqa: E402
 from hwprune.io import write_json  # noqa: E402
 from hwprune.latency import TableSetting, check, heldout_plans, model_for, parse_grid, profile_model  # noqa: E402
-from hwprune.latency.build import DEFAULT_FRACTIONS  # noqa: E402
+from hwprune.latency.build import DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
+from hwprune.latency.calibrate import PlanMeter, measure_rounds  # noqa: E402
 from hwprune.latency.load import profiler_for  # noqa: E402
 from hwprune.latency.validate import compare_forms  # noqa: E402
 
@@ -35,10 +38,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
-    p.add_argument("--calib-plans", type=int, default=8)
+    p.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--calib-plans", type=int, default=10)
     p.add_argument("--calib-form", default="sum")
     p.add_argument("--plans", type=int, default=40, help="held-out plans to measure")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat-check", type=int, default=10, help="held-out plans measured a second time")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--resume", action="store_true", help="reuse/continue the table in --out-dir")
     args = p.parse_args()
@@ -47,8 +53,8 @@ def main() -> None:
     setting = TableSetting(
         model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
         input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, warmup=10, warmup_s=0.2, grid=parse_grid(args.grid), calib_plans=args.calib_plans,
-        calib_form=args.calib_form,
+        repeats=args.repeats, warmup=10, warmup_s=0.1, grid=parse_grid(args.grid), calib_plans=args.calib_plans,
+        calib_form=args.calib_form, quantum=args.quantum, rounds=args.rounds,
     )
     stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"
     out_dir = Path(args.out_dir)
@@ -58,18 +64,29 @@ def main() -> None:
     profile_s = time.perf_counter() - start
     model, graph = model_for(table)
     profiler = profiler_for(table)
-    report = check(table, model, graph, profiler, heldout_plans(table, graph, args.plans, args.seed), progress=False)
+    plans = heldout_plans(table, graph, args.plans, args.seed)
+    shape = (setting.batch, *setting.input_shape)
+    meter = PlanMeter(model, graph, profiler, shape)
+    report = check(table, model, graph, profiler, plans, progress=False, measure=meter)
     report["calibration_forms"] = compare_forms(table, graph, report)
+    # The noise floor: the same plans measured again now (same protocol and rounds) vs. before.
+    again = measure_rounds(plans[: args.repeat_check], meter, setting.rounds, "again", progress=False)
+    drift = [abs(m.median_ms - r["measured_ms"]) / r["measured_ms"] * 100
+             for (m, _, _), r in zip(again, report["rows"], strict=False)]
+    report["repeatability"] = {"plans": len(drift), "median_abs_pct": float(np.median(drift)) if drift else None,
+                               "max_abs_pct": float(np.max(drift)) if drift else None}
     summary = {
         "command": "python benchmarks/lut_accuracy.py " + " ".join(sys.argv[1:]),
         "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
         "threads": args.threads, "device_key": table.device_key(), "grid": list(setting.grid),
+        "quantum": setting.quantum, "rounds": setting.rounds,
         "signatures": len(table.grids), "blocks": table.num_entries(),
         "profile_seconds": {"total": round(profile_s, 1), "blocks": round(seconds["blocks_s"], 1),
                             "calibration": round(seconds["calibration_s"], 1)},
         "unstable_blocks": seconds.get("unstable_blocks", 0),
         "heldout_plans": report["plans"], "full_model_ms": round(report["full_model_measured_ms"], 3),
         "unstable_measurements": report["unstable_measurements"],
+        "repeatability": {k: _r(v) for k, v in report["repeatability"].items()},
         "predictors": {k: {m: round(v, 4) for m, v in st.items()} for k, st in report["predictors"].items()},
         "calibration_forms": {k: {m: _r(v) for m, v in st.items() if m != "coef"}
                               for k, st in report["calibration_forms"].items()},

@@ -34,6 +34,7 @@ from hwprune.latency import (
     profile_model,
 )
 from hwprune.latency.calibrate import calibration_plans
+from hwprune.latency.interp import tier, tier_probes
 from hwprune.models import create_model
 from hwprune.profilers import BlockSpec, Measurement, Profiler
 from hwprune.pruning import ModelGraph, PruningPlan
@@ -125,19 +126,25 @@ def test_depthwise_grid_is_one_dimensional() -> None:
     assert interpolate(grid, 4, 4, lambda a, b: data[(a, b)]) == pytest.approx(1.0)  # flat below the grid
 
 
-def test_aligned_and_unaligned_widths_read_their_own_points() -> None:
-    assert axis_points(64, (0.25, 0.5, 1.0), quantum=8) == (13, 16, 29, 32, 61, 64)
-    grid = Grid(axis_points(64, (0.25, 0.5, 1.0), 8), (10,), quantum=8)
-    # Aligned widths are cheaper here, as on a SIMD backend: 1.0 per 8 channels vs 1.5.
-    data = {(ci, 10): (ci / 8) * (1.0 if ci % 8 == 0 else 1.5) for ci in grid.c_in}
+def test_alignment_tiers_are_corrected_from_their_probes() -> None:
+    assert [tier(c, 8) for c in (7, 6, 12, 24, 32)] == [1, 2, 4, 8, 8]
+    axis = axis_points(64, (0.25, 0.5, 1.0), quantum=8)
+    assert axis == (17, 33, 63, 64)  # odd base points, and the full width
+    ref, probes = tier_probes(axis, 64, 8)
+    assert ref == 33 and [tier(p, 8) for p in probes] == [2, 4, 8]
+    grid = Grid(axis, (10,), quantum=8, probes_in=probes, ref=(ref, 10))
+    # Per 8 channels: 1.5 for odd widths, 1.4 / 1.2 / 1.0 for tiers 2 / 4 / 8, as on a SIMD backend.
+    cost = {1: 1.5, 2: 1.4, 4: 1.2, 8: 1.0}
+    data = {(ci, co): ci / 8 * cost[tier(ci, 8)] for ci, co in grid.points()}
     value = lambda ci, co: data[(ci, co)]  # noqa: E731
-    for ci in grid.c_in:
-        assert interpolate(grid, ci, 10, value) == pytest.approx(data[(ci, 10)])
-    assert interpolate(grid, 24, 10, value) == pytest.approx(3.0)  # from 16 and 32 only
-    assert interpolate(grid, 25, 10, value) == pytest.approx(1.5 * 25 / 8)  # from 13 and 29 only
+    for (ci, co), v in data.items():
+        assert interpolate(grid, ci, co, value) == pytest.approx(v)  # exact at every measured point
+    for c in range(17, 64):
+        assert interpolate(grid, c, 10, value) == pytest.approx(c / 8 * cost[tier(c, 8)])
     assert interpolate(grid, 24, 10, value) < interpolate(grid, 23, 10, value)  # the hardware's truth
-    unaligned = [interpolate(grid, c, 10, value) for c in range(1, 64) if c % 8]
-    assert all(b >= a for a, b in itertools.pairwise(unaligned))  # monotone within a class
+    for t in (1, 2, 4, 8):  # monotone within a tier
+        same = [interpolate(grid, c, 10, value) for c in range(17, 64) if tier(c, 8) == t]
+        assert all(b > a for a, b in itertools.pairwise(same))
 
 
 def test_parse_grid() -> None:
@@ -226,7 +233,7 @@ def test_resume_after_interruption_gives_the_same_entries(resnet20, built, tmp_p
         profile_model(setting(), out, progress=False, profiler=FakeProfiler(repeats=3), model=model)
     resumed_profiler = FakeProfiler(repeats=3)
     resumed, _ = profile_model(setting(), out, resume=True, progress=False, profiler=resumed_profiler, model=model)
-    assert resumed_profiler.blocks == reference.num_entries() - 7  # nothing timed twice
+    assert resumed_profiler.blocks == reference.num_entries() * reference.required_rounds() - 7  # no run repeated
     final = LatencyTable.load(out)
     assert final.is_complete()
     assert {k: set(v) for k, v in final.entries.items()} == {k: set(v) for k, v in reference.entries.items()}
@@ -290,3 +297,28 @@ def test_error_stats() -> None:
     assert stats["median_abs_pct"] == pytest.approx(5.0)
     assert stats["within_10pct"] == pytest.approx(0.75)
     assert stats["max_abs_pct"] == pytest.approx(30.0)
+
+
+def test_rounds_keep_the_faster_run(built) -> None:
+    table, _ = built
+    sig, ci, co = table.planned_points()[0]
+    copy = LatencyTable.load(built[1])
+    before = copy.rounds_done(sig, ci, co)
+    slow = Measurement([99.0, 99.0, 99.0])
+    copy.add(sig, ci, co, slow)
+    assert copy.rounds_done(sig, ci, co) == before + 1
+    assert copy.value_ms(sig, ci, co) == table.value_ms(sig, ci, co)  # the slow spell did not win
+    fast = Measurement([1e-4] * 3)
+    copy.add(sig, ci, co, fast)
+    assert copy.value_ms(sig, ci, co) == pytest.approx(1e-4)
+
+
+def test_a_disturbed_calibration_falls_back_to_a_positive_scale(resnet20) -> None:
+    class Backwards(FakeProfiler):
+        def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+            params = sum(p.numel() for p in model.parameters())
+            return Measurement([1e4 / params] * 3)  # smaller models "slower": a busy machine's story
+
+    table, _ = profile_model(setting(), None, progress=False, profiler=Backwards(repeats=3), model=resnet20[0])
+    fit = table.calibration["fit"]
+    assert fit["fallback"] and fit["coef"]["lut_sum_ms"] > 0 and fit["offset_ms"] == 0.0

@@ -15,7 +15,7 @@ from hwprune.cli import main
 from hwprune.latency import LatencyTable
 
 TINY = ["--input-size", "16x16", "--batch", "4", "--threads", "1", "--repeats", "15", "--warmup", "1",
-        "--warmup-s", "0", "--grid", "0.5,1", "--calib-plans", "3"]
+        "--warmup-s", "0", "--grid", "0.25,0.5,1", "--quantum", "1", "--rounds", "1", "--calib-plans", "3"]
 
 
 @pytest.fixture(scope="module")

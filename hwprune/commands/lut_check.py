@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per model (default: the table's)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="runs per plan, round-robin, the faster kept (default: the table's)")
     parser.add_argument("--out", default=None, help="JSON report (default: LUT name with .check.json)")
     parser.add_argument("--allow-foreign-table", action="store_true",
                         help="use a table profiled on another device/backend anyway")
@@ -37,13 +39,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--plans must be >= 1, got {args.plans}")
     if args.repeats is not None and args.repeats < 3:
         raise ConfigError(f"--repeats must be >= 3, got {args.repeats}")
+    if args.rounds is not None and args.rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     lut = Path(args.lut)
     table, profiler = load_table(lut, args.allow_foreign_table, repeats=args.repeats)
     if table.settings.get("model") != args.model:
         raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {args.model!r}")
     model, graph = model_for(table)
     plans = heldout_plans(table, graph, args.plans, args.seed)
-    report = check(table, model, graph, profiler, plans, progress=not args.no_progress)
+    report = check(table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds)
     report |= {"lut": str(lut), "seed": args.seed, "device_key": profiler.device_key()}
     out = Path(args.out) if args.out else lut.with_name(lut.stem + ".check.json")
     write_json(out, report)
@@ -56,7 +60,8 @@ def format_report(report: dict) -> str:
     """A small fixed-width table: one row per predictor, the calibrated one first."""
     lines = [
         f"{report['model']} on {report['backend']} (batch {report['batch']}, "
-        f"{report['input_size'][0]}x{report['input_size'][1]}): {report['plans']} held-out plans, "
+        f"{report['input_size'][0]}x{report['input_size'][1]}): {report['plans']} held-out plans "
+        f"({report['rounds']} round{'s' if report['rounds'] > 1 else ''} each), "
         f"unpruned {report['full_model_measured_ms']:.3f} ms"
         + ("" if report["calibrated"] else "  [table NOT calibrated: run `hwprune profile --calib-plans 8`]"),
         f"{'predictor':<12}{'median |err|':>14}{'p95 |err|':>11}{'within 10%':>12}{'bias':>9}",

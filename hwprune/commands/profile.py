@@ -4,8 +4,8 @@ Every conv/linear layer of the model is reduced to a signature (kind, kernel, st
 depthwise, input HxW, batch, dtype); each signature is timed once per point of a grid of
 (c_in, c_out) widths, as a conv+BN+ReLU block the way the backend deploys it. Then a few pruned
 variants of the whole model are measured to calibrate the table's sum to end-to-end latency.
-The table is rewritten after every block, so Ctrl-C loses at most one block: run the same
-command with --resume to continue.
+The table is rewritten as blocks complete (at most once a second, always on exit), so Ctrl-C
+loses nothing: run the same command with --resume to continue.
 """
 
 from __future__ import annotations
@@ -32,20 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "(weights do not change latency)")
     parser.add_argument("--backend", default="torch-cpu", help=f"profiler: {', '.join(available_profilers())}")
     parser.add_argument("--batch", type=int, default=1, help="batch size the model is deployed at")
-    parser.add_argument("--input-size", default=None, help="input HxW, e.g. 32x32 (default: checkpoint's, else 32x32)")
-    parser.add_argument("--in-channels", type=int, default=None, help="input channels (default: checkpoint's, else 3)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes (default: checkpoint's, else 10)")
+    parser.add_argument("--input-size", default=None, help="input HxW, e.g. 32x32; unset: the checkpoint's, else 32x32")
+    parser.add_argument("--in-channels", type=int, default=None, help="input channels; unset: the checkpoint's, else 3")
+    parser.add_argument("--num-classes", type=int, default=None, help="classes; unset: the checkpoint's, else 10")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: all cores); part of the device key")
+                        help="CPU threads (unset: all cores); part of the device key")
     parser.add_argument("--repeats", type=int, default=30, help="timed samples per block and per model")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up runs before sampling (at least)")
-    parser.add_argument("--warmup-s", type=float, default=0.2, help="warm-up seconds before sampling (at least)")
+    parser.add_argument("--warmup-s", type=float, default=0.1, help="warm-up seconds before sampling (at least)")
     parser.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
                         help="grid widths as fractions of each layer's width (e.g. 0.25,0.5,1), or a count N")
     parser.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM,
-                        help="channel alignment the backend rewards: aligned and unaligned widths get their own "
-                        "grid points; 1 = one plain grid")
-    parser.add_argument("--calib-plans", type=int, default=8,
+                        help="widest channel alignment the backend rewards: the grid sits on odd widths and each "
+                        "alignment tier (2, 4, .. QUANTUM) gets a measured correction; 1 = one plain grid")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="times every block and calibration plan is timed, in separate passes; the faster "
+                        "run is kept (a shared or virtualised host has slow spells longer than one run)")
+    parser.add_argument("--calib-plans", type=int, default=10,
                         help="whole-model measurements (unpruned + random plans) to calibrate on; 0 = none")
     parser.add_argument("--calib-seed", type=int, default=1234, help="seed of the calibration plans")
     parser.add_argument("--out", required=True, help="table JSON to write")
@@ -78,7 +81,8 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
         raise ConfigError(f"unknown backend '{args.backend}': choose one of {', '.join(available_profilers())}")
     for flag, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 3), ("--warmup", args.warmup, 0),
                                ("--in-channels", in_channels, 1), ("--num-classes", num_classes, 1),
-                               ("--calib-plans", args.calib_plans, 0), ("--quantum", args.quantum, 1)):
+                               ("--calib-plans", args.calib_plans, 0), ("--quantum", args.quantum, 1),
+                               ("--rounds", args.rounds, 1)):
         if value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     if args.threads is not None and args.threads < 1:
@@ -90,7 +94,7 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
         model=model, in_channels=in_channels, num_classes=num_classes, input_size=input_size, batch=args.batch,
         backend=args.backend, threads=args.threads or (os.cpu_count() or 1), repeats=args.repeats,
         warmup=args.warmup, warmup_s=args.warmup_s, grid=parse_grid(args.grid), quantum=args.quantum,
-        calib_plans=args.calib_plans, calib_seed=args.calib_seed,
+        calib_plans=args.calib_plans, calib_seed=args.calib_seed, rounds=args.rounds,
     )
 
 
@@ -122,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{setting.model} on {table.device_key()} (batch {setting.batch}, {setting.input_size[0]}x"
           f"{setting.input_size[1]}): {table.num_entries()} blocks over {len(table.grids)} signatures in "
           f"{seconds['blocks_s']:.0f}s + {seconds['calibration_s']:.0f}s calibration{calib}; wrote {out}")
+    if fit and fit.get("fallback"):
+        print(f"note: calibration: {fit['fallback']}")
     if seconds.get("unstable_blocks"):
         print(f"note: {seconds['unstable_blocks']:.0f} of {seconds['blocks_timed']:.0f} blocks timed unstably "
               "(a busy machine?); re-profile on a quiet machine for trustworthy numbers")

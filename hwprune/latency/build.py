@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hwprune.errors import ConfigError, TableError
-from hwprune.latency.interp import Grid, axis_points
+from hwprune.latency.interp import Grid, axis_points, tier_probes
 from hwprune.latency.table import LatencyTable, Signature
 from hwprune.profilers.base import Profiler, UnstableMeasurementWarning
 from hwprune.profilers.fingerprint import device_key
@@ -56,9 +56,10 @@ class TableSetting:
     grid: tuple[float, ...] = DEFAULT_FRACTIONS
     quantum: int = DEFAULT_QUANTUM
     dtype: str = "float32"
-    calib_plans: int = 8
+    calib_plans: int = 10
     calib_seed: int = 1234
     calib_form: str = "sum"
+    rounds: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +68,7 @@ class TableSetting:
             "threads": self.threads, "repeats": self.repeats, "warmup": self.warmup,
             "warmup_s": self.warmup_s, "grid": list(self.grid), "quantum": self.quantum, "dtype": self.dtype,
             "calib_plans": self.calib_plans, "calib_seed": self.calib_seed, "calib_form": self.calib_form,
+            "rounds": self.rounds,
         }
 
     @classmethod
@@ -79,6 +81,7 @@ class TableSetting:
                 float(data["warmup_s"]), tuple(float(f) for f in data["grid"]), int(data.get("quantum", 1)),
                 str(data.get("dtype", "float32")),
                 int(data.get("calib_plans", 0)), int(data.get("calib_seed", 0)), str(data.get("calib_form", "sum")),
+                int(data.get("rounds", 1)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise TableError(f"latency table settings are malformed ({exc!r}); re-profile") from None
@@ -131,11 +134,16 @@ def plan_grids(
         signatures[key] = sig
         low = narrow[layer.name]
         c_out = axis_points(layer.c_out, fractions, quantum) if low.c_out != layer.c_out else (layer.c_out,)
-        if layer.depthwise:
-            grid = Grid(c_out, c_out, diagonal=True, quantum=quantum)
-        else:
-            c_in = axis_points(layer.c_in, fractions, quantum) if low.c_in != layer.c_in else (layer.c_in,)
-            grid = Grid(c_in, c_out, quantum=quantum)
+        c_in = c_out if layer.depthwise else (
+            axis_points(layer.c_in, fractions, quantum) if low.c_in != layer.c_in else (layer.c_in,))
+        grid = Grid(c_in, c_out, diagonal=layer.depthwise)
+        if quantum > 1:
+            ref_in, probes_in = tier_probes(c_in, layer.c_in, quantum) if len(c_in) > 1 else (c_in[0], ())
+            ref_out, probes_out = tier_probes(c_out, layer.c_out, quantum) if len(c_out) > 1 else (c_out[0], ())
+            if layer.depthwise:
+                ref_in, probes_out = ref_out, ()
+                probes_in = tier_probes(c_out, layer.c_out, quantum)[1]
+            grid = Grid(c_in, c_out, layer.depthwise, quantum, probes_in, probes_out, (ref_in, ref_out))
         if grid not in grids.setdefault(key, []):
             grids[key].append(grid)
     return signatures, grids
@@ -182,17 +190,18 @@ def fill_table(table: LatencyTable, profiler: Profiler, out: Path | None, progre
     7x7 stem and a 1x1 conv at 7x7 differ by two orders of magnitude, and an ETA that treats
     them alike is wrong by as much.
     """
-    missing = table.missing_points()
+    # Round r times every point that has fewer than r runs, so a point's runs are minutes apart.
+    todo = [p for r in range(1, table.required_rounds() + 1) for p in table.missing_points(r)]
     measure = measure or profiler.measure_block
     start = time.perf_counter()
     unstable = 0
-    weights = [_estimate_s(table.signatures[s], ci, co, profiler) for s, ci, co in missing]
+    weights = [_estimate_s(table.signatures[s], ci, co, profiler) for s, ci, co in todo]
     last_save = time.perf_counter()
-    with tqdm(total=sum(weights), disable=not progress or not missing, unit="s",
+    with tqdm(total=sum(weights), disable=not progress or not todo, unit="s",
               desc="profiling blocks", bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
               dynamic_ncols=True) as bar:
         try:
-            for (sig, ci, co), w in zip(missing, weights, strict=True):
+            for (sig, ci, co), w in zip(todo, weights, strict=True):
                 bar.set_postfix_str(f"{sig} {ci}->{co}" + (f" ({unstable} unstable)" if unstable else ""),
                                     refresh=False)
                 # One warning per unstable block would bury the progress bar; count them instead.
@@ -206,9 +215,9 @@ def fill_table(table: LatencyTable, profiler: Profiler, out: Path | None, progre
                     last_save = time.perf_counter()
                 bar.update(w)
         finally:  # Ctrl-C and errors included: every finished block reaches the disk
-            if out is not None and missing:
+            if out is not None and todo:
                 table.save(out)
-    return {"blocks_s": time.perf_counter() - start, "blocks_timed": len(missing), "unstable_blocks": unstable}
+    return {"blocks_s": time.perf_counter() - start, "blocks_timed": len(todo), "unstable_blocks": unstable}
 
 
 def _estimate_s(sig: Signature, c_in: int, c_out: int, profiler: Profiler) -> float:

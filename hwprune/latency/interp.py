@@ -1,23 +1,29 @@
 """Channel grids and the interpolation that reads a latency between measured widths.
 
-Bilinear interpolation in (c_in, c_out) is the natural choice for convolutions: their work is
-c_in * c_out * const, which is itself bilinear, so on an ideal device the interpolation would be
-exact on any grid; the measured deviations (SIMD tail effects, cache steps, fixed per-call
-overhead) are what the grid density trades against profiling time. Bilinear weights are
-non-negative, so monotone data give monotone predictions. A depthwise conv has c_in == c_out and
-is a 1-D grid (``diagonal``).
+Bilinear interpolation in (c_in, c_out) is the natural base: a convolution's work is
+c_in * c_out * const, itself bilinear, so on an ideal device it would be exact on any grid.
+Bilinear weights are non-negative, so monotone data give monotone predictions. A depthwise conv
+has c_in == c_out and is a 1-D grid (``diagonal``).
 
-SIMD backends reward *aligned* widths: on this CPU (AVX2, 8 floats) ONNX Runtime runs a 3x3 conv
-with 24 or 32 input channels ~40 % faster than with 25 or 33, and PyTorch's oneDNN path has a
-similar step on output channels. A pruned layer lands on an aligned width only 1 time in 8, so
-one grid cannot serve both: with ``quantum`` q > 1 every axis holds two interleaved sets of
-points, multiples of q and non-multiples, and a query reads only the set of its own class. The
-prediction is then monotone within a class, and an aligned width may honestly be cheaper than
-its unaligned neighbour, which is the hardware's truth and lets an agent exploit it.
+Real SIMD backends are not ideal: they reward *aligned* widths, in tiers. Measured on this CPU
+(AVX2, 8 floats), ONNX Runtime runs a 3x3 conv with 24 input channels about half as long as with
+21 or 29, with 20 or 28 in between, and with 22 or 26 a little faster than odd widths; oneDNN
+(torch-cpu) shows similar steps. A pruned layer's width is odd half the time and a multiple of 8
+one time in 8, so a grid on "nice" widths predicts the common case wrong, and a grid on odd
+widths the rarer aligned ones. With ``quantum`` q > 1 the grid therefore holds:
 
-Outside the grid: below the smallest width the value is held flat (a pruned-to-almost-nothing
-layer is dominated by fixed overhead, which the lowest point already measures); above the largest
-it continues the last segment's slope, which only happens with a table made for a wider model.
+- a base grid on odd widths (plus the full width, so the unpruned layer is read exactly), and
+- per axis, one probe per alignment tier (2, 4, ... q: the largest power of two dividing the width),
+  timed next to the grid's reference point; its ratio to the base prediction there is the tier's
+  factor for that axis.
+
+A query is the base interpolation times the factors of its two widths' tiers. Within a tier the
+prediction is monotone; across tiers an aligned width may honestly be cheaper than its odd
+neighbour, which is the hardware's truth and lets a search agent prefer aligned widths.
+
+Outside the grid: below the smallest width the value is held flat (a layer pruned to almost
+nothing is dominated by fixed overhead, which the lowest point measures); above the largest it
+continues the last segment's slope.
 """
 
 from __future__ import annotations
@@ -25,17 +31,31 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+Value = Callable[[int, int], float]
+
+
+def tier(c: int, quantum: int) -> int:
+    """The largest power of two dividing ``c``, capped at ``quantum`` (1 for odd widths)."""
+    t = 1
+    while t < quantum and c % (2 * t) == 0:
+        t *= 2
+    return t
 
 
 @dataclass(frozen=True)
 class Grid:
-    """Sorted channel counts along each axis; every (c_in, c_out) pair is a measured point."""
+    """A layer's measured channel widths: a base grid plus, with ``quantum`` > 1, alignment probes."""
 
     c_in: tuple[int, ...]
     c_out: tuple[int, ...]
     diagonal: bool = False  # depthwise: only (c, c) points, c_in is c_out
-    quantum: int = 1  # > 1: aligned and unaligned widths are interpolated separately
+    quantum: int = 1
+    probes_in: tuple[int, ...] = ()  # c_in widths of tiers 2..quantum, timed at c_out = ref[1]
+    probes_out: tuple[int, ...] = ()  # c_out widths of tiers 2..quantum, timed at c_in = ref[0]
+    ref: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         for axis in (self.c_in, self.c_out):
@@ -47,50 +67,65 @@ class Grid:
             raise ValueError(f"grid quantum must be >= 1, got {self.quantum}")
 
     def points(self) -> list[tuple[int, int]]:
+        base = [(c, c) for c in self.c_in] if self.diagonal else [(i, o) for i in self.c_in for o in self.c_out]
         if self.diagonal:
-            return [(c, c) for c in self.c_in]
-        return [(ci, co) for ci in self.c_in for co in self.c_out]
+            extra = [(c, c) for c in self.probes_in]
+        else:
+            extra = [(c, self.ref[1]) for c in self.probes_in] + [(self.ref[0], c) for c in self.probes_out]
+        return base + [p for p in extra if p not in base]
+
+    @cached_property
+    def measured(self) -> frozenset[tuple[int, int]]:
+        return frozenset(self.points())
 
     def covers(self, c_in: int, c_out: int) -> bool:
         return c_in <= self.c_in[-1] and c_out <= self.c_out[-1]
 
     def to_dict(self) -> dict[str, Any]:
         return {"c_in": list(self.c_in), "c_out": list(self.c_out), "diagonal": self.diagonal,
-                "quantum": self.quantum}
+                "quantum": self.quantum, "probes_in": list(self.probes_in), "probes_out": list(self.probes_out),
+                "ref": list(self.ref)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Grid:
         return cls(tuple(int(v) for v in data["c_in"]), tuple(int(v) for v in data["c_out"]),
-                   bool(data.get("diagonal", False)), int(data.get("quantum", 1)))
+                   bool(data.get("diagonal", False)), int(data.get("quantum", 1)),
+                   tuple(int(v) for v in data.get("probes_in", ())), tuple(int(v) for v in data.get("probes_out", ())),
+                   (int(data.get("ref", (0, 0))[0]), int(data.get("ref", (0, 0))[1])))
 
 
 def axis_points(full: int, fractions: Sequence[float], quantum: int = 1) -> tuple[int, ...]:
-    """Grid widths for a layer of ``full`` channels: each fraction of it, rounded, at least 1, deduplicated.
+    """Base grid widths for a layer of ``full`` channels: each fraction of it, rounded, at least 1.
 
-    With ``quantum`` q > 1 each fraction yields two points: the nearest multiple of q, and the
-    nearest width in the *middle* of a step (q*k + q/2 + 1, odd). Backends whose unaligned cost is
-    a staircase (pad to the next multiple) are then interpolated without bias, and those whose
-    cost grows smoothly between aligned widths are sampled where no partial alignment helps.
+    With ``quantum`` > 1 each is moved to the nearest odd width (one below ``full`` at the top),
+    the tier every alignment factor is relative to; ``full`` itself is always a point.
     """
-    plain = {min(full, max(1, round(f * full))) for f in fractions} | {full}
-    if quantum <= 1 or full < 2 * quantum:  # too narrow for two classes to be worth their points
-        return tuple(sorted(plain))
-    points: set[int] = {full}
-    mid = quantum // 2 + 1
-    for c in plain:
-        points.add(min(full - full % quantum, max(quantum, round(c / quantum) * quantum)))
-        unaligned = round((c - mid) / quantum) * quantum + mid
-        points.add(max(mid, min(unaligned, full - quantum + mid if full % quantum == 0 else full)))
-    return tuple(sorted(points))
+    plain = {min(full, max(1, round(f * full))) for f in fractions}
+    if quantum > 1:
+        plain = {c if c % 2 else (c + 1 if c + 1 < full else c - 1) for c in plain}
+    return tuple(sorted({c for c in plain if c >= 1} | {full}))
 
 
-def _sub_axis(axis: tuple[int, ...], x: float, quantum: int) -> tuple[int, ...]:
-    """The points of ``axis`` in the same alignment class as ``x`` (all of them when that class is empty)."""
-    if quantum <= 1 or len(axis) == 1:
+def tier_probes(axis: tuple[int, ...], full: int, quantum: int) -> tuple[int, tuple[int, ...]]:
+    """The reference width (the base point nearest half the axis) and one probe width per tier near it."""
+    odd = [c for c in axis if tier(c, quantum) == 1] or list(axis)
+    ref = min(odd, key=lambda c: abs(c - full / 2))
+    probes = []
+    t = 2
+    while t <= quantum:
+        candidates = [c for c in range(max(1, ref - 4 * t), min(full, ref + 4 * t) + 1) if tier(c, quantum) == t]
+        if candidates:
+            probes.append(min(candidates, key=lambda c: (abs(c - ref), c)))
+        t *= 2
+    return ref, tuple(probes)
+
+
+def _odd_axis(axis: tuple[int, ...], quantum: int) -> tuple[int, ...]:
+    """The base points the interpolation reads: odd widths only, when there are enough of them."""
+    if quantum <= 1:
         return axis
-    aligned = round(x) % quantum == 0
-    sub = tuple(v for v in axis if (v % quantum == 0) == aligned)
-    return sub or axis
+    odd = tuple(c for c in axis if tier(c, quantum) == 1)
+    return odd if len(odd) >= 2 else axis
 
 
 def _bracket(axis: Sequence[int], x: float) -> tuple[int, int, float]:
@@ -105,16 +140,41 @@ def _bracket(axis: Sequence[int], x: float) -> tuple[int, int, float]:
     return lo, hi, (x - axis[lo]) / (axis[hi] - axis[lo])
 
 
-def interpolate(grid: Grid, c_in: float, c_out: float, value: Callable[[int, int], float]) -> float:
-    """Value at (c_in, c_out) from the grid's measured points; exact at every grid point."""
+def _base(grid: Grid, c_in: float, c_out: float, value: Value) -> float:
     if grid.diagonal:
-        axis = _sub_axis(grid.c_in, c_in, grid.quantum)
+        axis = _odd_axis(grid.c_in, grid.quantum)
         lo, hi, t = _bracket(axis, c_in)
-        a, b = axis[lo], axis[hi]
-        return (1 - t) * value(a, a) + t * value(b, b)
-    ax_in, ax_out = _sub_axis(grid.c_in, c_in, grid.quantum), _sub_axis(grid.c_out, c_out, grid.quantum)
+        return (1 - t) * value(axis[lo], axis[lo]) + t * value(axis[hi], axis[hi])
+    ax_in, ax_out = _odd_axis(grid.c_in, grid.quantum), _odd_axis(grid.c_out, grid.quantum)
     i0, i1, u = _bracket(ax_in, c_in)
     j0, j1, v = _bracket(ax_out, c_out)
     a0, a1, b0, b1 = ax_in[i0], ax_in[i1], ax_out[j0], ax_out[j1]
     return ((1 - u) * (1 - v) * value(a0, b0) + u * (1 - v) * value(a1, b0)
             + (1 - u) * v * value(a0, b1) + u * v * value(a1, b1))
+
+
+def _factor(grid: Grid, probes: tuple[int, ...], c: int, at: Callable[[int], tuple[int, int]], value: Value) -> float:
+    """Measured / base-predicted latency of the probe sharing ``c``'s tier (1.0 for odd widths)."""
+    t = tier(int(round(c)), grid.quantum)
+    for p in probes:
+        if tier(p, grid.quantum) == t:
+            ci, co = at(p)
+            base = _base(grid, ci, co, value)
+            return value(ci, co) / base if base > 0 else 1.0
+    return 1.0
+
+
+def interpolate(grid: Grid, c_in: float, c_out: float, value: Value) -> float:
+    """Value at (c_in, c_out) from the grid's measured points; exact at every measured point."""
+    point = (int(c_in), int(c_out))
+    if point == (c_in, c_out) and point in grid.measured:
+        return value(*point)
+    base = _base(grid, c_in, c_out, value)
+    if grid.quantum <= 1:
+        return base
+    if grid.diagonal:
+        return base * _factor(grid, grid.probes_in, int(c_in), lambda p: (p, p), value)
+    f_in = _factor(grid, grid.probes_in, int(c_in), lambda p: (p, grid.ref[1]), value) if len(grid.c_in) > 1 else 1.0
+    f_out = (_factor(grid, grid.probes_out, int(c_out), lambda p: (grid.ref[0], p), value)
+             if len(grid.c_out) > 1 else 1.0)
+    return base * f_in * f_out

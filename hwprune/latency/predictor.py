@@ -54,14 +54,16 @@ class TableSum:
 
         The activation volume (sum over layers of batch * c_out * out H * out W) stands for the
         work that grows with a layer's *width* rather than its width squared: residual adds,
-        pooling, layout reorders, memory traffic between layers.
+        pooling, layout reorders, memory traffic between layers. The weight volume stands for
+        weights streamed from memory in a whole model, which an isolated block keeps in cache.
         """
         keep = plan.keep if plan is not None else None
-        total = act = 0.0
+        total = act = weights = 0.0
         for (_, sig, full), shape in zip(self._layers, self.graph.layer_shapes(keep), strict=True):
             total += self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full)
             act += shape.c_out * shape.out_hw[0] * shape.out_hw[1]
-        return {"lut_sum_ms": total, "act_melems": act * self.batch / 1e6}
+            weights += shape.c_out * (1 if shape.depthwise else shape.c_in) * shape.kernel**2
+        return {"lut_sum_ms": total, "act_melems": act * self.batch / 1e6, "weight_melems": weights / 1e6}
 
 
 class SumPredictor:

@@ -8,16 +8,14 @@ the figures never grade the fit on its own data.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from torch import nn
-from tqdm import tqdm
 
 from hwprune.errors import TableError
-from hwprune.latency.calibrate import measure_plan
+from hwprune.latency.calibrate import PlanMeter, measure_rounds
 from hwprune.latency.predictor import FlopsPredictor, LatencyPredictor, Predictor, SumPredictor
 from hwprune.latency.table import LatencyTable
 from hwprune.profilers.base import Profiler
@@ -63,29 +61,26 @@ def error_stats(predicted: list[float], measured: list[float]) -> dict[str, floa
 
 def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler,
           plans: list[PruningPlan], progress: bool = True,
-          measure: Callable[[PruningPlan], Measurement] | None = None) -> dict[str, Any]:
-    """Measure every plan end to end and score the calibrated predictor and both references."""
+          measure: Callable[[PruningPlan], Measurement] | None = None, rounds: int | None = None) -> dict[str, Any]:
+    """Measure every plan end to end (``rounds`` times, default the table's) and score all three predictors."""
     s = table.settings
     shape = (int(s["batch"]), int(s["in_channels"]), *[int(v) for v in s["input_size"]])
-    measure = measure or (lambda plan: measure_plan(model, graph, plan, profiler, shape))
+    measure = measure or PlanMeter(model, graph, profiler, shape)
     calibrated = Predictor(table, graph)
     full_ms = _full_ms(table, graph) or measure(PruningPlan.full(str(s["model"]), graph)).median_ms
     predictors: list[LatencyPredictor] = [calibrated, SumPredictor(table, graph), FlopsPredictor(graph, full_ms)]
-    rows = []
-    unstable = 0
     start = time.perf_counter()
-    for plan in tqdm(plans, desc="measuring held-out plans", unit="plan", disable=not progress):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            m = measure(plan)
-        unstable += bool(caught)
-        rows.append({
-            "keep": plan.keep,
-            "keep_ratio": plan.keep_ratio(),
-            "measured_ms": m.median_ms,
-            "measured_iqr_ms": m.iqr_ms,
-            "predicted_ms": {p.name: p.predict_ms(plan) for p in predictors},
-        })
+    rounds = rounds or table.required_rounds()
+    results = measure_rounds(plans, measure, rounds, "measuring held-out plans", progress)
+    rows = [{
+        "keep": plan.keep,
+        "keep_ratio": plan.keep_ratio(),
+        "measured_ms": m.median_ms,
+        "measured_iqr_ms": m.iqr_ms,
+        "rounds": n,
+        "predicted_ms": {p.name: p.predict_ms(plan) for p in predictors},
+    } for plan, (m, n, _) in zip(plans, results, strict=True)]
+    unstable = sum(u for _, _, u in results)
     measured = [r["measured_ms"] for r in rows]
     return {
         "model": s["model"],
@@ -93,6 +88,7 @@ def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Pr
         "batch": s["batch"],
         "input_size": s["input_size"],
         "plans": len(rows),
+        "rounds": rounds,
         "calibrated": calibrated.calibrated,
         "calibration": calibrated.describe(),
         "full_model_measured_ms": full_ms,
