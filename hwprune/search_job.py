@@ -9,6 +9,7 @@ the agents' own state files continue mid-search.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,15 @@ def budgeted_search(
         round_to=cfg.round_to,
     )
     check_budget(budget_ms, base.median_ms, ctx.predict_ms(ctx.min_plan()))
+    full_ms = ctx.predict_ms(ctx.full_plan())
+    if abs(base.median_ms - full_ms) > 0.25 * full_ms:
+        # The device is not behaving as it did when profiled (other load, another setting): a relative
+        # budget scales with this measurement, so say so before spending a search on it.
+        warnings.warn(
+            f"the unpruned model measures {base.median_ms:.3f} ms but the latency table predicts {full_ms:.3f} ms: "
+            "the machine is busier (or quieter) than when it was profiled; measured budgets will be off",
+            stacklevel=2,
+        )
 
     accept_ms = budget_ms * (1 - cfg.margin / 2)
     tries_path = run / "tries.json"
