@@ -71,12 +71,12 @@ class PlanMeter:
         self._prepared: dict[tuple[int, ...], Any] = {}
 
     def __call__(self, plan: PruningPlan) -> Measurement:
-        from hwprune.profilers.onnx_backend import OnnxRuntimeProfiler, export_onnx
+        from hwprune.profilers.onnx_backend import OnnxProfiler, export_onnx
 
         key = plan.key()
         if key not in self._prepared:
             pruned, _ = apply_plan(self.model, plan, self.graph)
-            onnx = isinstance(self.profiler, OnnxRuntimeProfiler)
+            onnx = isinstance(self.profiler, OnnxProfiler)  # ONNX Runtime and TensorRT: export once
             self._prepared[key] = export_onnx(pruned, self.input_shape) if onnx else pruned
         prepared = self._prepared[key]
         if isinstance(prepared, bytes):
