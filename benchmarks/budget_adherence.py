@@ -37,7 +37,7 @@ def table_for(model: str, args: argparse.Namespace) -> Path:
     out = Path(args.out_dir) / model / "lut.json"
     setting = TableSetting(
         model=spec.name, in_channels=spec.in_channels, num_classes=spec.num_classes, input_size=spec.input_size,
-        batch=args.batch, backend=args.backend, threads=args.threads, repeats=30, warmup=10, warmup_s=0.2,
+        batch=args.batch, backend=args.backend, threads=args.threads, repeats=10, runs=5, warmup=10, warmup_s=0.2,
     )
     profile_model(setting, out, resume=out.exists(), progress=False)
     return out
@@ -50,7 +50,8 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
             checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"), out=str(out), budget=f"{budget}x", agent=agent,
             backend=args.backend, threads=args.threads, batch=args.batch, lut=str(lut), seed=args.seed,
             search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,
-            finetune_steps=args.finetune_steps,
+            finetune_steps=args.finetune_steps, batch_size=args.batch_size, round_to=args.round_to,
+            agent_options=args.netadapt_options if agent == "netadapt" else {},
         )
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the job's progress lines; stdout is the JSON
@@ -88,8 +89,13 @@ def main() -> None:
     p.add_argument("--search-finetune-steps", type=int, default=20)
     p.add_argument("--val-samples", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=128, help="fine-tune batch size")
+    p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (every agent)")
+    p.add_argument("--netadapt-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="NetAdapt option (value parsed as JSON), repeatable, e.g. initial_reduction=0.2")
     p.add_argument("--out-dir", default="runs/bench-budget")
     args = p.parse_args()
+    args.netadapt_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.netadapt_option)}
 
     start, rows = time.perf_counter(), []
     for model in args.models.split(","):
@@ -107,7 +113,9 @@ def main() -> None:
         "benchmark": "budget_adherence",
         "command": "python " + " ".join(sys.argv),
         "setting": {"backend": args.backend, "batch": args.batch, "threads": args.threads, "seed": args.seed,
-                    "finetune_steps": args.finetune_steps, "search_finetune_steps": args.search_finetune_steps},
+                    "finetune_steps": args.finetune_steps, "search_finetune_steps": args.search_finetune_steps,
+                    "val_samples": args.val_samples, "batch_size": args.batch_size, "round_to": args.round_to,
+                    "netadapt_options": args.netadapt_options},
         "adherence": sum(r["met"] for r in rows) / len(rows),
         "runs": rows,
         "netadapt_vs_uniform": versus,

@@ -44,7 +44,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--input-size", default="32x32")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=10, help="timed samples per run")
+    p.add_argument("--runs", type=int, default=5, help="runs per measurement, the quietest kept")
     p.add_argument("--candidates", default=CANDIDATES, help="';'-separated GRID@QUANTUM")
     p.add_argument("--probes", type=int, default=6, help="random off-grid widths timed per layer grid")
     p.add_argument("--plans", type=int, default=30)
@@ -57,7 +58,7 @@ def main() -> None:
     base = TableSetting(
         model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
         input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, warmup=10, warmup_s=0.1, calib_plans=args.calib_plans, rounds=args.rounds,
+        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=0.1, calib_plans=args.calib_plans, rounds=args.rounds,
     )
     model = create_model(base.model, base.in_channels, base.num_classes)
     graph = ModelGraph(model, base.input_shape)

@@ -36,12 +36,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="the batch the demo deploys at (32 for the zoo)")
     p.add_argument("--input-size", default="32x32")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=10, help="timed samples per run")
+    p.add_argument("--runs", type=int, default=5, help="runs per measurement, the quietest kept")
     p.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
     p.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--calib-plans", type=int, default=10)
-    p.add_argument("--calib-form", default="sum")
+    p.add_argument("--calib-form", default="auto")
     p.add_argument("--plans", type=int, default=40, help="held-out plans to measure")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat-check", type=int, default=10, help="held-out plans measured a second time")
@@ -53,8 +54,8 @@ def main() -> None:
     setting = TableSetting(
         model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
         input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, warmup=10, warmup_s=0.1, grid=parse_grid(args.grid), calib_plans=args.calib_plans,
-        calib_form=args.calib_form, quantum=args.quantum, rounds=args.rounds,
+        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=0.1, grid=parse_grid(args.grid),
+        calib_plans=args.calib_plans, calib_form=args.calib_form, quantum=args.quantum, rounds=args.rounds,
     )
     stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"
     out_dir = Path(args.out_dir)

@@ -26,6 +26,12 @@ COMMANDS = {
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults, and keep each command's docstring laid out as written (its examples stay on one line)."""
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # "(default: None)" / "(default: False)" / "(default: [])" say nothing: the help says what unset means.
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

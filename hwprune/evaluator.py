@@ -56,7 +56,7 @@ class Evaluator:
         self.seed = seed
         self.val_samples = val_samples
         self.augment = augment
-        self._cache: dict[tuple[int, ...], float] = {}
+        self._cache: dict[tuple[int, ...], tuple[float, float]] = {}
         self.evaluations = 0  # plans actually pruned, fine-tuned and scored (cache misses)
         self.cache_hits = 0
         self.finetune_steps_done = 0
@@ -64,6 +64,10 @@ class Evaluator:
 
     def __call__(self, plan: PruningPlan) -> float:
         """Validation accuracy in [0, 1] of the model pruned by ``plan``; cached per channel counts."""
+        return self.score(plan)[0]
+
+    def score(self, plan: PruningPlan) -> tuple[float, float]:
+        """(accuracy, loss) on the validation split after the short fine-tune; cached per channel counts."""
         key = plan.key()
         if key in self._cache:
             self.cache_hits += 1
@@ -77,16 +81,12 @@ class Evaluator:
                     seed=self.seed, augment=self.data.augment if self.augment else None,
                 )
                 self.finetune_steps_done += self.finetune_steps
-            acc = self.evaluate_model(pruned)
+            result = train.score(pruned, self.data.val, max_samples=self.val_samples)
         finally:
             self.seconds += time.perf_counter() - start
         self.evaluations += 1
-        self._cache[key] = acc
-        return acc
-
-    def evaluate_model(self, model: nn.Module) -> float:
-        """Validation accuracy of an already pruned (and possibly fine-tuned) model, uncached."""
-        return train.evaluate(model, self.data.val, max_samples=self.val_samples)
+        self._cache[key] = result
+        return result
 
     def cost(self) -> dict[str, Any]:
         """Work done so far; agents report the difference over their search."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -20,12 +20,10 @@ from hwprune.agents import SearchContext, check_budget, get_agent
 from hwprune.errors import BudgetError, TableError
 from hwprune.evaluator import Evaluator
 from hwprune.io import read_json, write_json
+from hwprune.job import JobConfig, Loaded, measure  # job.py imports this module only inside a function
 from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
-
-if TYPE_CHECKING:
-    from hwprune.job import JobConfig, Loaded
 
 TRIES_KIND = "search-tries"
 
@@ -69,6 +67,7 @@ def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> La
         backend=cfg.backend,
         threads=int(fp.fingerprint().get("threads") or 0),
         repeats=fp.repeats,
+        runs=fp.runs,
         warmup=fp.warmup,
         warmup_s=fp.warmup_s,
         calib_plans=cfg.calibration_plans,
@@ -128,9 +127,7 @@ def budgeted_search(
             agent = get_agent(cfg.agent, **cfg.agent_options)
             result = agent.search(ctx, target, state_path=run / f"search-{i + 1}.json")
             pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
-            m = loaded.profiler.measure_model(
-                pruned.eval(), (cfg.batch, loaded.spec.in_channels, *loaded.spec.input_size)
-            )
+            m = measure(loaded, pruned, cfg)
             done = {
                 "target_ms": target,
                 "predicted_ms": ctx.predict_ms(result.plan),

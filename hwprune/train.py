@@ -151,7 +151,6 @@ def _train_epoch(
     return loss_sum / seen, correct / seen
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -160,6 +159,22 @@ def evaluate(
     device: Device = None,
 ) -> float:
     """Top-1 accuracy in [0, 1] on the first ``max_samples`` of ``dataset`` (in order: repeatable)."""
+    return score(model, dataset, batch_size, max_samples, device)[0]
+
+
+@torch.inference_mode()
+def score(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 128,
+    max_samples: int | None = None,
+    device: Device = None,
+) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) on the first ``max_samples`` of ``dataset``.
+
+    The loss is the finer ranking signal: on 1000 samples accuracy moves in steps of 0.1 % and two
+    candidates a search must tell apart often tie or swap on a handful of borderline samples.
+    """
     n = len(dataset)  # type: ignore[arg-type]
     if max_samples is not None and max_samples < n:
         dataset, n = Subset(dataset, range(max_samples)), max_samples
@@ -168,13 +183,15 @@ def evaluate(
     dev = _device_of(model, device)
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     try:
         for x, y in make_loader(dataset, batch_size, shuffle=False):
-            correct += int((model(x.to(dev)).argmax(1) == y.to(dev)).sum())
+            logits, y = model(x.to(dev)), y.to(dev)
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
     finally:
         model.train(was_training)
-    return correct / n
+    return correct / n, loss / n
 
 
 def _cycle(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -47,9 +47,10 @@ class ProxyEvaluator:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph, self.calls = graph, 0
 
-    def __call__(self, plan: PruningPlan) -> float:
+    def score(self, plan: PruningPlan) -> tuple[float, float]:
         self.calls += 1
-        return sum((plan.keep[g.name] / g.channels) ** 0.5 for g in self.graph.groups) / len(self.graph.groups)
+        acc = sum((plan.keep[g.name] / g.channels) ** 0.5 for g in self.graph.groups) / len(self.graph.groups)
+        return acc, 1.0 - acc
 
 
 class Interrupting:
@@ -67,9 +68,9 @@ class Interrupting:
         self._tick()
         return self.inner.predict_ms(plan)
 
-    def __call__(self, plan: PruningPlan) -> float:
+    def score(self, plan: PruningPlan) -> tuple[float, float]:
         self._tick()
-        return self.inner(plan)
+        return self.inner.score(plan)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -201,12 +202,19 @@ def test_netadapt_respects_round_to(tiny) -> None:
     assert all(k % 4 == 0 and k >= 4 for k in result.plan.keep.values())
 
 
-def test_netadapt_accuracy_per_ms_selection(tiny) -> None:
+@pytest.mark.parametrize("selection", ["loss", "accuracy", "accuracy_per_ms"])
+def test_netadapt_selection_rules_pick_their_best_candidate(tiny, selection: str) -> None:
     model, graph, _ = tiny
     ctx = make_ctx(model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
     budget = 0.5 * ctx.predict_ms(ctx.full_plan())
-    result = get_agent("netadapt", selection="accuracy_per_ms", progress=False).search(ctx, budget)
+    result = get_agent("netadapt", selection=selection, progress=False).search(ctx, budget)
     assert result.predicted_ms <= budget
+    for row in result.history:
+        cands = row["candidates"]
+        if selection == "loss":
+            assert row["loss"] == min(c["loss"] for c in cands)
+        elif selection == "accuracy":
+            assert row["accuracy"] == max(c["accuracy"] for c in cands)
 
 
 # ---- checkpoint and resume ----------------------------------------------------------------------------
@@ -316,3 +324,25 @@ def test_evaluator_uses_validation_split_only(tiny) -> None:
     assert ev(PruningPlan.full("tiny", graph)) == train.evaluate(model, data.val, max_samples=50)
     with pytest.raises(ConfigError):
         Evaluator(model, graph, data, finetune_steps=-1)
+
+
+def test_netadapt_candidate_share_keeps_a_real_choice_among_groups(resnet_graph) -> None:
+    model, graph = resnet_graph
+
+    def first(share: float) -> dict:
+        ctx = SearchContext("resnet20", model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+        agent = get_agent("netadapt", initial_reduction=0.2, candidate_share=share, progress=False)
+        return agent.iterate(ctx, ctx.full_plan(), ctx.predict_ms(ctx.full_plan()),
+                             0.2 * ctx.predict_ms(ctx.full_plan()), 0, _NoBar())
+
+    coarse, shared = first(0.0), first(0.5)
+    assert len(shared["candidates"]) >= len(graph.groups) / 2 > len(coarse["candidates"])
+    assert shared["asked_ms"] < coarse["asked_ms"]
+    ctx = SearchContext("resnet20", model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    budget = 0.5 * ctx.predict_ms(ctx.full_plan())
+    assert get_agent("netadapt", progress=False).search(ctx, budget).predicted_ms <= budget
+
+
+class _NoBar:
+    def set_postfix_str(self, *_: object) -> None:
+        return None

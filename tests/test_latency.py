@@ -33,8 +33,9 @@ from hwprune.latency import (
     plan_grids,
     profile_model,
 )
-from hwprune.latency.calibrate import calibration_plans
+from hwprune.latency.calibrate import calibration_plans, fit
 from hwprune.latency.interp import tier, tier_probes
+from hwprune.latency.predictor import TableSum
 from hwprune.models import create_model
 from hwprune.profilers import BlockSpec, Measurement, Profiler
 from hwprune.pruning import ModelGraph, PruningPlan
@@ -319,6 +320,25 @@ def test_a_disturbed_calibration_falls_back_to_a_positive_scale(resnet20) -> Non
             params = sum(p.numel() for p in model.parameters())
             return Measurement([1e4 / params] * 3)  # smaller models "slower": a busy machine's story
 
-    table, _ = profile_model(setting(), None, progress=False, profiler=Backwards(repeats=3), model=resnet20[0])
+    table, _ = profile_model(setting(calib_form="sum"), None, progress=False, profiler=Backwards(repeats=3),
+                             model=resnet20[0])
     fit = table.calibration["fit"]
     assert fit["fallback"] and fit["coef"]["lut_sum_ms"] > 0 and fit["offset_ms"] == 0.0
+
+
+@pytest.mark.parametrize(("truth", "form"), [(lambda s, a: s, "identity"), (lambda s, a: 1.3 * s, "scale"),
+                                              (lambda s, a: 1.1 * s + 0.5, "sum"),
+                                              (lambda s, a: 1.1 * s + 0.3 * a + 0.2, "sum+act")])
+def test_auto_calibration_picks_the_form_that_predicts_unseen_plans(built, resnet20, truth, form) -> None:
+    table, _ = built
+    _, graph = resnet20
+    sums = TableSum(table, graph)
+    plans = calibration_plans("resnet20", graph, 8, 3)
+    rows = []
+    for plan in plans:
+        f = sums.features(plan)
+        measured = Measurement([truth(f["lut_sum_ms"], f["act_melems"])])
+        rows.append({"keep": plan.keep, "measurement": measured.to_dict()})
+    result = fit(table, graph, rows, "auto")
+    assert result["form"] == form, result["loo_median_abs_pct"]
+    assert result["in_sample_max_abs_pct"] < 1e-6

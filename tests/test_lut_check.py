@@ -14,7 +14,7 @@ import pytest
 from hwprune.cli import main
 from hwprune.latency import LatencyTable
 
-TINY = ["--input-size", "16x16", "--batch", "4", "--threads", "1", "--repeats", "15", "--warmup", "1",
+TINY = ["--input-size", "16x16", "--batch", "4", "--threads", "1", "--repeats", "15", "--runs", "1", "--warmup", "1",
         "--warmup-s", "0", "--grid", "0.25,0.5,1", "--quantum", "1", "--rounds", "1", "--calib-plans", "3"]
 
 
@@ -105,8 +105,8 @@ def test_profile_from_a_checkpoint_uses_its_spec(tmp_path: Path) -> None:
     spec = ModelSpec("resnet20", 1, 7, (12, 12))
     save_checkpoint(tmp_path / "ckpt", spec.build(), spec, {})
     out = tmp_path / "lut.json"
-    flags = ["--batch", "2", "--threads", "1", "--repeats", "3", "--warmup", "0", "--warmup-s", "0", "--grid", "1",
-             "--calib-plans", "0"]
+    flags = ["--batch", "2", "--threads", "1", "--repeats", "3", "--runs", "1", "--warmup", "0", "--warmup-s", "0",
+             "--grid", "1", "--calib-plans", "0"]
     assert main(["profile", "--checkpoint", str(tmp_path / "ckpt"), *flags, "--out", str(out), "--no-progress"]) == 0
     s = LatencyTable.load(out).settings
     assert (s["model"], s["in_channels"], s["num_classes"], s["input_size"]) == ("resnet20", 1, 7, [12, 12])

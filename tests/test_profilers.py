@@ -31,7 +31,7 @@ from hwprune.profilers import (
 # Short runs: the tests check behaviour, and the machine is shared. One thread, because on a
 # loaded box every multi-threaded op waits on a descheduled worker and is quantised to the
 # scheduler tick (an 8-channel conv then "takes" as long as a 128-channel one).
-FAST = {"threads": 1, "warmup": 2, "warmup_s": 0.0, "repeats": 5, "remeasure_unstable": False}
+FAST = {"threads": 1, "warmup": 2, "warmup_s": 0.0, "repeats": 5, "runs": 1}
 CPU_BACKENDS = ["torch-cpu", "onnxruntime"]
 
 
@@ -47,14 +47,14 @@ class PlantedProfiler(Profiler):
     def __init__(self, samples: list[float], **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._planted = iter(samples)
-        self.runs = 0
+        self.calls = 0
 
     def _sample_ms(self, run: object) -> float:
-        self.runs += 1
+        self.calls += 1
         return next(self._planted)
 
     def _workload(self) -> None:
-        self.runs += 1
+        self.calls += 1
 
     def measure_block(self, spec: BlockSpec) -> Measurement:
         return self._measure(self._workload, str(spec))
@@ -105,42 +105,44 @@ def test_measurement_round_trip_and_rejects_garbage() -> None:
 # -- the protocol -----------------------------------------------------------------------------
 
 
-def test_unstable_run_warns_and_keeps_the_steadier_remeasurement() -> None:
-    noisy = [1.0, 3.0] * 5
-    steady = [2.0] * 10
-    profiler = PlantedProfiler(noisy + steady, warmup=0, warmup_s=0.0, repeats=10)
-    with pytest.warns(UnstableMeasurementWarning, match="re-measured once"):
-        m = profiler.measure_block(SPEC)
-    assert m.samples_ms == steady
-
-
-def test_unstable_run_without_remeasure_warns_and_keeps_the_run() -> None:
-    noisy = [1.0, 1.0, 1.0, 1.0, 9.0] * 2
-    profiler = PlantedProfiler(noisy, warmup=0, warmup_s=0.0, repeats=10, remeasure_unstable=False)
-    with pytest.warns(UnstableMeasurementWarning, match="not re-measured"):
-        m = profiler.measure_block(SPEC)
-    assert m.samples_ms == noisy
-
-
-def test_constant_samples_do_not_warn() -> None:
-    profiler = PlantedProfiler([4.0] * 30, warmup=0, warmup_s=0.0)
+def test_the_quietest_run_is_kept_and_every_run_median_recorded() -> None:
+    runs = [3.0] * 5 + [2.0, 2.0, 2.1, 2.0, 2.0] + [2.5] * 5
+    profiler = PlantedProfiler(runs, warmup=0, warmup_s=0.0, repeats=5, runs=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnstableMeasurementWarning)
         m = profiler.measure_block(SPEC)
-    assert m.samples_ms == [4.0] * 30
+    assert m.samples_ms == [2.0, 2.0, 2.1, 2.0, 2.0]
+    assert m.run_medians_ms == [3.0, 2.0, 2.5]
+    assert Measurement.from_dict(m.to_dict()) == m
+
+
+def test_unstable_kept_run_warns_and_keeps_the_run() -> None:
+    noisy = [1.0, 1.0, 1.0, 1.0, 9.0] * 2
+    profiler = PlantedProfiler(noisy, warmup=0, warmup_s=0.0, repeats=10, runs=1)
+    with pytest.warns(UnstableMeasurementWarning, match="quietest of 1 run"):
+        m = profiler.measure_block(SPEC)
+    assert m.samples_ms == noisy and m.run_medians_ms is None
+
+
+def test_constant_samples_do_not_warn() -> None:
+    profiler = PlantedProfiler([4.0] * 50, warmup=0, warmup_s=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnstableMeasurementWarning)
+        m = profiler.measure_block(SPEC)
+    assert m.samples_ms == [4.0] * 10 and m.run_medians_ms == [4.0] * 5
 
 
 def test_warm_up_runs_by_count_and_by_time() -> None:
-    profiler = PlantedProfiler([1.0] * 5, warmup=3, warmup_s=0.0, repeats=5)
+    profiler = PlantedProfiler([1.0] * 5, warmup=3, warmup_s=0.0, repeats=5, runs=1)
     profiler.measure_block(SPEC)
-    assert profiler.runs == 3 + 5
-    profiler = PlantedProfiler([1.0] * 5, warmup=0, warmup_s=0.05, repeats=5)
+    assert profiler.calls == 3 + 5
+    profiler = PlantedProfiler([1.0] * 5, warmup=0, warmup_s=0.05, repeats=5, runs=1)
     profiler.measure_block(SPEC)
-    assert profiler.runs > 5 + 10  # 50 ms of an empty workload is far more than 10 runs
+    assert profiler.calls > 5 + 10  # 50 ms of an empty workload is far more than 10 runs
 
 
 def test_bad_settings_are_config_errors() -> None:
-    for bad in [{"repeats": 1}, {"threads": 0}, {"warmup": -1}, {"unstable_threshold": 0}]:
+    for bad in [{"repeats": 1}, {"runs": 0}, {"threads": 0}, {"warmup": -1}, {"unstable_threshold": 0}]:
         with pytest.raises(ConfigError):
             PlantedProfiler([], **bad)
 

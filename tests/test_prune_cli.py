@@ -13,7 +13,8 @@ from hwprune.cli import main
 from hwprune.models import ModelSpec
 from hwprune.pruning import ModelGraph, PruningPlan, load_pruned
 
-FAST = ["--backend", "torch-cpu", "--batch", "2", "--repeats", "3", "--finetune-steps", "2", "--batch-size", "16"]
+FAST = ["--backend", "torch-cpu", "--batch", "2", "--repeats", "3", "--runs", "1", "--rounds", "1",
+        "--settle-s", "0", "--finetune-steps", "2", "--batch-size", "16"]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """What every search agent shares: the context it searches in, its result, and the registry.
 
 Agents see latency only through an object with ``predict_ms(plan)`` and accuracy only through an
-object called with a plan (normally :class:`hwprune.evaluator.Evaluator`), so uniform, NetAdapt,
+object with ``score(plan)`` (normally :class:`hwprune.evaluator.Evaluator`), so uniform, NetAdapt,
 AMC and LeGR are compared on exactly the same footing and none of them can peek at the latency
 table or the test split.
 """
@@ -30,7 +30,9 @@ class LatencyPredictor(Protocol):
 
 
 class PlanEvaluator(Protocol):
-    def __call__(self, plan: PruningPlan) -> float: ...
+    def score(self, plan: PruningPlan) -> tuple[float, float]:
+        """(validation accuracy in [0, 1], validation loss) of the model pruned by ``plan``."""
+        ...
 
 
 def min_keep_count(channels: int, ratio: float, round_to: int = 1) -> int:
@@ -100,7 +102,13 @@ class SearchContext:
         return self._predictions[key]
 
     def evaluate(self, plan: PruningPlan) -> float:
-        return float(self.evaluator(plan))
+        """Validation accuracy of the plan's model (after the evaluator's short fine-tune)."""
+        return self.score(plan)[0]
+
+    def score(self, plan: PruningPlan) -> tuple[float, float]:
+        """(validation accuracy, validation cross-entropy) of the same model; the loss ranks more finely."""
+        acc, loss = self.evaluator.score(plan)
+        return float(acc), float(loss)
 
     def require_feasible(self, budget_ms: float) -> None:
         """Refuse a budget that no plan within the minimum keep can meet, under the predictor."""

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lut", required=True, help="latency table JSON from `hwprune profile`")
     parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
-    parser.add_argument("--repeats", type=int, default=None, help="timed samples per model (default: the table's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed samples per run (default: the table's)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs per measurement, the quietest kept (default: the table's)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="runs per plan, round-robin, the faster kept (default: the table's)")
     parser.add_argument("--out", default=None, help="JSON report (default: LUT name with .check.json)")
@@ -39,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--plans must be >= 1, got {args.plans}")
     if args.repeats is not None and args.repeats < 3:
         raise ConfigError(f"--repeats must be >= 3, got {args.repeats}")
+    if args.runs is not None and args.runs < 1:
+        raise ConfigError(f"--runs must be >= 1, got {args.runs}")
     if args.rounds is not None and args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     lut = Path(args.lut)
-    table, profiler = load_table(lut, args.allow_foreign_table, repeats=args.repeats)
+    table, profiler = load_table(lut, args.allow_foreign_table, repeats=args.repeats, runs=args.runs)
     if table.settings.get("model") != args.model:
         raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {args.model!r}")
     model, graph = model_for(table)

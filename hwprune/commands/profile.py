@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=None, help="classes; unset: the checkpoint's, else 10")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (unset: all cores); part of the device key")
-    parser.add_argument("--repeats", type=int, default=30, help="timed samples per block and per model")
+    parser.add_argument("--repeats", type=int, default=10, help="timed samples per run")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="runs per block and per model, back to back; the quietest (lowest median) is kept")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up runs before sampling (at least)")
     parser.add_argument("--warmup-s", type=float, default=0.1, help="warm-up seconds before sampling (at least)")
     parser.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
@@ -79,7 +81,8 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
     num_classes = args.num_classes or (spec.num_classes if spec else 10)
     if args.backend not in available_profilers():
         raise ConfigError(f"unknown backend '{args.backend}': choose one of {', '.join(available_profilers())}")
-    for flag, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 3), ("--warmup", args.warmup, 0),
+    for flag, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 3), ("--runs", args.runs, 1),
+                               ("--warmup", args.warmup, 0),
                                ("--in-channels", in_channels, 1), ("--num-classes", num_classes, 1),
                                ("--calib-plans", args.calib_plans, 0), ("--quantum", args.quantum, 1),
                                ("--rounds", args.rounds, 1)):
@@ -92,7 +95,7 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
     create_model(model, in_channels, num_classes)  # unknown model names fail here, before any work
     return TableSetting(
         model=model, in_channels=in_channels, num_classes=num_classes, input_size=input_size, batch=args.batch,
-        backend=args.backend, threads=args.threads or (os.cpu_count() or 1), repeats=args.repeats,
+        backend=args.backend, threads=args.threads or (os.cpu_count() or 1), repeats=args.repeats, runs=args.runs,
         warmup=args.warmup, warmup_s=args.warmup_s, grid=parse_grid(args.grid), quantum=args.quantum,
         calib_plans=args.calib_plans, calib_seed=args.calib_seed, rounds=args.rounds,
     )

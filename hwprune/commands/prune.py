@@ -68,7 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     dev.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     dev.add_argument("--batch", type=int, default=32, help="batch size the model is deployed at")
-    dev.add_argument("--repeats", type=int, default=30, help="timed samples per latency measurement")
+    dev.add_argument("--repeats", type=int, default=10, help="timed samples per run")
+    dev.add_argument("--runs", type=int, default=5,
+                     help="runs per latency measurement, back to back; the quietest (lowest median) is kept")
+    dev.add_argument("--rounds", type=int, default=3,
+                     help="measurements of each model judged against the budget; the faster is kept")
+    dev.add_argument("--settle-s", type=float, default=3.0,
+                     help="idle seconds before each measurement (timings right after training run slow)")
     dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
     dev.add_argument(
         "--allow-foreign-table", action="store_true", help="accept a latency table made on another device or backend"
@@ -166,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
             min_keep_ratio=args.min_keep_ratio,
             max_tries=args.max_tries,
             repeats=args.repeats,
+            runs=args.runs,
+            rounds=args.rounds,
+            settle_s=args.settle_s,
             calibration_plans=args.calibration_plans,
         )
         report, met = _interruptible(cfg, resume=False)

@@ -58,8 +58,9 @@ class TableSetting:
     dtype: str = "float32"
     calib_plans: int = 10
     calib_seed: int = 1234
-    calib_form: str = "sum"
+    calib_form: str = "auto"
     rounds: int = 2
+    runs: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,7 +69,7 @@ class TableSetting:
             "threads": self.threads, "repeats": self.repeats, "warmup": self.warmup,
             "warmup_s": self.warmup_s, "grid": list(self.grid), "quantum": self.quantum, "dtype": self.dtype,
             "calib_plans": self.calib_plans, "calib_seed": self.calib_seed, "calib_form": self.calib_form,
-            "rounds": self.rounds,
+            "rounds": self.rounds, "runs": self.runs,
         }
 
     @classmethod
@@ -81,7 +82,7 @@ class TableSetting:
                 float(data["warmup_s"]), tuple(float(f) for f in data["grid"]), int(data.get("quantum", 1)),
                 str(data.get("dtype", "float32")),
                 int(data.get("calib_plans", 0)), int(data.get("calib_seed", 0)), str(data.get("calib_form", "sum")),
-                int(data.get("rounds", 1)),
+                int(data.get("rounds", 1)), int(data.get("runs", 1)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise TableError(f"latency table settings are malformed ({exc!r}); re-profile") from None
@@ -97,7 +98,7 @@ class TableSetting:
 
         pin_allocator()
         return get_profiler(self.backend, threads=self.threads, warmup=self.warmup, warmup_s=self.warmup_s,
-                            repeats=self.repeats)
+                            repeats=self.repeats, runs=self.runs)
 
 
 def parse_grid(text: str) -> tuple[float, ...]:
@@ -226,7 +227,7 @@ def _estimate_s(sig: Signature, c_in: int, c_out: int, profiler: Profiler) -> fl
     h, w = block.out_hw
     macs = sig.batch * c_out * h * w * (1 if sig.depthwise else c_in) * sig.kernel * sig.kernel
     run_s = macs / 2e10 + 5e-5
-    return max(profiler.warmup_s, profiler.warmup * run_s) + profiler.repeats * run_s
+    return max(profiler.warmup_s, profiler.warmup * run_s) + profiler.runs * profiler.repeats * run_s
 
 
 def profile_model(setting: TableSetting, out: Path | None, *, resume: bool = False, overwrite: bool = False,

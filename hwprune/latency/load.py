@@ -24,7 +24,8 @@ def profiler_for(table: LatencyTable, **overrides: Any) -> Profiler:
     pin_allocator()  # the table was measured under it (see allocator.py)
     s = table.settings
     kwargs: dict[str, Any] = {"threads": int(s["threads"]), "warmup": int(s["warmup"]),
-                              "warmup_s": float(s["warmup_s"]), "repeats": int(s["repeats"])}
+                              "warmup_s": float(s["warmup_s"]), "repeats": int(s["repeats"]),
+                              "runs": int(s.get("runs", 1))}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return get_profiler(table.backend, **kwargs)
 

@@ -123,12 +123,13 @@ def compare_forms(table: LatencyTable, graph: ModelGraph, report: dict[str, Any]
     feats = [sums.features(PruningPlan.full(model_name, graph).with_keep(r["keep"])) for r in report["rows"]]
     measured = [r["measured_ms"] for r in report["rows"]]
     out: dict[str, dict[str, Any]] = {}
-    for form in FORMS:
+    for form in ("auto", *FORMS):
         try:
             f = fit(table, graph, rows, form)
         except TableError as exc:
             out[form] = {"failed": str(exc)}
             continue
         predicted = [f["offset_ms"] + sum(c * x[k] for k, c in f["coef"].items()) for x in feats]
-        out[form] = {"coef": f["coef"], "offset_ms": f["offset_ms"], **error_stats(predicted, measured)}
+        out[form] = {"chosen": f["form"], "coef": f["coef"], "offset_ms": f["offset_ms"],
+                     **error_stats(predicted, measured)}
     return out

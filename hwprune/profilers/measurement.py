@@ -38,6 +38,8 @@ class Measurement:
     """Timed samples of one workload on one device and backend, in milliseconds."""
 
     samples_ms: list[float]
+    #: medians of every run the profiler timed for this measurement, the kept one included (best-of-N)
+    run_medians_ms: list[float] | None = None
 
     def __post_init__(self) -> None:
         # Validated here so a table loaded from disk cannot smuggle in NaN or negative times.
@@ -115,14 +117,18 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         """Samples plus a summary; the summary is for human readers and is recomputed on load."""
-        return {"unit": "ms", "samples_ms": list(self.samples_ms), "summary": self.summary()}
+        out: dict[str, Any] = {"unit": "ms", "samples_ms": list(self.samples_ms), "summary": self.summary()}
+        if self.run_medians_ms is not None:
+            out["run_medians_ms"] = list(self.run_medians_ms)
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> Measurement:
         try:
             if data.get("unit", "ms") != "ms":
                 raise ValueError(f"unit {data['unit']!r} is not 'ms'")
-            return cls(samples_ms=list(data["samples_ms"]))
+            runs = data.get("run_medians_ms")
+            return cls(samples_ms=list(data["samples_ms"]), run_medians_ms=None if runs is None else list(runs))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
                 f"latency measurement is malformed ({exc}); re-profile with `hwprune profile`"
