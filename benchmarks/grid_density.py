@@ -30,8 +30,8 @@ from hwprune.io import write_json  # noqa: E402
 from hwprune.latency import LatencyTable, Signature, TableSetting, check, heldout_plans, parse_grid  # noqa: E402
 from hwprune.latency.build import fill_table, new_table  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter, calibrate, calibration_plans, measure_rounds  # noqa: E402
-from hwprune.latency.table import keep_faster  # noqa: E402
 from hwprune.models import create_model  # noqa: E402
+from hwprune.profilers import keep_faster  # noqa: E402
 from hwprune.pruning import ModelGraph, PruningPlan  # noqa: E402
 
 CANDIDATES = "0.5,1@1;0.125,0.25,0.5,0.75,1@1;8@1;0.25,0.5,1@8;0.125,0.25,0.5,0.75,1@8"

@@ -62,10 +62,6 @@ class Evaluator:
         self.finetune_steps_done = 0
         self.seconds = 0.0
 
-    def __call__(self, plan: PruningPlan) -> float:
-        """Validation accuracy in [0, 1] of the model pruned by ``plan``; cached per channel counts."""
-        return self.score(plan)[0]
-
     def score(self, plan: PruningPlan) -> tuple[float, float]:
         """(accuracy, loss) on the validation split after the short fine-tune; cached per channel counts."""
         key = plan.key()

@@ -18,14 +18,13 @@ from typing import Any
 from torch import nn
 
 from hwprune import __version__
-from hwprune.agents import check_budget, parse_budget
+from hwprune.agents import check_budget, get_agent, parse_budget
 from hwprune.checkpoint import load_checkpoint
 from hwprune.data import DataBundle, load_data
 from hwprune.errors import ConfigError, HwpruneError
 from hwprune.io import read_json, write_json
-from hwprune.latency.table import keep_faster
 from hwprune.models import ModelSpec
-from hwprune.profilers import Measurement, Profiler, get_profiler
+from hwprune.profilers import Measurement, Profiler, get_profiler, keep_faster
 from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, save_pruned
 from hwprune.report import write_report
 from hwprune.train import evaluate, fine_tune
@@ -98,6 +97,8 @@ def validate_config(cfg: JobConfig) -> None:
         raise ConfigError(f"--min-keep-ratio must be in (0, 1], got {cfg.min_keep_ratio}")
     if not 0 <= cfg.margin < 0.5:
         raise ConfigError(f"--margin must be in [0, 0.5), got {cfg.margin}")
+    if cfg.budget is not None:
+        get_agent(cfg.agent, **cfg.agent_options)  # an unknown agent or option fails now, not after profiling
 
 
 def load_inputs(cfg: JobConfig) -> Loaded:

@@ -304,14 +304,14 @@ def test_evaluator_is_cached_seeded_and_counts(tiny) -> None:
     model, graph, data = tiny
     plan = PruningPlan.uniform("tiny", graph, 0.5)
     first = real_evaluator(tiny)
-    acc = first(plan)
-    assert 0.0 <= acc <= 1.0
-    assert first(plan) == acc
+    acc, loss = first.score(plan)
+    assert 0.0 <= acc <= 1.0 and loss > 0
+    assert first.score(plan) == (acc, loss)
     assert first.cost()["evaluations"] == 1 and first.cost()["cache_hits"] == 1
     assert first.cost()["finetune_steps"] == 2
-    assert real_evaluator(tiny)(plan) == acc  # same plan, same seed -> same number
+    assert real_evaluator(tiny).score(plan) == (acc, loss)  # same plan, same seed -> same numbers
     before = [p.detach().clone() for p in model.parameters()]
-    Evaluator(model, graph, data, finetune_steps=3)(PruningPlan.uniform("tiny", graph, 0.25))
+    Evaluator(model, graph, data, finetune_steps=3).score(PruningPlan.uniform("tiny", graph, 0.25))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # original untouched
 
 
@@ -321,7 +321,7 @@ def test_evaluator_uses_validation_split_only(tiny) -> None:
 
     no_test = replace(data, test=torch.utils.data.TensorDataset(torch.empty(0), torch.empty(0)))
     ev = Evaluator(model, graph, no_test, val_samples=50)
-    assert ev(PruningPlan.full("tiny", graph)) == train.evaluate(model, data.val, max_samples=50)
+    assert ev.score(PruningPlan.full("tiny", graph)) == train.score(model, data.val, max_samples=50)
     with pytest.raises(ConfigError):
         Evaluator(model, graph, data, finetune_steps=-1)
 

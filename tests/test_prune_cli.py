@@ -66,6 +66,8 @@ def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: P
         (["--budget", "5x"], "already met"),
         (["--ratio", "0.5", "--budget", "0.5x"], "exactly one of"),
         (["--ratio", "0.5", "--backend", "onnxrt"], "did you mean onnxruntime"),
+        (["--budget", "0.5x", "--agent", "netadpt"], "did you mean netadapt"),
+        (["--budget", "0.5x", "--agent-option", "candidate_share=2"], "candidate_share must be in [0, 1]"),
     ],
 )
 def test_bad_options_refused_without_output(checkpoint: Path, tmp_path: Path, capsys, args, match) -> None:

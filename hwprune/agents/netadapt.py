@@ -164,14 +164,14 @@ class NetAdaptAgent(SearchAgent):
                 skipped.append(g.name)
             else:
                 floors[g.name] = ctx.predict_ms(plan.with_keep({g.name: ctx.min_keep(g.name)}))
-        best_cut = max((current_ms - ms for ms in floors.values()), default=0.0)
+        cuts = sorted((current_ms - ms for ms in floors.values()), reverse=True)
+        best_cut = cuts[0] if cuts else 0.0
         if best_cut <= tol:
             raise BudgetError(
                 f"NetAdapt cannot lower the predicted latency below {current_ms:.3f} ms by shrinking any "
                 "single group further: lower the minimum keep ratio or raise the budget"
             )
         asked = want_ms
-        cuts = sorted((current_ms - ms for ms in floors.values()), reverse=True)
         if self.candidate_share > 0:
             shared = cuts[max(1, math.ceil(self.candidate_share * len(cuts))) - 1]
             if shared > tol:

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from hwprune.errors import TableError
 from hwprune.latency.predictor import TableSum
-from hwprune.latency.table import LatencyTable, keep_faster
+from hwprune.latency.table import LatencyTable
 from hwprune.profilers.base import Profiler
-from hwprune.profilers.measurement import Measurement
+from hwprune.profilers.measurement import Measurement, keep_faster
 from hwprune.pruning.apply import apply_plan
 from hwprune.pruning.graph import ModelGraph
 from hwprune.pruning.plan import PruningPlan
@@ -138,28 +138,29 @@ def calibrate(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler
     return table.calibration
 
 
-# name -> (features, with an offset). "identity" is the plain table sum (nothing fitted).
-FORMS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "identity": ((), False),
-    "scale": (("lut_sum_ms",), False),
-    "sum": (("lut_sum_ms",), True),
-    "sum+act": (("lut_sum_ms", "act_melems"), True),
-    "sum+act+weights": (("lut_sum_ms", "act_melems", "weight_melems"), True),
+# name -> (features, with an offset, fitted). "identity" is the plain table sum: nothing fitted.
+FORMS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
+    "identity": (("lut_sum_ms",), False, False),
+    "scale": (("lut_sum_ms",), False, True),
+    "sum": (("lut_sum_ms",), True, True),
+    "sum+act": (("lut_sum_ms", "act_melems"), True, True),
+    "sum+act+weights": (("lut_sum_ms", "act_melems", "weight_melems"), True, True),
 }
 #: what "auto" chooses among, simplest first (a tie goes to the simpler form)
 AUTO_FORMS = ("identity", "scale", "sum", "sum+act")
 
 
-def _solve(x: np.ndarray, y: np.ndarray, offset: bool, iterations: int = 20) -> np.ndarray:
+def _solve(x: np.ndarray, y: np.ndarray, offset: bool, fitted: bool = True, iterations: int = 20) -> np.ndarray:
     """Least *absolute* relative error; returns coefficients, then the offset (0 without one).
 
     Relative: a 1 ms miss on a 5 ms plan counts as much as a 10 ms miss on a 50 ms plan, which is
     what "within 10 %" grades. Absolute (L1, by iteratively reweighted least squares) rather than
     squared: one calibration plan caught by a slow spell of the host (we saw +30 %) would otherwise
-    tilt the whole line, while the L1 fit follows the majority of plans and ignores it.
+    tilt the whole line, while the L1 fit follows the majority of plans and ignores it. An
+    unfitted form keeps every coefficient at 1 and no offset.
     """
-    if x.shape[1] == 0:
-        return np.zeros(1)
+    if not fitted:
+        return np.append(np.ones(x.shape[1]), 0.0)
     design = (np.hstack([x, np.ones((len(y), 1))]) if offset else x) / y[:, None]
     target = np.ones_like(y)
     weights = np.ones_like(y)
@@ -170,17 +171,15 @@ def _solve(x: np.ndarray, y: np.ndarray, offset: bool, iterations: int = 20) -> 
 
 
 def _predict(x: np.ndarray, sol: np.ndarray) -> np.ndarray:
-    """The table sum itself for the identity form (no features), else the fitted line."""
-    return x[:, 0] if len(sol) == 1 else x @ sol[:-1] + sol[-1]
+    return x @ sol[:-1] + sol[-1]
 
 
-def loo_errors(x_sum: np.ndarray, x: np.ndarray, y: np.ndarray, offset: bool) -> np.ndarray:
+def loo_errors(x: np.ndarray, y: np.ndarray, offset: bool, fitted: bool = True) -> np.ndarray:
     """Leave-one-out absolute % errors: each calibration plan predicted by a fit on the others."""
     out = []
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        sol = _solve(x[keep], y[keep], offset)
-        pred = x_sum[i] if x.shape[1] == 0 else float(x[i] @ sol[:-1] + sol[-1])
+        pred = _predict(x[i:i + 1], _solve(x[keep], y[keep], offset, fitted))[0]
         out.append(abs(pred - y[i]) / y[i] * 100)
     return np.array(out)
 
@@ -188,30 +187,33 @@ def loo_errors(x_sum: np.ndarray, x: np.ndarray, y: np.ndarray, offset: bool) ->
 def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form: str = "auto") -> dict[str, Any]:
     """Fit ``measured ~ offset + sum_f coef_f * feature_f`` on the calibration plans.
 
-    ``auto`` picks, among the plain table sum, a pure scale and scale + offset, the form with the
-    lowest leave-one-out median error on the calibration plans. A parameter is worth fitting only
-    when it predicts plans it was not fitted on: on ONNX Runtime the blocks are timed as deployed
-    and the plain sum is already unbiased, so a scale + offset fitted on ten plans measured on a
-    noisy host only adds the noise of those ten measurements (benchmarks/LATENCY.md).
+    ``auto`` picks, among the plain table sum, a pure scale, scale + offset and sum + activation
+    volume, the form with the lowest leave-one-out median error on the calibration plans. A
+    parameter is worth fitting only when it predicts plans it was not fitted on: on ONNX Runtime
+    the blocks are timed as deployed and the plain sum is already unbiased, so a scale + offset
+    fitted on ten plans measured on a noisy host only adds the noise of those ten measurements
+    (benchmarks/LATENCY.md).
     """
     sums = TableSum(table, graph)
     feats = [sums.features(_plan(table, graph, r["keep"])) for r in rows]
     y = np.array([Measurement.from_dict(r["measurement"]).median_ms for r in rows])
-    x_sum = np.array([f["lut_sum_ms"] for f in feats])
+
+    def design(names: tuple[str, ...]) -> np.ndarray:
+        return np.array([[f[n] for n in names] for f in feats])
+
     loo: dict[str, float] = {}
     if form == "auto":
         for name in AUTO_FORMS:
-            names, offset = FORMS[name]
-            x = np.array([[f[n] for n in names] for f in feats]).reshape(len(y), len(names))
-            loo[name] = float(np.median(loo_errors(x_sum, x, y, offset)))
+            names, offset, fitted = FORMS[name]
+            loo[name] = float(np.median(loo_errors(design(names), y, offset, fitted)))
         form = min(AUTO_FORMS, key=lambda n: (round(loo[n], 6), AUTO_FORMS.index(n)))
     if form not in FORMS:
         raise TableError(f"unknown calibration form {form!r}: choose auto or one of {', '.join(FORMS)}")
-    names, offset = FORMS[form]
-    x = np.array([[f[n] for n in names] for f in feats]).reshape(len(y), len(names))
-    sol = _solve(x, y, offset)
+    names, offset, fitted = FORMS[form]
+    x = design(names)
+    sol = _solve(x, y, offset, fitted)
     fallback = None
-    if names and not sol[0] > 0:
+    if not sol[0] > 0:
         # Latency not growing with the table sum means the runs were disturbed; a negative slope
         # would make pruning look like slowing down, so fit a pure scale instead (always > 0).
         fallback = (f"the fit with an offset had a non-positive slope ({sol[0]:.3g}): the machine was probably "
@@ -219,15 +221,15 @@ def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form
                     "`hwprune profile ... --resume --recalibrate`")
         x, names, form = x[:, :1], names[:1], "scale"
         sol = _solve(x, y, False)
-    coef = {n: float(c) for n, c in zip(names, sol[:-1], strict=True)} or {"lut_sum_ms": 1.0}
+    coef = {n: float(c) for n, c in zip(names, sol[:-1], strict=True)}
     if not coef["lut_sum_ms"] > 0:
         raise TableError("calibration failed: the table sum is zero or negative; re-profile the table")
-    errors = np.abs(_predict(x if names else x_sum[:, None], sol) - y) / y * 100
+    errors = np.abs(_predict(x, sol) - y) / y * 100
     return {
         "form": form,
         "equation": "measured_ms = offset_ms + " + " + ".join(f"coef[{n}] * {n}" for n in coef),
         "coef": coef,
-        "offset_ms": float(sol[-1]) if names else 0.0,
+        "offset_ms": float(sol[-1]),
         "loo_median_abs_pct": loo or None,
         "in_sample_median_abs_pct": float(statistics.median(errors)),
         "in_sample_max_abs_pct": float(errors.max()),

@@ -21,7 +21,7 @@ from hwprune.io import read_json, write_json
 from hwprune.latency.interp import Grid, interpolate
 from hwprune.profilers.blocks import BlockSpec
 from hwprune.profilers.fingerprint import device_key
-from hwprune.profilers.measurement import Measurement
+from hwprune.profilers.measurement import Measurement, keep_faster
 from hwprune.pruning.graph import LayerShape
 
 TABLE_KIND = "latency-table"
@@ -256,13 +256,3 @@ def checksum(payload: dict[str, Any]) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
-
-def keep_faster(old: Measurement | None, new: Measurement) -> Measurement:
-    """Of two runs of the same workload, the one with the lower median.
-
-    On a shared or virtualised host, slow periods last longer than one run (measured here: whole
-    runs 20-80 % slow, in ~1 of 10 runs, at zero load inside the VM), so a median cannot remove
-    them; interference only ever adds time, so the faster of runs taken minutes apart is the
-    better estimate of the device's own latency.
-    """
-    return new if old is None or new.median_ms < old.median_ms else old

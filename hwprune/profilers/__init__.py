@@ -13,7 +13,7 @@ from hwprune.profilers.base import (
 )
 from hwprune.profilers.blocks import BlockSpec, input_shape, onnx_block, torch_block
 from hwprune.profilers.fingerprint import device_key
-from hwprune.profilers.measurement import Measurement
+from hwprune.profilers.measurement import Measurement, keep_faster
 
 # Importing the backend modules registers them.
 from hwprune.profilers import onnx_backend, tensorrt_backend, torch_backend  # noqa: E402,F401  isort: skip
@@ -27,6 +27,7 @@ __all__ = [
     "device_key",
     "get_profiler",
     "input_shape",
+    "keep_faster",
     "onnx_block",
     "register_profiler",
     "torch_block",
