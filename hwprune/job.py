@@ -56,7 +56,7 @@ class JobConfig:
     finetune_steps: int = 400
     finetune_lr: float = 0.01
     batch_size: int = 128
-    margin: float = 0.02
+    margin: float = 0.05
     max_tries: int = 3
     repeats: int = 10
     runs: int = 5

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     goal.add_argument(
         "--margin",
         type=float,
-        default=0.02,
+        default=0.05,
         help="search for a plan predicted this fraction under the budget, so device noise "
         "does not push the measured median over it",
     )
