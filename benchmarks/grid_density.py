@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--candidates", default=CANDIDATES, help="';'-separated GRID@QUANTUM")
     p.add_argument("--probes", type=int, default=6, help="random off-grid widths timed per layer grid")
     p.add_argument("--plans", type=int, default=30)
-    p.add_argument("--calib-plans", type=int, default=10)
+    p.add_argument("--calib-plans", type=int, default=13)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out-dir", default="benchmarks/results")
     args = p.parse_args()
@@ -78,7 +78,7 @@ def main() -> None:
         return done[k][0]
 
     # Whole-model runs do not depend on the table: measure calibration and held-out plans once, in rounds.
-    calib = calibration_plans(base.model, graph, base.calib_plans, base.calib_seed)
+    calib = calibration_plans(base.model, graph, base.calib_plans, base.calib_seed, base.quantum)
     stub = LatencyTable("", {}, base.to_dict(), {}, {}, {}, calibration={"plans": [{"keep": p.keep} for p in calib]})
     heldout = heldout_plans(stub, graph, args.plans, 0)
     every = calib + heldout

@@ -41,10 +41,12 @@ def main() -> None:
     p.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
     p.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--calib-plans", type=int, default=10)
+    p.add_argument("--calib-plans", type=int, default=13)
     p.add_argument("--calib-form", default="auto")
     p.add_argument("--plans", type=int, default=40, help="held-out plans to measure")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aligned-plans", type=int, default=10,
+                   help="further held-out plans with every width a multiple of the quantum, scored on their own")
     p.add_argument("--repeat-check", type=int, default=10, help="held-out plans measured a second time")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--resume", action="store_true", help="reuse/continue the table in --out-dir")
@@ -74,6 +76,13 @@ def main() -> None:
     again = measure_rounds(plans[: args.repeat_check], meter, setting.rounds, "again", progress=False)
     drift = [abs(m.median_ms - r["measured_ms"]) / r["measured_ms"] * 100
              for (m, _, _), r in zip(again, report["rows"], strict=False)]
+    aligned = heldout_plans(table, graph, args.aligned_plans, args.seed + 1, round_to=setting.quantum)
+    aligned = [a for a in aligned if a.key() not in {q.key() for q in plans}]
+    report["aligned"] = None
+    if aligned:
+        report["aligned"] = check(table, model, graph, profiler, aligned, progress=False, measure=meter)
+    if report["aligned"] is not None:
+        report["aligned"]["calibration_forms"] = compare_forms(table, graph, report["aligned"])
     report["repeatability"] = {"plans": len(drift), "median_abs_pct": float(np.median(drift)) if drift else None,
                                "max_abs_pct": float(np.max(drift)) if drift else None}
     summary = {
@@ -89,6 +98,11 @@ def main() -> None:
         "unstable_measurements": report["unstable_measurements"],
         "repeatability": {k: _r(v) for k, v in report["repeatability"].items()},
         "predictors": {k: {m: round(v, 4) for m, v in st.items()} for k, st in report["predictors"].items()},
+        "aligned_predictors": None if report["aligned"] is None else {
+            k: {m: round(v, 4) for m, v in st.items()} for k, st in report["aligned"]["predictors"].items()},
+        "aligned_calibration_forms": None if report["aligned"] is None else {
+            k: {m: _r(v) for m, v in st.items() if m != "coef"}
+            for k, st in report["aligned"]["calibration_forms"].items()},
         "calibration_forms": {k: {m: _r(v) for m, v in st.items() if m != "coef"}
                               for k, st in report["calibration_forms"].items()},
         "load_average": {"before": load_before, "after": load_average()},

@@ -63,7 +63,7 @@ class JobConfig:
     rounds: int = 3
     settle_s: float = 3.0
     warmup_s: float = 1.0
-    calibration_plans: int = 8
+    calibration_plans: int = 10
     min_keep_ratio: float = 0.1
     round_to: int = 1
 

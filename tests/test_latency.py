@@ -258,7 +258,10 @@ def test_calibration_is_stored_with_its_plans(built, resnet20) -> None:
     cal = table.calibration
     assert len(cal["plans"]) == 4 and cal["fit"]["coef"]["lut_sum_ms"] > 0
     assert cal["plans"][0]["keep"] == PruningPlan.full("resnet20", graph).keep
-    assert [p.keep for p in calibration_plans("resnet20", graph, 4, 7)] == [r["keep"] for r in cal["plans"]]
+    quantum = int(table.settings["quantum"])
+    plans = calibration_plans("resnet20", graph, 4, 7, quantum)
+    assert [p.keep for p in plans] == [r["keep"] for r in cal["plans"]]
+    assert quantum > 1 and all(k % quantum == 0 for k in plans[3].keep.values())  # the third kind is aligned
     held = heldout_plans(table, graph, 10, seed=0)
     used = [r["keep"] for r in cal["plans"]]
     assert len(held) == 10 and all(p.keep not in used for p in held)
@@ -314,6 +317,18 @@ def test_rounds_keep_the_faster_run(built) -> None:
     assert copy.value_ms(sig, ci, co) == pytest.approx(1e-4)
 
 
+def test_aligned_volume_counts_only_convolutions_in_blocked_widths(built, resnet20) -> None:
+    table, _ = built
+    _, graph = resnet20
+    sums = TableSum(table, graph)
+    odd = PruningPlan.full("resnet20", graph).with_keep({g.name: g.channels - 1 for g in graph.groups})
+    even = PruningPlan.uniform("resnet20", graph, 0.5, round_to=8)
+    assert sums.features(odd)["aligned_melems"] == 0.0
+    full = sums.features(None)
+    assert 0 < sums.features(even)["aligned_melems"] < full["aligned_melems"]
+    assert full["aligned_melems"] > 2 * full["act_melems"] * 0.9  # every conv: its input and its output
+
+
 def test_a_disturbed_calibration_falls_back_to_a_positive_scale(resnet20) -> None:
     class Backwards(FakeProfiler):
         def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
@@ -326,18 +341,21 @@ def test_a_disturbed_calibration_falls_back_to_a_positive_scale(resnet20) -> Non
     assert fit["fallback"] and fit["coef"]["lut_sum_ms"] > 0 and fit["offset_ms"] == 0.0
 
 
-@pytest.mark.parametrize(("truth", "form"), [(lambda s, a: s, "identity"), (lambda s, a: 1.3 * s, "scale"),
-                                              (lambda s, a: 1.1 * s + 0.5, "sum"),
-                                              (lambda s, a: 1.1 * s + 0.3 * a + 0.2, "sum+act")])
+@pytest.mark.parametrize(("truth", "form"), [
+    (lambda f: f["lut_sum_ms"], "identity"),
+    (lambda f: 1.3 * f["lut_sum_ms"], "scale"),
+    (lambda f: 1.1 * f["lut_sum_ms"] + 0.5, "sum"),
+    (lambda f: 1.1 * f["lut_sum_ms"] + 0.3 * f["act_melems"] + 0.2, "sum+act"),
+    (lambda f: f["lut_sum_ms"] - 0.01 * f["aligned_melems"], "scale+aligned"),
+])
 def test_auto_calibration_picks_the_form_that_predicts_unseen_plans(built, resnet20, truth, form) -> None:
     table, _ = built
     _, graph = resnet20
     sums = TableSum(table, graph)
-    plans = calibration_plans("resnet20", graph, 8, 3)
+    plans = calibration_plans("resnet20", graph, 10, 3, int(table.settings["quantum"]))
     rows = []
     for plan in plans:
-        f = sums.features(plan)
-        measured = Measurement([truth(f["lut_sum_ms"], f["act_melems"])])
+        measured = Measurement([truth(sums.features(plan))])
         rows.append({"keep": plan.keep, "measurement": measured.to_dict()})
     result = fit(table, graph, rows, "auto")
     assert result["form"] == form, result["loo_median_abs_pct"]

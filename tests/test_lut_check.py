@@ -59,6 +59,15 @@ def test_lut_check_end_to_end(lut: Path, tmp_path: Path, capsys) -> None:
     assert all(row["measured_ms"] > 0 for row in report["rows"])
 
 
+def test_lut_check_round_to_measures_aligned_plans(lut: Path, tmp_path: Path) -> None:
+    report_path = tmp_path / "check.json"
+    assert main(["lut-check", "--model", "resnet20", "--lut", str(lut), "--plans", "2", "--repeats", "3",
+                 "--round-to", "4", "--out", str(report_path), "--no-progress"]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["round_to"] == 4
+    assert all(k % 4 == 0 for row in report["rows"] for k in row["keep"].values())
+
+
 def test_lut_check_refuses_a_foreign_table(lut: Path, tmp_path: Path, capsys) -> None:
     data = LatencyTable.load(lut)
     data.fingerprint = data.fingerprint | {"cpu_model": "Some Other CPU"}

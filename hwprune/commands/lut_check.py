@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lut", required=True, help="latency table JSON from `hwprune profile`")
     parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    parser.add_argument("--round-to", type=int, default=1,
+                        help="round every width of the random plans to this multiple (8: the aligned widths "
+                        "`prune --round-to 8` and uniform plans produce, which ONNX Runtime runs much faster)")
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per run (default: the table's)")
     parser.add_argument("--runs", type=int, default=None,
                         help="runs per measurement, the quietest kept (default: the table's)")
@@ -39,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plans < 1:
         raise ConfigError(f"--plans must be >= 1, got {args.plans}")
+    if args.round_to < 1:
+        raise ConfigError(f"--round-to must be >= 1, got {args.round_to}")
     if args.repeats is not None and args.repeats < 3:
         raise ConfigError(f"--repeats must be >= 3, got {args.repeats}")
     if args.runs is not None and args.runs < 1:
@@ -50,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if table.settings.get("model") != args.model:
         raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {args.model!r}")
     model, graph = model_for(table)
-    plans = heldout_plans(table, graph, args.plans, args.seed)
+    plans = heldout_plans(table, graph, args.plans, args.seed, round_to=args.round_to)
     report = check(table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds)
-    report |= {"lut": str(lut), "seed": args.seed, "device_key": profiler.device_key()}
+    report |= {"lut": str(lut), "seed": args.seed, "round_to": args.round_to, "device_key": profiler.device_key()}
     out = Path(args.out) if args.out else lut.with_name(lut.stem + ".check.json")
     write_json(out, report)
     print(format_report(report))

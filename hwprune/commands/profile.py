@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="times every block and calibration plan is timed, in separate passes; the faster "
                         "run is kept (a shared or virtualised host has slow spells longer than one run)")
-    parser.add_argument("--calib-plans", type=int, default=10,
+    parser.add_argument("--calib-plans", type=int, default=13,
                         help="whole-model measurements (unpruned + random plans) to calibrate on; 0 = none")
     parser.add_argument("--calib-seed", type=int, default=1234, help="seed of the calibration plans")
     parser.add_argument("--out", required=True, help="table JSON to write")

@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument(
         "--calibration-plans",
         type=int,
-        default=8,
+        default=10,
         help="whole-model measurements used to calibrate the latency predictor",
     )
     tune = p.add_argument_group("accuracy")

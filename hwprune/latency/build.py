@@ -56,7 +56,7 @@ class TableSetting:
     grid: tuple[float, ...] = DEFAULT_FRACTIONS
     quantum: int = DEFAULT_QUANTUM
     dtype: str = "float32"
-    calib_plans: int = 10
+    calib_plans: int = 13
     calib_seed: int = 1234
     calib_form: str = "auto"
     rounds: int = 2

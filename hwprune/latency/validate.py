@@ -1,7 +1,8 @@
 """Validate predictors against measured end-to-end latency on held-out random plans.
 
-The held-out plans are i.i.d. random (each group keeps a uniform 20..100 % of its channels),
-drawn from a seed of their own; any plan that coincides with a calibration plan is skipped, so
+The held-out plans are i.i.d. random (each group keeps a uniform 20..100 % of its channels,
+optionally rounded to a multiple, as ``--round-to`` searches produce), drawn from a seed of
+their own; any plan that coincides with a calibration plan is skipped, so
 the figures never grade the fit on its own data.
 """
 
@@ -27,7 +28,8 @@ WITHIN_PCT = 10.0
 
 
 def heldout_plans(table: LatencyTable, graph: ModelGraph, count: int, seed: int,
-                  low: float = 0.2, high: float = 1.0) -> list[PruningPlan]:
+                  low: float = 0.2, high: float = 1.0, round_to: int = 1) -> list[PruningPlan]:
+    """``count`` distinct random plans, none a calibration plan; ``round_to`` rounds every width (aligned plans)."""
     model_name = str(table.settings["model"])
     used = {tuple(sorted((k, int(v)) for k, v in r["keep"].items()))
             for r in (table.calibration or {}).get("plans", [])}
@@ -37,7 +39,7 @@ def heldout_plans(table: LatencyTable, graph: ModelGraph, count: int, seed: int,
     for _ in range(count * 20):
         if len(plans) == count:
             break
-        plan = PruningPlan.random(model_name, graph, rng, low=low, high=high)
+        plan = PruningPlan.random(model_name, graph, rng, low=low, high=high, round_to=round_to)
         key = tuple(sorted(plan.keep.items()))
         if key not in seen:
             seen.add(key)

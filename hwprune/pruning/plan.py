@@ -55,12 +55,13 @@ class PruningPlan:
 
     @classmethod
     def random(
-        cls, model: str, graph: ModelGraph, rng: np.random.Generator, low: float = 0.2, high: float = 1.0
+        cls, model: str, graph: ModelGraph, rng: np.random.Generator, low: float = 0.2, high: float = 1.0,
+        round_to: int = 1,
     ) -> PruningPlan:
         return cls(
             model,
             {
-                g.name: GroupPlan(g.channels, round_channels(rng.uniform(low, high) * g.channels, g.channels))
+                g.name: GroupPlan(g.channels, round_channels(rng.uniform(low, high) * g.channels, g.channels, round_to))
                 for g in graph.groups
             },
         )
