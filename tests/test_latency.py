@@ -148,6 +148,26 @@ def test_alignment_tiers_are_corrected_from_their_probes() -> None:
         assert all(b > a for a, b in itertools.pairwise(same))
 
 
+def test_a_joint_probe_prices_both_widths_aligned_together() -> None:
+    axis = axis_points(64, (0.25, 0.5, 1.0), quantum=8)
+    ref, probes = tier_probes(axis, 64, 8)
+    joint = (probes[-1], probes[-1])
+    grid = Grid(axis, axis, quantum=8, probes_in=probes, probes_out=probes, ref=(ref, ref), joint=joint)
+    assert joint in grid.points() and Grid.from_dict(grid.to_dict()) == grid
+    # Separable tier costs, except that both widths aligned to 8 run another kernel at 0.6x.
+    cost = {1: 1.5, 2: 1.4, 4: 1.2, 8: 1.0}
+
+    def truth(ci: int, co: int) -> float:
+        both = tier(ci, 8) == 8 and tier(co, 8) == 8
+        return ci * co / 64 * cost[tier(ci, 8)] * cost[tier(co, 8)] / 2.25 * (0.6 if both else 1.0)
+
+    value = lambda ci, co: truth(ci, co)  # noqa: E731
+    for ci, co in ((24, 40), (48, 24), (24, 23), (23, 40), (22, 36)):
+        assert interpolate(grid, ci, co, value) == pytest.approx(truth(ci, co), rel=0.02), (ci, co)
+    no_joint = Grid(axis, axis, quantum=8, probes_in=probes, probes_out=probes, ref=(ref, ref))
+    assert interpolate(no_joint, 24, 40, value) > 1.5 * truth(24, 40)  # the product of one-axis factors
+
+
 def test_parse_grid() -> None:
     assert parse_grid("4") == (0.25, 0.5, 0.75, 1.0)
     assert parse_grid("1,0.5") == (0.5, 1.0)

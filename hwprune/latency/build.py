@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hwprune.errors import ConfigError, TableError
-from hwprune.latency.interp import Grid, axis_points, tier_probes
+from hwprune.latency.interp import Grid, axis_points, tier, tier_probes
 from hwprune.latency.table import LatencyTable, Signature
 from hwprune.profilers.base import Profiler, UnstableMeasurementWarning
 from hwprune.profilers.fingerprint import device_key
@@ -144,7 +144,10 @@ def plan_grids(
             if layer.depthwise:
                 ref_in, probes_out = ref_out, ()
                 probes_in = tier_probes(c_out, layer.c_out, quantum)[1]
-            grid = Grid(c_in, c_out, layer.depthwise, quantum, probes_in, probes_out, (ref_in, ref_out))
+            top_in = [p for p in probes_in if tier(p, quantum) == quantum]
+            top_out = [p for p in probes_out if tier(p, quantum) == quantum]
+            joint = (top_in[0], top_out[0]) if top_in and top_out and not layer.depthwise else None
+            grid = Grid(c_in, c_out, layer.depthwise, quantum, probes_in, probes_out, (ref_in, ref_out), joint)
         if grid not in grids.setdefault(key, []):
             grids[key].append(grid)
     return signatures, grids
