@@ -104,7 +104,7 @@ def budgeted_search(
         min_keep_ratio=cfg.min_keep_ratio,
         round_to=cfg.round_to,
     )
-    check_budget(budget_ms, base.median_ms, ctx.predict_ms(ctx.min_plan()))
+    check_budget(budget_ms, base.median_ms, ctx.floor_ms())
     full_ms = ctx.predict_ms(ctx.full_plan())
     if abs(base.median_ms - full_ms) > 0.25 * full_ms:
         # The device is not behaving as it did when profiled (other load, another setting): a relative

@@ -227,7 +227,7 @@ def test_netadapt_resume_after_interrupt_matches_uninterrupted(tiny, netadapt_re
     if interrupt == "evaluator":
         evaluator = Interrupting(evaluator, after=len(ref.history[0]["candidates"]) + 1)
     else:
-        predictor = Interrupting(predictor, after=40)
+        predictor = Interrupting(predictor, after=ref.cost["predictor_calls"] // 2)  # mid-search
     with pytest.raises(KeyboardInterrupt):
         get_agent("netadapt", **NETADAPT_FAST).search(make_ctx(model, graph, predictor, evaluator), budget, state)
     saved = json.loads(state.read_text())
@@ -346,3 +346,27 @@ def test_netadapt_candidate_share_keeps_a_real_choice_among_groups(resnet_graph)
 class _NoBar:
     def set_postfix_str(self, *_: object) -> None:
         return None
+
+
+class AlignedPredictor(MacsPredictor):
+    """MACs plus a penalty per group whose width is not a multiple of 4: a SIMD backend's steps, exaggerated."""
+
+    def predict_ms(self, plan: PruningPlan) -> float:
+        macs_ms = super().predict_ms(plan)
+        full_ms = MacsPredictor.predict_ms(self, PruningPlan.full("tiny", self.graph))
+        return macs_ms + sum(full_ms for k in plan.keep.values() if k % 4)
+
+
+def test_netadapt_finds_aligned_cuts_when_latency_is_not_monotone_in_width(tiny) -> None:
+    model, graph, _ = tiny
+    predictor = AlignedPredictor(graph)
+    ctx = make_ctx(model, graph, predictor, ProxyEvaluator(graph))
+    full_ms = predictor.predict_ms(ctx.full_plan())
+    # Cutting any group to an odd width (its minimum included) costs more than it saves; cutting it
+    # to another multiple of 4 saves. A search that only priced the minimum keep would stop at once.
+    assert any(ctx.min_keep(g.name) % 4 for g in graph.groups)
+    assert all(predictor.predict_ms(ctx.full_plan().with_keep({g.name: ctx.min_keep(g.name)})) > full_ms
+               for g in graph.groups if ctx.min_keep(g.name) % 4)
+    result = get_agent("netadapt", **NETADAPT_FAST).search(ctx, 0.6 * full_ms)
+    assert result.predicted_ms <= 0.6 * full_ms
+    assert all(k % 4 == 0 for k in result.plan.keep.values())

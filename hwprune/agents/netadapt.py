@@ -2,9 +2,11 @@
 
 Each iteration asks for a latency reduction that decays over iterations. For every group, the
 predictor (the latency table) gives the largest keep count that achieves the reduction when only
-that group shrinks; each such candidate is pruned (largest-L2 filters kept), short-term
-fine-tuned and scored on the validation split by the evaluator; the best candidate becomes the
-new plan. The loop ends when the predicted latency meets the budget.
+that group shrinks (every smaller count is priced, not bisected: on a SIMD backend latency is not
+monotone in width, and cutting an aligned width by one channel can make a layer slower); each
+such candidate is pruned (largest-L2 filters kept), short-term fine-tuned and scored on the
+validation split by the evaluator; the best candidate becomes the new plan. The loop ends when
+the predicted latency meets the budget.
 
 Departure from the paper, on purpose: the paper fine-tunes each candidate from the previous
 iteration's fine-tuned weights. Here every candidate is cut from the *original* weights and
@@ -157,13 +159,15 @@ class NetAdaptAgent(SearchAgent):
     ) -> dict[str, Any]:
         """One NetAdapt iteration: propose one candidate per group, score them, pick the best."""
         tol = 1e-9 * max(current_ms, 1e-12)
-        floors: dict[str, float] = {}  # predicted latency with the group at its minimum keep
+        options: dict[str, dict[int, float]] = {}  # per group: predicted latency at each smaller keep
         skipped: list[str] = []
         for g in ctx.graph.groups:
-            if plan.keep[g.name] <= ctx.min_keep(g.name):
-                skipped.append(g.name)
+            smaller = [k for k in ctx.allowed_keeps(g.name) if k < plan.keep[g.name]]
+            if smaller:
+                options[g.name] = {k: ctx.predict_ms(plan.with_keep({g.name: k})) for k in smaller}
             else:
-                floors[g.name] = ctx.predict_ms(plan.with_keep({g.name: ctx.min_keep(g.name)}))
+                skipped.append(g.name)
+        floors = {name: min(ms.values()) for name, ms in options.items()}  # the most each group can save
         cuts = sorted((current_ms - ms for ms in floors.values()), reverse=True)
         best_cut = cuts[0] if cuts else 0.0
         if best_cut <= tol:
@@ -186,7 +190,7 @@ class NetAdaptAgent(SearchAgent):
             if floors[g.name] > target + tol:
                 skipped.append(g.name)
                 continue
-            k = self.largest_keep(ctx, plan, g.name, target + tol)
+            k = max(k for k, ms in options[g.name].items() if ms <= target + tol)  # the largest that delivers
             cand = plan.with_keep({g.name: k})
             bar.set_postfix_str(f"scoring {g.name} {plan.keep[g.name]}->{k}")
             accuracy, loss = ctx.score(cand)
@@ -200,23 +204,6 @@ class NetAdaptAgent(SearchAgent):
             "candidates": [{k: v for k, v in c.items() if k != "index"} for c in candidates],
             "skipped": sorted(skipped, key=[g.name for g in ctx.graph.groups].index),
         }
-
-    @staticmethod
-    def largest_keep(ctx: SearchContext, plan: PruningPlan, group: str, limit_ms: float) -> int:
-        """Largest allowed keep below the current one whose plan is predicted at or under ``limit_ms``.
-
-        Bisection over the allowed counts; the caller guarantees the minimum keep qualifies, and the
-        invariant "allowed[lo] qualifies" keeps the answer valid even if the table is not monotone.
-        """
-        allowed = [k for k in ctx.allowed_keeps(group) if k < plan.keep[group]]
-        lo, hi = 0, len(allowed) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if ctx.predict_ms(plan.with_keep({group: allowed[mid]})) <= limit_ms:
-                lo = mid
-            else:
-                hi = mid - 1
-        return allowed[lo]
 
     def select(
         self, ctx: SearchContext, plan: PruningPlan, current_ms: float, candidates: list[dict[str, Any]]

@@ -11,7 +11,7 @@ from typing import Any
 
 from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchResult, register_agent
 from hwprune.agents.state import SearchState, load_state, state_header
-from hwprune.errors import ConfigError
+from hwprune.errors import BudgetError, ConfigError
 from hwprune.pruning import PruningPlan, round_channels
 
 
@@ -59,6 +59,12 @@ class UniformAgent(SearchAgent):
         if state is not None and state.done:
             return state.result(ctx.predict_ms(state.plan))
         ctx.require_feasible(budget_ms)
+        smallest_ms = ctx.predict_ms(self.plan_at(ctx, ctx.min_keep_ratio))
+        if smallest_ms > budget_ms:
+            raise BudgetError(
+                f"no uniform keep ratio meets {budget_ms:.3f} ms: the smallest uniform plan is predicted at "
+                f"{smallest_ms:.3f} ms, slower than some aligned plans; use --round-to 8 (hardware-friendly widths)"
+            )
         if state is None:
             lo, hi, step, history = ctx.min_keep_ratio, 1.0, 0, []
             meter = CostMeter(ctx)
