@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-tries",
         type=int,
         default=3,
-        help="searches against a tightened target when a plan measures over the budget",
+        help="searches against a tightened target when a plan measures over the budget, and measurements of "
+        "the fine-tuned model before a miss counts",
     )
     dev = p.add_argument_group("device and deployment setting")
     dev.add_argument(
