@@ -77,7 +77,8 @@ def main() -> None:
     drift = [abs(m.median_ms - r["measured_ms"]) / r["measured_ms"] * 100
              for (m, _, _), r in zip(again, report["rows"], strict=False)]
     aligned = heldout_plans(table, graph, args.aligned_plans, args.seed + 1, round_to=setting.quantum)
-    aligned = [a for a in aligned if a.key() not in {q.key() for q in plans}]
+    random_keys = {q.key() for q in plans}
+    aligned = [a for a in aligned if a.key() not in random_keys]
     report["aligned"] = None
     if aligned:
         report["aligned"] = check(table, model, graph, profiler, aligned, progress=False, measure=meter)

@@ -125,13 +125,13 @@ class SearchContext:
         return float(acc), float(loss)
 
     def require_feasible(self, budget_ms: float) -> None:
-        """Refuse a budget that no plan within the minimum keep can meet, under the predictor."""
+        """Refuse a budget under the predictor's floor (``floor_ms``): no plan any agent may return meets it."""
         if not (math.isfinite(budget_ms) and budget_ms > 0):
             raise BudgetError(f"latency budget must be a positive number of ms, got {budget_ms}")
         floor = self.floor_ms()
         if floor > budget_ms:
             raise BudgetError(
-                f"budget {budget_ms:.3f} ms is impossible: even with every group at its minimum keep "
+                f"budget {budget_ms:.3f} ms is impossible: even with every group at (or just above) its minimum keep "
                 f"(ratio {self.min_keep_ratio}) the predicted latency is {floor:.3f} ms"
             )
 

@@ -35,7 +35,8 @@ def parse_budget(text: str, reference_ms: float | None) -> float:
 def check_budget(budget_ms: float, measured_full_ms: float, predicted_min_ms: float) -> None:
     """Refuse a budget the unpruned model already meets, or one even the smallest allowed model misses.
 
-    ``predicted_min_ms`` is the predictor's latency with every group at its minimum keep.
+    ``predicted_min_ms`` is the predictor's floor (``SearchContext.floor_ms``): the fastest of
+    every group at its minimum keep and that minimum rounded up to an aligned width.
     """
     if not math.isfinite(budget_ms) or budget_ms <= 0:
         raise BudgetError(f"budget must be a positive number of ms, got {budget_ms}")
@@ -46,6 +47,6 @@ def check_budget(budget_ms: float, measured_full_ms: float, predicted_min_ms: fl
         )
     if predicted_min_ms > budget_ms:
         raise BudgetError(
-            f"budget {budget_ms:.3f} ms is impossible: even with every group at its minimum keep the "
-            f"predicted latency is {predicted_min_ms:.3f} ms (unpruned measures {measured_full_ms:.3f} ms)"
+            f"budget {budget_ms:.3f} ms is impossible: even with every group at (or just above) its minimum keep "
+            f"the predicted latency is {predicted_min_ms:.3f} ms (unpruned measures {measured_full_ms:.3f} ms)"
         )

@@ -193,8 +193,9 @@ def loo_errors(x: np.ndarray, y: np.ndarray, offset: bool, fitted: bool = True) 
 def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form: str = "auto") -> dict[str, Any]:
     """Fit ``measured ~ offset + sum_f coef_f * feature_f`` on the calibration plans.
 
-    ``auto`` picks, among the plain table sum, a pure scale, scale + offset and sum + activation
-    volume, the form with the lowest leave-one-out median error on the calibration plans. A
+    ``auto`` picks, among ``AUTO_FORMS`` (the plain table sum, a pure scale, scale + offset, and
+    those plus an activation-volume or aligned-volume term), the form with the lowest
+    leave-one-out median error on the calibration plans. A
     parameter is worth fitting only when it predicts plans it was not fitted on: on ONNX Runtime
     the blocks are timed as deployed and the plain sum is already unbiased, so a scale + offset
     fitted on ten plans measured on a noisy host only adds the noise of those ten measurements
@@ -222,7 +223,7 @@ def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form
     if not sol[0] > 0:
         # Latency not growing with the table sum means the runs were disturbed; a negative slope
         # would make pruning look like slowing down, so fit a pure scale instead (always > 0).
-        fallback = (f"the fit with an offset had a non-positive slope ({sol[0]:.3g}): the machine was probably "
+        fallback = (f"the {form} fit had a non-positive slope ({sol[0]:.3g}): the machine was probably "
                     "busy; fitted a pure scale instead. Re-measure on a quiet machine with "
                     "`hwprune profile ... --resume --recalibrate`")
         x, names, form = x[:, :1], names[:1], "scale"

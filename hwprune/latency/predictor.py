@@ -80,6 +80,11 @@ class TableSum:
         return q > 1 and shape.kind == "conv" and shape.c_out % q == 0 and (shape.c_in % q == 0 or shape.c_in < q)
 
 
+def apply_fit(coef: dict[str, float], offset_ms: float, features: dict[str, float]) -> float:
+    """A calibration fit evaluated on one plan's features: ``offset_ms + sum_f coef[f] * features[f]``."""
+    return offset_ms + sum(c * features[k] for k, c in coef.items())
+
+
 class SumPredictor:
     """NetAdapt-style reference: the plain, uncalibrated sum of isolated block timings."""
 
@@ -108,7 +113,7 @@ class FlopsPredictor:
 
 
 class Predictor:
-    """The calibrated predictor: a linear function of the table sum (and activation volume) fitted per table.
+    """The calibrated predictor: a linear function of the table sum (and the volume features) fitted per table.
 
     Without a calibration in the table it falls back to the plain sum and says so through
     ``calibrated``; callers that need honest numbers should check it.
@@ -129,7 +134,7 @@ class Predictor:
         return self.apply(self._sum.features(plan))
 
     def apply(self, features: dict[str, float]) -> float:
-        return self.offset_ms + sum(c * features[k] for k, c in self.coef.items())
+        return apply_fit(self.coef, self.offset_ms, features)
 
     def full_ms(self) -> float:
         return self.apply(self._sum.features(None))

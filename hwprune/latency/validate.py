@@ -17,7 +17,7 @@ from torch import nn
 
 from hwprune.errors import TableError
 from hwprune.latency.calibrate import PlanMeter, measure_rounds
-from hwprune.latency.predictor import FlopsPredictor, LatencyPredictor, Predictor, SumPredictor
+from hwprune.latency.predictor import FlopsPredictor, LatencyPredictor, Predictor, SumPredictor, apply_fit
 from hwprune.latency.table import LatencyTable
 from hwprune.profilers.base import Profiler
 from hwprune.profilers.measurement import Measurement
@@ -131,7 +131,7 @@ def compare_forms(table: LatencyTable, graph: ModelGraph, report: dict[str, Any]
         except TableError as exc:
             out[form] = {"failed": str(exc)}
             continue
-        predicted = [f["offset_ms"] + sum(c * x[k] for k, c in f["coef"].items()) for x in feats]
+        predicted = [apply_fit(f["coef"], f["offset_ms"], x) for x in feats]
         out[form] = {"chosen": f["form"], "coef": f["coef"], "offset_ms": f["offset_ms"],
                      **error_stats(predicted, measured)}
     return out
