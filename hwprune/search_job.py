@@ -1,10 +1,15 @@
 """The budgeted part of ``hwprune prune``: latency table -> predictor -> agent -> measured check.
 
 A plan is accepted only when the pruned model's *measured* median is under the budget (with half
-of ``--margin`` kept in reserve for the final re-measurement). Otherwise the search target is
-tightened by the observed miss and the agent searches again, at most ``--max-tries`` times. Each
-try is recorded in ``tries.json`` as it completes, so a resumed run replays the same targets and
-the agents' own state files continue mid-search.
+of ``--margin`` kept in reserve for the final re-measurement; a relative budget is judged against
+the unpruned model measured alongside). Otherwise the search target is tightened by the observed
+miss and the agent searches again, at most ``--max-tries`` times. Each try is recorded in
+``tries.json`` as it completes, so a resumed run replays the same targets and the agents' own
+state files continue mid-search.
+
+The first target of a relative budget is the fraction of the *predicted* unpruned latency, not of
+the measured one: both are the same model on the same device, but the prediction does not move
+with the machine's load, so every agent searching one table starts from the same target.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from typing import Any
 
 from torch import nn
 
-from hwprune.agents import SearchContext, check_budget, get_agent
+from hwprune.agents import Budget, SearchContext, check_budget, get_agent
 from hwprune.errors import BudgetError, TableError
 from hwprune.evaluator import Evaluator
 from hwprune.io import read_json, write_json
-from hwprune.job import JobConfig, Loaded, measure  # job.py imports this module only inside a function
+from hwprune.job import JobConfig, Judged, Loaded, measure_judged  # job.py imports this module only inside a function
 from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
@@ -82,7 +87,7 @@ def _load_tries(path: Path) -> list[dict[str, Any]]:
 
 
 def budgeted_search(
-    cfg: JobConfig, loaded: Loaded, run: Path, budget_ms: float, base: Measurement, resume: bool
+    cfg: JobConfig, loaded: Loaded, run: Path, budget: Budget, base: Measurement, resume: bool
 ) -> SearchOutcome:
     table = latency_table(cfg, loaded, run, resume)
     predictor = Predictor(table, loaded.graph)
@@ -104,21 +109,20 @@ def budgeted_search(
         min_keep_ratio=cfg.min_keep_ratio,
         round_to=cfg.round_to,
     )
-    check_budget(budget_ms, base.median_ms, ctx.floor_ms())
+    check_budget(budget.ms, base.median_ms, ctx.floor_ms())
     full_ms = ctx.predict_ms(ctx.full_plan())
     if abs(base.median_ms - full_ms) > 0.25 * full_ms:
-        # The device is not behaving as it did when profiled (other load, another setting): a relative
-        # budget scales with this measurement, so say so before spending a search on it.
+        # The device is not behaving as it did when profiled (other load, another setting): an absolute
+        # budget is judged on measurements taken under that load, so say so before spending a search on it.
         warnings.warn(
             f"the unpruned model measures {base.median_ms:.3f} ms but the latency table predicts {full_ms:.3f} ms: "
             "the machine is busier (or quieter) than when it was profiled; measured budgets will be off",
             stacklevel=2,
         )
 
-    accept_ms = budget_ms * (1 - cfg.margin / 2)
     tries_path = run / "tries.json"
     tries = _load_tries(tries_path) if resume else []
-    target = budget_ms * (1 - cfg.margin)
+    target = budget.against(full_ms) * (1 - cfg.margin)
     for i in range(cfg.max_tries):
         if i < len(tries):  # replayed from a resumed run: same targets, same state files
             target = tries[i]["target_ms"]
@@ -127,23 +131,23 @@ def budgeted_search(
             agent = get_agent(cfg.agent, **cfg.agent_options)
             result = agent.search(ctx, target, state_path=run / f"search-{i + 1}.json")
             pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
-            m = measure(loaded, pruned, cfg)
+            judged = measure_judged(loaded, pruned, cfg, budget)
             done = {
                 "target_ms": target,
                 "predicted_ms": ctx.predict_ms(result.plan),
-                "measured": m.to_dict(),
+                "measured": judged.measured.to_dict(),
+                "unpruned_measured": judged.unpruned.to_dict() if judged.unpruned else None,
+                "budget_ms": judged.budget_ms,
                 "plan": result.plan.to_dict(),
                 "history": result.history,
                 "cost": result.cost,
             }
             tries.append(done)
             write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
-        measured = Measurement.from_dict(done["measured"])
-        print(
-            f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
-            f"measured {measured.median_ms:.3f} ms (budget {budget_ms:.3f} ms)"
-        )
-        if measured.median_ms <= accept_ms:
+        judged = _judged(done, budget)
+        print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}")
+        measured = judged.measured
+        if measured.median_ms <= judged.budget_ms * (1 - cfg.margin / 2):
             plan = PruningPlan.from_dict(done["plan"])
             pruned, applied = apply_plan(loaded.model, plan, loaded.graph)
             search = {
@@ -154,12 +158,18 @@ def budgeted_search(
                 "predictor": predictor.describe(),
             }
             return SearchOutcome(pruned, applied, measured, search, predictor)
-        target *= budget_ms * (1 - cfg.margin) / measured.median_ms
+        target *= judged.budget_ms * (1 - cfg.margin) / measured.median_ms
     raise BudgetError(
-        f"no plan met the {budget_ms:.3f} ms budget on the device after {cfg.max_tries} searches (measured "
+        f"no plan met the {budget.text} budget on the device after {cfg.max_tries} searches (measured "
         + ", ".join(f"{t['measured']['summary']['median_ms']:.3f}" for t in tries)
         + " ms): the latency table mispredicts this setting; check it with `hwprune lut-check` or raise --max-tries"
     )
+
+
+def _judged(done: dict[str, Any], budget: Budget) -> Judged:
+    """A recorded try as judged then (tries written before budgets were paired have no reference)."""
+    unpruned = Measurement.from_dict(done["unpruned_measured"]) if done.get("unpruned_measured") else None
+    return Judged(Measurement.from_dict(done["measured"]), unpruned, float(done.get("budget_ms", budget.ms)))
 
 
 def _total_cost(tries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -66,30 +66,74 @@ def test_min_keep_count(channels: int, ratio: float, round_to: int, expected: in
     assert min_keep_count(channels, ratio, round_to) == expected
 
 
-def test_a_final_miss_is_measured_again_and_the_faster_kept() -> None:
+class _Readings:
+    """A profiler that returns planted medians, in call order, for whichever model it is given."""
+
+    def __init__(self, *medians: float) -> None:
+        self.left, self.calls = list(medians), 0
+
+    def measure_model(self, model, shape):  # noqa: ANN001, ANN201
+        from hwprune.profilers import Measurement
+
+        self.calls += 1
+        return Measurement([self.left.pop(0)] * 3)
+
+
+def _loaded(profiler: _Readings):  # noqa: ANN202
     from types import SimpleNamespace
 
     from torch import nn
 
-    from hwprune.job import JobConfig, measure_final
-    from hwprune.profilers import Measurement
-
-    class Readings:
-        def __init__(self, *medians: float) -> None:
-            self.left, self.calls = list(medians), 0
-
-        def measure_model(self, model: nn.Module, shape: tuple[int, ...]) -> Measurement:
-            self.calls += 1
-            return Measurement([self.left.pop(0)] * 3)
-
     spec = SimpleNamespace(in_channels=1, input_size=(8, 8))
+    return SimpleNamespace(spec=spec, profiler=profiler, model=nn.Identity())
+
+
+def test_a_final_miss_is_measured_again_and_the_faster_kept() -> None:
+    from torch import nn
+
+    from hwprune.agents import Budget
+    from hwprune.job import JobConfig, measure_final
+
     cfg = JobConfig(checkpoint="c", out="o", rounds=1, settle_s=0.0, max_tries=3)
-    busy = Readings(12.0, 11.0, 9.0)  # a busy spell, then the machine recovers
-    m, taken = measure_final(SimpleNamespace(spec=spec, profiler=busy), nn.Identity(), cfg, budget_ms=10.0)
-    assert (m.median_ms, taken, busy.calls) == (9.0, 3, 3)
-    slow = Readings(12.0, 11.0, 13.0, 1.0)  # never under: bounded by max_tries, the miss stands
-    m, taken = measure_final(SimpleNamespace(spec=spec, profiler=slow), nn.Identity(), cfg, budget_ms=10.0)
-    assert (m.median_ms, taken, slow.calls) == (11.0, 3, 3)
-    met = Readings(8.0, 1.0)  # under at once: one measurement
-    m, taken = measure_final(SimpleNamespace(spec=spec, profiler=met), nn.Identity(), cfg, budget_ms=10.0)
-    assert (m.median_ms, taken, met.calls) == (8.0, 1, 1)
+    budget = Budget("10ms", 10.0)
+    busy = _Readings(12.0, 11.0, 9.0)  # a busy spell, then the machine recovers
+    judged, taken = measure_final(_loaded(busy), nn.Identity(), cfg, budget)
+    assert (judged.measured.median_ms, judged.met, taken, busy.calls) == (9.0, True, 3, 3)
+    slow = _Readings(12.0, 11.0, 13.0, 1.0)  # never under: bounded by max_tries, the miss stands
+    judged, taken = measure_final(_loaded(slow), nn.Identity(), cfg, budget)
+    assert (judged.measured.median_ms, judged.met, taken, slow.calls) == (11.0, False, 3, 3)
+    met = _Readings(8.0, 1.0)  # under at once: one measurement
+    judged, taken = measure_final(_loaded(met), nn.Identity(), cfg, budget)
+    assert (judged.measured.median_ms, taken, met.calls) == (8.0, 1, 1)
+
+
+def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongside() -> None:
+    from torch import nn
+
+    from hwprune.agents import Budget
+    from hwprune.job import JobConfig, measure_judged
+
+    cfg = JobConfig(checkpoint="c", out="o", rounds=2, settle_s=0.0)
+    budget = Budget.parse("0.5x", 20.0)  # fixed at the start: 10 ms
+    assert (budget.ms, budget.fraction) == (10.0, 0.5)
+    # The machine has slowed by a third since the start: unpruned 30/27 ms, pruned 14/13.5 ms (interleaved).
+    readings = _Readings(30.0, 14.0, 27.0, 13.5)
+    judged = measure_judged(_loaded(readings), nn.Identity(), cfg, budget)
+    assert readings.calls == 4
+    assert judged.unpruned is not None and judged.unpruned.median_ms == 27.0  # the faster of each model kept
+    assert (judged.measured.median_ms, judged.budget_ms, judged.met) == (13.5, 13.5, True)
+    # An absolute budget has no reference: only the pruned model is measured, against the fixed ms.
+    readings = _Readings(14.0, 13.5)
+    judged = measure_judged(_loaded(readings), nn.Identity(), cfg, Budget.parse("10ms", None))
+    assert (readings.calls, judged.unpruned, judged.budget_ms, judged.met) == (2, None, 10.0, False)
+    # A miss measured again keeps the faster of each model and recomputes the budget from the faster unpruned.
+    again = measure_judged(_loaded(_Readings(26.0, 13.4, 29.0, 13.0)), nn.Identity(), cfg, budget)
+    merged = measure_judged(_loaded(_Readings(30.0, 14.0, 30.0, 14.0)), nn.Identity(), cfg, budget).merge(again, budget)
+    assert (merged.unpruned.median_ms, merged.measured.median_ms, merged.budget_ms) == (26.0, 13.0, 13.0)
+
+
+def test_budget_fraction() -> None:
+    from hwprune.agents import budget_fraction
+
+    assert budget_fraction("0.5x") == 0.5
+    assert budget_fraction(" 4.2 ms") is None

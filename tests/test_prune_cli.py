@@ -137,3 +137,41 @@ def test_unknown_model_in_train_cli(tmp_path: Path, capsys) -> None:
     assert main(["train", "--model", "resnet21", "--data", "synthetic", "--epochs", "1", "--out", str(out)]) == 2
     assert "did you mean" in _one_error_line(capsys)
     assert not out.exists()
+
+
+def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongside(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The machine slows by half right after the job's first measurement; "0.5x" must still mean half.
+
+    Judged against the budget fixed from that first measurement, the half-size model would read
+    0.75x of it and the job would tighten its search or fail; judged against the unpruned model
+    measured alongside, it meets the budget at the first search.
+    """
+    from test_latency import FakeProfiler
+
+    from hwprune import job
+    from hwprune.job import JobConfig, run_job
+
+    class SlowingDown(FakeProfiler):
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            self.models = getattr(self, "models", 0) + 1
+            m = super().measure_model(model, input_shape)
+            return m if self.models == 1 else type(m)([s * 1.5 for s in m.samples_ms])
+
+    monkeypatch.setattr(job, "get_profiler", lambda name, **kw: SlowingDown(**kw))
+    cfg = JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
+                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
+                    search_finetune_steps=0, val_samples=64, calibration_plans=4, max_tries=1, margin=0.2)
+    with pytest.warns(UserWarning, match="busier"):  # the table was calibrated on the slower machine
+        _, met = run_job(cfg)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    start = report["unpruned_measured_at_start"]["summary"]["median_ms"]
+    unpruned = report["unpruned"]["measured"]["summary"]["median_ms"]  # measured beside the final model
+    assert unpruned == pytest.approx(1.5 * start)
+    assert report["budget"]["ms_at_start"] == pytest.approx(0.5 * start)
+    assert report["budget"]["ms"] == pytest.approx(0.5 * unpruned)
+    assert met and report["budget_met"] and len(report["search"]["tries"]) == 1
+    assert report["search"]["tries"][0]["unpruned_measured"] is not None
+    assert report["pruned"]["measured"]["summary"]["median_ms"] > report["budget"]["ms_at_start"]
+    assert "measured alongside" in (tmp_path / "run" / "report.md").read_text()

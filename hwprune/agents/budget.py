@@ -1,22 +1,41 @@
 """Latency budgets: parse what the user typed, and refuse budgets that make no sense up front.
 
 A budget is a *measured* target: "0.5x" is half the unpruned model's measured median on the
-device, "4.2ms" is absolute. Refusing an already-met or impossible budget before searching saves
-a user from a long search that can only end in "nothing to do" or failure.
+device, "4.2ms" is absolute. A relative budget is a ratio and is judged as one (the unpruned model
+is measured alongside the pruned one, see ``hwprune.job.measure_judged``). Refusing an
+already-met or impossible budget before searching saves a user from a long search that can only
+end in "nothing to do" or failure.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from hwprune.errors import BudgetError
 
 _BUDGET = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(x|ms)\s*$", re.IGNORECASE)
 
 
-def parse_budget(text: str, reference_ms: float | None) -> float:
-    """Budget in ms from ``"0.5x"`` (fraction of ``reference_ms``, the measured unpruned latency) or ``"4.2ms"``."""
+@dataclass(frozen=True)
+class Budget:
+    """What the user asked for. ``ms`` is fixed when the run starts; ``fraction`` is set for "0.5x"."""
+
+    text: str
+    ms: float
+    fraction: float | None = None
+
+    @classmethod
+    def parse(cls, text: str, reference_ms: float | None) -> Budget:
+        return cls(str(text), parse_budget(text, reference_ms), budget_fraction(text))
+
+    def against(self, unpruned_ms: float | None) -> float:
+        """The budget in ms judged against an unpruned median measured alongside (relative budgets only)."""
+        return self.fraction * unpruned_ms if self.fraction is not None and unpruned_ms is not None else self.ms
+
+
+def _split(text: str) -> tuple[float, str]:
     match = _BUDGET.match(str(text))
     if match is None:
         raise BudgetError(
@@ -25,6 +44,18 @@ def parse_budget(text: str, reference_ms: float | None) -> float:
     value, unit = float(match.group(1)), match.group(2).lower()
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget '{text}' must be positive (e.g. 0.5x or 4.2ms)")
+    return value, unit
+
+
+def budget_fraction(text: str) -> float | None:
+    """The fraction of a relative budget (``"0.5x"`` -> 0.5); None for an absolute one (``"4.2ms"``)."""
+    value, unit = _split(text)
+    return value if unit == "x" else None
+
+
+def parse_budget(text: str, reference_ms: float | None) -> float:
+    """Budget in ms from ``"0.5x"`` (fraction of ``reference_ms``, the measured unpruned latency) or ``"4.2ms"``."""
+    value, unit = _split(text)
     if unit == "ms":
         return value
     if reference_ms is None or not math.isfinite(reference_ms) or reference_ms <= 0:

@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     goal = p.add_argument_group("goal")
     goal.add_argument(
         "--budget",
-        help="latency budget: a fraction of the unpruned model's measured latency "
-        "(0.5x) or milliseconds per batch (4.2ms)",
+        help="latency budget: a fraction of the unpruned model's measured latency (0.5x; judged against the "
+        "unpruned model measured alongside the pruned one, so machine drift cancels) or milliseconds per batch (4.2ms)",
     )
     goal.add_argument("--ratio", type=float, help="instead of a budget: keep this fraction of every group")
     goal.add_argument("--plan", help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)")
@@ -73,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument("--runs", type=int, default=5,
                      help="runs per latency measurement, back to back; the quietest (lowest median) is kept")
     dev.add_argument("--rounds", type=int, default=3,
-                     help="measurements of each model judged against the budget; the faster is kept")
+                     help="measurements of each model judged against the budget (interleaved with the unpruned "
+                     "model for a relative budget); the faster is kept")
     dev.add_argument("--settle-s", type=float, default=3.0,
                      help="idle seconds before each measurement (timings right after training run slow)")
     dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
