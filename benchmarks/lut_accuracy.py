@@ -5,6 +5,11 @@ both references, and the held-out error of every calibration form) and writes th
 held-out rows included, to --out-dir. Run from the repository root, e.g.:
 
     .venv/bin/python benchmarks/lut_accuracy.py --model resnet20 --backend torch-cpu --batch 32 --input-size 32x32
+
+With --paired every plan is timed right after the unpruned model and its samples are scaled by
+(unpruned latency at calibration) / (unpruned latency now): the machine's drift since the table
+was made is taken out, which is how `hwprune prune` judges a relative budget. The report says
+which protocol produced it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,21 @@ from hwprune.latency import TableSetting, check, heldout_plans, model_for, parse
 from hwprune.latency.build import DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter, measure_rounds  # noqa: E402
 from hwprune.latency.load import profiler_for  # noqa: E402
-from hwprune.latency.validate import compare_forms  # noqa: E402
+from hwprune.latency.validate import calibrated_full_ms, compare_forms  # noqa: E402
+from hwprune.profilers import Measurement  # noqa: E402
+from hwprune.pruning import PruningPlan  # noqa: E402
+
+
+class PairedMeter:
+    """A plan's latency at the machine speed of calibration time: timed right after the unpruned model, rescaled."""
+
+    def __init__(self, meter: PlanMeter, full: PruningPlan, reference_ms: float) -> None:
+        self.meter, self.full, self.reference_ms = meter, full, reference_ms
+
+    def __call__(self, plan: PruningPlan) -> Measurement:
+        scale = self.reference_ms / self.meter(self.full).median_ms
+        m = self.meter(plan)
+        return Measurement([s * scale for s in m.samples_ms], [r * scale for r in m.run_medians_ms or []] or None)
 
 
 def main() -> None:
@@ -48,6 +67,8 @@ def main() -> None:
     p.add_argument("--aligned-plans", type=int, default=10,
                    help="further held-out plans with every width a multiple of the quantum, scored on their own")
     p.add_argument("--repeat-check", type=int, default=10, help="held-out plans measured a second time")
+    p.add_argument("--paired", action="store_true",
+                   help="time the unpruned model before every plan and take the machine's drift out (see above)")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--resume", action="store_true", help="reuse/continue the table in --out-dir")
     args = p.parse_args()
@@ -70,6 +91,11 @@ def main() -> None:
     plans = heldout_plans(table, graph, args.plans, args.seed)
     shape = (setting.batch, *setting.input_shape)
     meter = PlanMeter(model, graph, profiler, shape)
+    if args.paired:
+        reference = calibrated_full_ms(table, graph)
+        assert reference is not None  # calibration always measures the unpruned model
+        meter = PairedMeter(meter, PruningPlan.full(str(table.settings["model"]), graph), reference)
+        stem += "_paired"
     report = check(table, model, graph, profiler, plans, progress=False, measure=meter)
     report["calibration_forms"] = compare_forms(table, graph, report)
     # The noise floor: the same plans measured again now (same protocol and rounds) vs. before.
@@ -88,6 +114,7 @@ def main() -> None:
                                "max_abs_pct": float(np.max(drift)) if drift else None}
     summary = {
         "command": "python benchmarks/lut_accuracy.py " + " ".join(sys.argv[1:]),
+        "protocol": "paired: drift since calibration taken out" if args.paired else "plain",
         "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
         "threads": args.threads, "device_key": table.device_key(), "grid": list(setting.grid),
         "quantum": setting.quantum, "rounds": setting.rounds,

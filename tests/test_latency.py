@@ -168,6 +168,30 @@ def test_a_joint_probe_prices_both_widths_aligned_together() -> None:
     assert interpolate(no_joint, 24, 40, value) > 1.5 * truth(24, 40)  # the product of one-axis factors
 
 
+def test_a_measured_row_is_read_as_measured_without_tier_factors() -> None:
+    """Beside the full (aligned) input width, a blocked kernel pads the output channels: 64->20 costs 64->24.
+
+    The full-width row is measured at odd output widths, which the padding already prices; the
+    tier factors (measured beside an odd input width, where even outputs are cheaper) must not be
+    applied on top of it, or a narrow even output looks far cheaper than it runs.
+    """
+    axis = axis_points(64, (0.25, 0.5, 1.0), quantum=8)
+    ref, probes = tier_probes(axis, 64, 8)
+    grid = Grid(axis, axis, quantum=8, probes_in=probes, probes_out=probes, ref=(ref, ref), joint=(32, 32))
+    cost = {1: 1.5, 2: 1.4, 4: 1.2, 8: 1.0}
+
+    def truth(ci: int, co: int) -> float:
+        if tier(ci, 8) == 8:  # blocked kernel: output padded to a multiple of 8, no tier discount on it
+            return ci * -(-co // 8) * 8 / 64 * 0.6
+        return ci * co / 64 * cost[tier(ci, 8)] * cost[tier(co, 8)] / 2.25
+
+    value = lambda ci, co: truth(ci, co)  # noqa: E731
+    for co in range(18, 33):  # between the measured row points 17 and 33
+        got = interpolate(grid, 64, co, value)
+        assert min(truth(64, 17), truth(64, 33)) <= got <= max(truth(64, 17), truth(64, 33)), co
+    assert interpolate(grid, 64, 20, value) > 0.9 * truth(64, 20)  # the product of tier factors said ~0.6x
+
+
 def test_parse_grid() -> None:
     assert parse_grid("4") == (0.25, 0.5, 0.75, 1.0)
     assert parse_grid("1,0.5") == (0.5, 1.0)
@@ -306,6 +330,19 @@ def test_predictors_are_monotone_and_references_behave(built, resnet20) -> None:
     for g in graph.groups[:4]:  # shrinking any one group never raises the prediction
         values = [pred.predict_ms(full.with_keep({g.name: k})) for k in range(1, g.channels + 1)]
         assert all(b >= a - 1e-12 for a, b in itertools.pairwise(values))
+
+
+def test_predictor_refits_from_the_stored_calibration_measurements(built, resnet20) -> None:
+    """A table made by an earlier version carries that version's fit; the measurements are what count."""
+    import copy
+
+    table, _ = built
+    _, graph = resnet20
+    plan = PruningPlan.uniform("resnet20", graph, 0.5)
+    expected = Predictor(table, graph).predict_ms(plan)
+    stale = copy.deepcopy(table)
+    stale.calibration["fit"]["coef"] = {"lut_sum_ms": 123.0}
+    assert Predictor(stale, graph).predict_ms(plan) == pytest.approx(expected)
 
 
 def test_predictor_refuses_a_table_for_another_model(built) -> None:

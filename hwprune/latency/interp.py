@@ -21,9 +21,15 @@ widths the rarer aligned ones. With ``quantum`` q > 1 the grid therefore holds:
   one-axis factors (we measured all-aligned ResNet-20 plans 18 % faster than that product said).
 
 A query is the base interpolation times the factors of its two widths' tiers, or times the joint
-factor when both widths are in the top tier. Within a tier the
-prediction is monotone; across tiers an aligned width may honestly be cheaper than its odd
-neighbour, which is the hardware's truth and lets a search agent prefer aligned widths.
+factor when both widths are in the top tier. One exception: a width that is itself a base
+point (the full width above all) is read along its measured row or column, without factors.
+That row already holds the runtime's behaviour at that width, and factors measured beside an odd
+partner do not carry over: with a 16-channel input (the full width) ONNX Runtime's blocked kernel
+pads the output channels to a multiple of 8, so 16->2, 16->4 and 16->6 all took as long as 16->8
+(1.14-1.18 ms on a 32x32 map at batch 32), where the product of tier factors said 0.57-0.72 ms.
+Within a tier the prediction is
+monotone; across tiers an aligned width may honestly be cheaper than its odd neighbour, which is
+the hardware's truth and lets a search agent prefer aligned widths.
 
 Outside the grid: below the smallest width the value is held flat (a layer pruned to almost
 nothing is dominated by fixed overhead, which the lowest point measures); above the largest it
@@ -185,6 +191,12 @@ def interpolate(grid: Grid, c_in: float, c_out: float, value: Value) -> float:
     if grid.joint and tier(int(c_in), q) == q and tier(int(c_out), q) == q:
         joint_base = _base(grid, *grid.joint, value)
         return base * (value(*grid.joint) / joint_base if joint_base > 0 else 1.0)
+    if len(grid.c_in) > 1 and int(c_in) in grid.c_in:  # a measured row: read along it, as measured
+        j0, j1, v = _bracket(grid.c_out, c_out)
+        return (1 - v) * value(int(c_in), grid.c_out[j0]) + v * value(int(c_in), grid.c_out[j1])
+    if len(grid.c_out) > 1 and int(c_out) in grid.c_out:  # a measured column
+        i0, i1, u = _bracket(grid.c_in, c_in)
+        return (1 - u) * value(grid.c_in[i0], int(c_out)) + u * value(grid.c_in[i1], int(c_out))
     f_in = _factor(grid, grid.probes_in, int(c_in), lambda p: (p, grid.ref[1]), value) if len(grid.c_in) > 1 else 1.0
     f_out = (_factor(grid, grid.probes_out, int(c_out), lambda p: (grid.ref[0], p), value)
              if len(grid.c_out) > 1 else 1.0)

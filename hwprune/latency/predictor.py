@@ -125,7 +125,14 @@ class Predictor:
         self.table = table
         self.graph = graph
         self._sum = TableSum(table, graph)
-        fit = (table.calibration or {}).get("fit")
+        calibration = table.calibration or {}
+        fit = calibration.get("fit")
+        if fit and calibration.get("plans"):
+            # Refitted from the stored measurements: a table profiled by an earlier version is then read
+            # with this version's interpolation and features (the file's fit is what that version found).
+            from hwprune.latency.calibrate import fit as fit_calibration
+
+            fit = fit_calibration(table, graph, calibration["plans"], str(table.settings.get("calib_form", "auto")))
         self.calibrated = bool(fit)
         self.coef: dict[str, float] = {k: float(v) for k, v in fit["coef"].items()} if fit else {"lut_sum_ms": 1.0}
         self.offset_ms = float(fit["offset_ms"]) if fit else 0.0

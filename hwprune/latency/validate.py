@@ -69,7 +69,7 @@ def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Pr
     shape = (int(s["batch"]), int(s["in_channels"]), *[int(v) for v in s["input_size"]])
     measure = measure or PlanMeter(model, graph, profiler, shape)
     calibrated = Predictor(table, graph)
-    full_ms = _full_ms(table, graph) or measure(PruningPlan.full(str(s["model"]), graph)).median_ms
+    full_ms = calibrated_full_ms(table, graph) or measure(PruningPlan.full(str(s["model"]), graph)).median_ms
     predictors: list[LatencyPredictor] = [calibrated, SumPredictor(table, graph), FlopsPredictor(graph, full_ms)]
     start = time.perf_counter()
     rounds = rounds or table.required_rounds()
@@ -101,7 +101,7 @@ def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Pr
     }
 
 
-def _full_ms(table: LatencyTable, graph: ModelGraph) -> float | None:
+def calibrated_full_ms(table: LatencyTable, graph: ModelGraph) -> float | None:
     """The unpruned model's latency if calibration measured it (it always does; None for a bare table)."""
     full = PruningPlan.full(str(table.settings["model"]), graph).keep
     for r in (table.calibration or {}).get("plans", []):
