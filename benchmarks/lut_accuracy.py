@@ -41,9 +41,11 @@ class PairedMeter:
 
     def __init__(self, meter: PlanMeter, full: PruningPlan, reference_ms: float) -> None:
         self.meter, self.full, self.reference_ms = meter, full, reference_ms
+        self.unpruned_ms: list[float] = []  # every measurement of the unpruned model: the machine's drift
 
     def __call__(self, plan: PruningPlan) -> Measurement:
-        scale = self.reference_ms / self.meter(self.full).median_ms
+        self.unpruned_ms.append(self.meter(self.full).median_ms)
+        scale = self.reference_ms / self.unpruned_ms[-1]
         m = self.meter(plan)
         return Measurement([s * scale for s in m.samples_ms], [r * scale for r in m.run_medians_ms or []] or None)
 
@@ -115,6 +117,9 @@ def main() -> None:
     summary = {
         "command": "python benchmarks/lut_accuracy.py " + " ".join(sys.argv[1:]),
         "protocol": "paired: drift since calibration taken out" if args.paired else "plain",
+        "unpruned_alongside_ms": None if not isinstance(meter, PairedMeter) else {
+            "at_calibration": round(meter.reference_ms, 3), "min": round(min(meter.unpruned_ms), 3),
+            "median": round(float(np.median(meter.unpruned_ms)), 3), "max": round(max(meter.unpruned_ms), 3)},
         "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
         "threads": args.threads, "device_key": table.device_key(), "grid": list(setting.grid),
         "quantum": setting.quantum, "rounds": setting.rounds,
