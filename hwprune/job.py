@@ -127,32 +127,40 @@ def measure(loaded: Loaded, model: nn.Module, cfg: JobConfig) -> Measurement:
     10-30 % slow for a few seconds (benchmarks/LATENCY.md), and the profiler's warm-up is
     ``cfg.warmup_s`` (1 s) because after an idle pause the first runs are slow too.
     """
+    return _measure_rounds(loaded, [model], cfg)[0]
+
+
+def _measure_rounds(loaded: Loaded, models: list[nn.Module], cfg: JobConfig) -> list[Measurement]:
+    """After ``cfg.settle_s`` idle, ``cfg.rounds`` rounds, each timing every model in turn; the faster of each kept."""
     time.sleep(cfg.settle_s)
     shape = (cfg.batch, loaded.spec.in_channels, *loaded.spec.input_size)
-    kept: Measurement | None = None
-    for _ in range(cfg.rounds):
-        kept = keep_faster(kept, loaded.profiler.measure_model(model.eval(), shape))
-    assert kept is not None  # rounds >= 1 is validated
+    time_one = lambda m: loaded.profiler.measure_model(m.eval(), shape)  # noqa: E731
+    kept = [time_one(m) for m in models]  # rounds >= 1 is validated
+    for _ in range(cfg.rounds - 1):
+        kept = [keep_faster(k, time_one(m)) for k, m in zip(kept, models, strict=True)]
     return kept
 
 
 @dataclass(frozen=True)
 class Judged:
-    """A model's measured latency and the budget it was judged against."""
+    """A model's measured latency and the budget it is judged against."""
 
     measured: Measurement
     unpruned: Measurement | None  # measured alongside, for a relative budget
-    budget_ms: float
+    budget: Budget
+
+    @property
+    def budget_ms(self) -> float:
+        return self.budget.against(self.unpruned.median_ms if self.unpruned else None)
 
     @property
     def met(self) -> bool:
         return self.measured.median_ms <= self.budget_ms
 
-    def merge(self, again: Judged, budget: Budget) -> Judged:
-        """Two judgements of the same model: the faster of each measurement, the budget recomputed."""
+    def merge(self, again: Judged) -> Judged:
+        """Two judgements of the same model: the faster of each measurement (the budget follows the unpruned one)."""
         unpruned = keep_faster(self.unpruned, again.unpruned) if again.unpruned is not None else self.unpruned
-        return Judged(keep_faster(self.measured, again.measured), unpruned,
-                      budget.against(unpruned.median_ms if unpruned else None))
+        return Judged(keep_faster(self.measured, again.measured), unpruned, self.budget)
 
     def describe(self) -> str:
         m = self.measured
@@ -172,16 +180,10 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
     fixed from a measurement taken at the start of a half-hour run judged the machine's drift.
     An absolute budget ("4.2ms") has no reference and is judged on ``model`` alone.
     """
-    time.sleep(cfg.settle_s)
-    shape = (cfg.batch, loaded.spec.in_channels, *loaded.spec.input_size)
-    kept: Measurement | None = None
-    unpruned: Measurement | None = None
-    for _ in range(cfg.rounds):
-        if budget.fraction is not None:
-            unpruned = keep_faster(unpruned, loaded.profiler.measure_model(loaded.model.eval(), shape))
-        kept = keep_faster(kept, loaded.profiler.measure_model(model.eval(), shape))
-    assert kept is not None  # rounds >= 1 is validated
-    return Judged(kept, unpruned, budget.against(unpruned.median_ms if unpruned else None))
+    if budget.fraction is None:
+        return Judged(measure(loaded, model, cfg), None, budget)
+    unpruned, measured = _measure_rounds(loaded, [loaded.model, model], cfg)
+    return Judged(measured, unpruned, budget)
 
 
 def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budget) -> tuple[Judged, int]:
@@ -195,7 +197,7 @@ def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budg
     judged, taken = measure_judged(loaded, model, cfg, budget), 1
     while not judged.met and taken < cfg.max_tries:
         print(f"final model {judged.describe()}: over, measuring again (the machine may be busy)")
-        judged, taken = judged.merge(measure_judged(loaded, model, cfg, budget), budget), taken + 1
+        judged, taken = judged.merge(measure_judged(loaded, model, cfg, budget)), taken + 1
     return judged, taken
 
 

@@ -169,7 +169,7 @@ def budgeted_search(
 def _judged(done: dict[str, Any], budget: Budget) -> Judged:
     """A recorded try as judged then (tries written before budgets were paired have no reference)."""
     unpruned = Measurement.from_dict(done["unpruned_measured"]) if done.get("unpruned_measured") else None
-    return Judged(Measurement.from_dict(done["measured"]), unpruned, float(done.get("budget_ms", budget.ms)))
+    return Judged(Measurement.from_dict(done["measured"]), unpruned, budget)
 
 
 def _total_cost(tries: list[dict[str, Any]]) -> dict[str, Any]:

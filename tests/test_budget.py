@@ -128,7 +128,7 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     assert (readings.calls, judged.unpruned, judged.budget_ms, judged.met) == (2, None, 10.0, False)
     # A miss measured again keeps the faster of each model and recomputes the budget from the faster unpruned.
     again = measure_judged(_loaded(_Readings(26.0, 13.4, 29.0, 13.0)), nn.Identity(), cfg, budget)
-    merged = measure_judged(_loaded(_Readings(30.0, 14.0, 30.0, 14.0)), nn.Identity(), cfg, budget).merge(again, budget)
+    merged = measure_judged(_loaded(_Readings(30.0, 14.0, 30.0, 14.0)), nn.Identity(), cfg, budget).merge(again)
     assert (merged.unpruned.median_ms, merged.measured.median_ms, merged.budget_ms) == (26.0, 13.0, 13.0)
 
 
