@@ -54,7 +54,7 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
             backend=args.backend, threads=args.threads, batch=args.batch, lut=str(lut), seed=args.seed,
             search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,
             finetune_steps=args.finetune_steps, batch_size=args.batch_size, round_to=args.round_to,
-            agent_options=args.netadapt_options if agent == "netadapt" else {},
+            agent_options=args.netadapt_options if agent == "netadapt" else {}, densify=args.densify,
         )
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the job's progress lines; stdout is the JSON
@@ -78,6 +78,9 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
         "search_s": round(report["search"]["cost"]["wall_s"], 1),
         "evaluations": report["search"]["cost"]["evaluations"],
         "searches": len(report["search"]["tries"]),
+        "densified_points": sum(len(r["points"]) for t in report["search"]["tries"] for r in t.get("densified", [])),
+        "searched_again_after_densify": sum(r["searched_again"] for t in report["search"]["tries"]
+                                            for r in t.get("densified", [])),
     }
 
 
@@ -97,6 +100,8 @@ def main() -> None:
     p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (every agent)")
     p.add_argument("--netadapt-option", action="append", default=[], metavar="KEY=VALUE",
                    help="NetAdapt option (value parsed as JSON), repeatable, e.g. initial_reduction=0.2")
+    p.add_argument("--no-densify", dest="densify", action="store_false",
+                   help="searches do not time their plans' off-grid widths (hwprune prune --no-densify)")
     p.add_argument("--out-dir", default="runs/bench-budget")
     args = p.parse_args()
     args.netadapt_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.netadapt_option)}

@@ -58,6 +58,7 @@ class JobConfig:
     batch_size: int = 128
     margin: float = 0.05
     max_tries: int = 3
+    densify: bool = True
     repeats: int = 10
     runs: int = 5
     rounds: int = 3

@@ -67,6 +67,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{report['finetune']['steps']} steps.",
             "",
         ]
+        rounds = [r for t in search["tries"] for r in t.get("densified", [])]
+        if rounds:
+            lines += [
+                f"Before each plan was measured, the layer widths it chose that the table had not measured were "
+                f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
+                f"{sum(r['searched_again'] for r in rounds)} search(es) were repeated because the plan's "
+                "prediction rose over its target.",
+                "",
+            ]
         if len(search["tries"]) > 1:
             lines += ["| try | search target, ms | predicted, ms | measured, ms | budget, ms |", "|---" * 5 + "|"]
             for i, t in enumerate(search["tries"]):

@@ -15,22 +15,28 @@ with the machine's load, so every agent searching one table starts from the same
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
-from hwprune.agents import Budget, SearchContext, check_budget, get_agent
+from hwprune.agents import Budget, SearchContext, SearchResult, check_budget, get_agent
+from hwprune.agents.state import finished_result
 from hwprune.errors import BudgetError, TableError
 from hwprune.evaluator import Evaluator
 from hwprune.io import read_json, write_json
 from hwprune.job import JobConfig, Judged, Loaded, measure_judged  # job.py imports this module only inside a function
 from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model
+from hwprune.latency.densify import densify
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
 
 TRIES_KIND = "search-tries"
+MAX_SEARCHES_PER_TRY = 3
+"""Searches of one try before its plan is measured anyway (each later one on a table densified by the last)."""
+DENSIFY_TOLERANCE = 0.005
+"""A densified prediction this far over the target is within the timing noise of the new points: no new search."""
 
 
 @dataclass
@@ -45,8 +51,10 @@ class SearchOutcome:
 def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> LatencyTable:
     """The user's table (checked for device and setting), or one profiled now into the run directory."""
     if cfg.lut:
+        # A resumed run reads its own copy: the user's table plus the widths this run measured (densify.py).
+        source = run / "lut.json" if resume and (run / "lut.json").is_file() else Path(cfg.lut)
         table = LatencyTable.load(
-            cfg.lut, expected_key=loaded.profiler.device_key(), allow_foreign=cfg.allow_foreign_table
+            source, expected_key=loaded.profiler.device_key(), allow_foreign=cfg.allow_foreign_table
         )
         wanted = {
             "model": loaded.spec.name,
@@ -90,7 +98,6 @@ def budgeted_search(
     cfg: JobConfig, loaded: Loaded, run: Path, budget: Budget, base: Measurement, resume: bool
 ) -> SearchOutcome:
     table = latency_table(cfg, loaded, run, resume)
-    predictor = Predictor(table, loaded.graph)
     evaluator = Evaluator(
         loaded.model,
         loaded.graph,
@@ -103,7 +110,7 @@ def budgeted_search(
         loaded.spec.name,
         loaded.model,
         loaded.graph,
-        predictor,
+        Predictor(table, loaded.graph),
         evaluator,
         seed=cfg.seed,
         min_keep_ratio=cfg.min_keep_ratio,
@@ -128,8 +135,7 @@ def budgeted_search(
             target = tries[i]["target_ms"]
             done = tries[i]
         else:
-            agent = get_agent(cfg.agent, **cfg.agent_options)
-            result = agent.search(ctx, target, state_path=run / f"search-{i + 1}.json")
+            ctx, result, densified = _search(cfg, loaded, run, ctx, table, target, i + 1)
             pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
             judged = measure_judged(loaded, pruned, cfg, budget)
             done = {
@@ -141,9 +147,11 @@ def budgeted_search(
                 "plan": result.plan.to_dict(),
                 "history": result.history,
                 "cost": result.cost,
+                "densified": densified,
             }
             tries.append(done)
             write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
+        predictor = cast(Predictor, ctx.predictor)
         judged = _judged(done, budget)
         print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}")
         measured = judged.measured
@@ -166,6 +174,57 @@ def budgeted_search(
     )
 
 
+def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table: LatencyTable,
+            target: float, try_no: int) -> tuple[SearchContext, SearchResult, list[dict[str, Any]]]:
+    """One try's search; searched again while timing the plan's own widths lifts its prediction over ``target``.
+
+    Each search of try N has its own state file (``search-N.json``, then ``search-N.2.json``...), so a
+    resumed job continues the latest one on the table as it was then saved. Returns the context
+    (with a predictor over the densified table), the last search's result with every search's cost
+    summed, and what each densify round measured.
+    """
+    rounds: list[dict[str, Any]] = []
+    k = _latest_search(run, try_no)
+    earlier = (finished_result(_state_path(run, try_no, j)) for j in range(1, k))  # a resumed try's
+    costs = [r.cost for r in earlier if r is not None]
+    while True:
+        path = _state_path(run, try_no, k)
+        result = finished_result(path) or get_agent(cfg.agent, **cfg.agent_options).search(ctx, target, path)
+        costs.append(result.cost)
+        if not cfg.densify:
+            break
+        before = ctx.predict_ms(result.plan)
+        record = densify(table, loaded.graph, result.plan, loaded.profiler, out=run / "lut.json")
+        if record["points"]:
+            ctx = replace(ctx, predictor=Predictor(table, loaded.graph))  # a new context: predictions are memoised
+        after = ctx.predict_ms(result.plan)  # over the target only if the table changed under this search
+        again = after > target * (1 + DENSIFY_TOLERANCE) and k < MAX_SEARCHES_PER_TRY
+        if record["points"]:
+            rounds.append(record | {"search": path.name, "predicted_before_ms": before, "predicted_after_ms": after,
+                                    "searched_again": again})
+            print(f"search {try_no}: timed {len(record['points'])} layer widths the table had not measured; "
+                  f"the plan now predicts {after:.3f} ms (was {before:.3f}, target {target:.3f})"
+                  + ("; searching again on the corrected table" if again else ""))
+        if not again:
+            break
+        k += 1
+    cost = {key: sum(c.get(key, 0) for c in costs) for key in costs[-1]}
+    cost["densify_s"] = sum(r["seconds"] for r in rounds)
+    return ctx, SearchResult(result.plan, result.history, cost), rounds
+
+
+def _state_path(run: Path, try_no: int, k: int) -> Path:
+    return run / (f"search-{try_no}.json" if k == 1 else f"search-{try_no}.{k}.json")
+
+
+def _latest_search(run: Path, try_no: int) -> int:
+    """The last search of a try that left a state file (1 if none did)."""
+    k = 1
+    while _state_path(run, try_no, k + 1).exists():
+        k += 1
+    return k
+
+
 def _judged(done: dict[str, Any], budget: Budget) -> Judged:
     """A recorded try as judged then (tries written before budgets were paired have no reference)."""
     unpruned = Measurement.from_dict(done["unpruned_measured"]) if done.get("unpruned_measured") else None
@@ -173,5 +232,5 @@ def _judged(done: dict[str, Any], budget: Budget) -> Judged:
 
 
 def _total_cost(tries: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("wall_s", "evaluations", "finetune_steps", "predictor_calls")
+    keys = ("wall_s", "evaluations", "finetune_steps", "predictor_calls", "densify_s")
     return {k: sum(t["cost"].get(k, 0) for t in tries) for k in keys}

@@ -305,7 +305,9 @@ def test_calibration_is_stored_with_its_plans(built, resnet20) -> None:
     quantum = int(table.settings["quantum"])
     plans = calibration_plans("resnet20", graph, 4, 7, quantum)
     assert [p.keep for p in plans] == [r["keep"] for r in cal["plans"]]
-    assert quantum > 1 and all(k % quantum == 0 for k in plans[3].keep.values())  # the third kind is aligned
+    assert plans[-1].keep == PruningPlan.uniform("resnet20", graph, 0.15).keep  # the low end is measured
+    aligned = calibration_plans("resnet20", graph, 5, 7, quantum)[3]  # the third random kind
+    assert quantum > 1 and all(k % quantum == 0 for k in aligned.keep.values())
     held = heldout_plans(table, graph, 10, seed=0)
     used = [r["keep"] for r in cal["plans"]]
     assert len(held) == 10 and all(p.keep not in used for p in held)

@@ -102,3 +102,23 @@ def load_state(path: Path, header: dict[str, Any]) -> SearchState | None:
 def _short(value: Any) -> str:
     text = f"{value:.6g}" if isinstance(value, float) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def finished_result(path: Path) -> SearchResult | None:
+    """The result a search left at ``path`` if it completed, whatever predictor it ran under.
+
+    A resumed job re-reads the searches it already finished; the table may have gained measured
+    points since (``latency/densify.py``), which changes the header a resume would check, but a
+    finished search has nothing left to resume.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = read_json(path, STATE_KIND, STATE_SCHEMA)
+    if not data.get("done"):
+        return None
+    try:
+        return SearchResult(PruningPlan.from_dict(data["plan"], source=str(path)), list(data["history"]),
+                            dict(data["cost"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"search state {path} is malformed ({exc!r}): delete it to start over") from None

@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument("--settle-s", type=float, default=3.0,
                      help="idle seconds before each measurement (timings right after training run slow)")
     dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
+    dev.add_argument("--no-densify", dest="densify", action="store_false",
+                     help="do not time a found plan's off-grid layer widths before measuring it (by default they "
+                     "are added to the run's copy of the table, and the search repeats if its prediction rises "
+                     "over the target)")
     dev.add_argument(
         "--allow-foreign-table", action="store_true", help="accept a latency table made on another device or backend"
     )
@@ -173,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             round_to=args.round_to,
             min_keep_ratio=args.min_keep_ratio,
             max_tries=args.max_tries,
+            densify=args.densify,
             repeats=args.repeats,
             runs=args.runs,
             rounds=args.rounds,

@@ -134,10 +134,12 @@ class LatencyTable:
 
     def lookup_ms(self, sig: Signature | str, c_in: int, c_out: int,
                   full: tuple[int, int] | None = None) -> float:
-        """Interpolated latency of a block; ``full`` = the layer's unpruned widths picks its grid.
+        """Latency of a block: interpolated on a grid, or as measured for a width timed off the grids.
 
-        Passing ``full`` makes a layer always read its own grid, so predicted latency is
-        monotone in its widths; without it the smallest grid that covers the point is used.
+        ``full`` (the layer's unpruned widths) makes a layer always read its own grid (exact at
+        its points, monotone between them on monotone data; another grid's point is not read
+        exactly, which would put a step in this grid's curve); without it the smallest grid that
+        covers the point is used. A width no grid holds but a plan has used is read as measured.
         """
         key = sig.key() if isinstance(sig, Signature) else sig
         if key not in self.grids:
@@ -145,8 +147,11 @@ class LatencyTable:
                 f"latency table has no entries for layer signature {key}: it was profiled for "
                 f"{self.settings.get('model')!r} at another setting; re-run `hwprune profile` for this model"
             )
-        grid = self._pick_grid(key, c_in, c_out, full)
         values = self.entries.get(key, {})
+        point = (c_in, c_out)
+        if point in values and not any(point in g.measured for g in self.grids[key]):
+            return values[point].median_ms  # measured off every grid, for a plan that uses it (densify.py)
+        grid = self._pick_grid(key, c_in, c_out, full)
         try:
             return interpolate(grid, c_in, c_out, lambda ci, co: values[(ci, co)].median_ms)
         except KeyError:

@@ -1,0 +1,102 @@
+"""Densify on use: a plan's off-grid widths are timed into the table, on the grid's clock, and searches see them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from test_latency import FakeProfiler, setting
+
+from hwprune.checkpoint import save_checkpoint
+from hwprune.latency import LatencyTable, Predictor, profile_model
+from hwprune.latency.densify import densify, unmeasured_points
+from hwprune.models import ModelSpec, create_model
+from hwprune.profilers import BlockSpec, Measurement
+from hwprune.pruning import ModelGraph, PruningPlan
+
+
+class BlindSpots(FakeProfiler):
+    """The fake device, ``slower`` times slower than when profiled, and 3x slower still at widths off ``grid``."""
+
+    def __init__(self, grid: set[tuple[int, int]], slower: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.grid, self.slower = grid, slower
+
+    def measure_block(self, spec: BlockSpec) -> Measurement:
+        m = super().measure_block(spec)
+        factor = self.slower * (1 if (spec.c_in, spec.c_out) in self.grid else 3)
+        return Measurement([s * factor for s in m.samples_ms])
+
+
+def _grid_points(table: LatencyTable) -> set[tuple[int, int]]:
+    return {(ci, co) for _, ci, co in table.planned_points()}
+
+
+def test_a_plans_off_grid_widths_are_measured_once_and_read_on_the_grids_clock(tmp_path: Path) -> None:
+    model = create_model("resnet20", 3, 10)
+    graph = ModelGraph(model, (3, 16, 16))
+    table, _ = profile_model(setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3),
+                             model=model)
+    plan = PruningPlan.full("resnet20", graph).with_keep({g.name: g.channels - 3 for g in graph.groups})
+    points = unmeasured_points(table, graph, plan)
+    assert points and all((ci, co) not in table.entries[sig] for sig, ci, co in points)
+    before = Predictor(table, graph).predict_ms(plan)
+
+    device = BlindSpots(_grid_points(table), slower=2.0, repeats=3)
+    record = densify(table, graph, plan, device, out=tmp_path / "lut.json")
+
+    assert record["scale"] == pytest.approx(0.5)  # the anchors read twice their stored times
+    smooth = FakeProfiler(repeats=3)
+    for sig, ci, co in points:  # 3x the smooth law, as on the grid's (faster) clock
+        expected = 3 * smooth.measure_block(table.signatures[sig].block(ci, co)).median_ms
+        assert table.lookup_ms(sig, ci, co) == pytest.approx(expected)
+    assert Predictor(table, graph).predict_ms(plan) > 2 * before
+    assert table.is_complete() and unmeasured_points(table, graph, plan) == []
+    saved = LatencyTable.load(tmp_path / "lut.json")  # the new points are part of the checksummed record
+    assert saved.entries == table.entries and saved.planned_points() == table.planned_points()
+
+    timed = device.blocks
+    assert densify(table, graph, plan, device)["points"] == [] and device.blocks == timed
+
+
+def test_a_plan_whose_prediction_rises_on_its_own_widths_is_searched_again(tmp_path: Path, monkeypatch) -> None:
+    """Off the grid the device is 3x what the table interpolates: the first plan must not be the one measured."""
+    from hwprune import job
+    from hwprune.job import JobConfig, run_job
+    from hwprune.latency import plan_grids
+
+    spec = ModelSpec("resnet20", 1, 10, (32, 32))
+    model = spec.build()
+    save_checkpoint(tmp_path / "ck", model, spec, {"data": "synthetic", "seed": 0})
+    graph = ModelGraph(model, (1, 32, 32))
+    _, grids = plan_grids(graph, 2, (0.125, 0.25, 0.5, 0.75, 1.0), quantum=8)
+    on_grid = {p for gs in grids.values() for g in gs for p in g.points()}
+
+    class Device(BlindSpots):
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+            """A whole model is its layers on the smooth law: the blind spots cost only isolated blocks."""
+            layers = ModelGraph(model, (1, 32, 32)).layer_shapes()
+            return Measurement([sum(0.01 + 2 * s.macs * 1e-6 for s in layers)] * 3)
+
+    monkeypatch.setattr(job, "get_profiler", lambda name, **kw: Device(on_grid, **kw))
+    cfg = JobConfig(checkpoint=str(tmp_path / "ck"), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
+                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
+                    search_finetune_steps=0, val_samples=64, calibration_plans=0, max_tries=1, margin=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the uncalibrated table sum is not the fake's whole-model law
+        _, met = run_job(cfg)
+
+    run = tmp_path / "run"
+    tried = json.loads((run / "report.json").read_text())["search"]["tries"][0]
+    first = tried["densified"][0]
+    assert first["search"] == "search-1.json" and first["searched_again"]
+    assert first["predicted_after_ms"] > tried["target_ms"] >= first["predicted_before_ms"]
+    assert (run / "search-1.2.json").is_file()
+    final = PruningPlan.from_dict(tried["plan"])
+    saved = LatencyTable.load(run / "lut.json")
+    assert unmeasured_points(saved, graph, final) == []  # the plan measured on the device was priced as measured
+    assert tried["predicted_ms"] == pytest.approx(Predictor(saved, graph).predict_ms(final))
+    assert tried["cost"]["densify_s"] > 0 and met
