@@ -73,7 +73,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"Before each plan was measured, the layer widths it chose that the table had not measured were "
                 f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
                 f"{sum(r['searched_again'] for r in rounds)} search(es) were repeated because the plan's "
-                "prediction rose over its target.",
+                "prediction moved off its target (over it, or more than the margin under it).",
                 "",
             ]
         if len(search["tries"]) > 1:

@@ -80,8 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
     dev.add_argument("--no-densify", dest="densify", action="store_false",
                      help="do not time a found plan's off-grid layer widths before measuring it (by default they "
-                     "are added to the run's copy of the table, and the search repeats if its prediction rises "
-                     "over the target)")
+                     "are added to the run's copy of the table, and the search repeats if its prediction moves over "
+                     "the target or more than --margin under it)")
     dev.add_argument(
         "--allow-foreign-table", action="store_true", help="accept a latency table made on another device or backend"
     )
