@@ -151,13 +151,13 @@ def budgeted_search(
             }
             tries.append(done)
             write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
-        predictor = cast(Predictor, ctx.predictor)
         judged = _judged(done, budget)
         print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}")
         measured = judged.measured
         if measured.median_ms <= judged.budget_ms * (1 - cfg.margin / 2):
             plan = PruningPlan.from_dict(done["plan"])
             pruned, applied = apply_plan(loaded.model, plan, loaded.graph)
+            predictor = cast(Predictor, ctx.predictor)
             search = {
                 "agent": cfg.agent,
                 "options": cfg.agent_options,

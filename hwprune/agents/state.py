@@ -86,17 +86,21 @@ def load_state(path: Path, header: dict[str, Any]) -> SearchState | None:
                 f"search state {path} belongs to another search ({what}): resume with the same "
                 "settings, or start with a fresh state path"
             )
-        return SearchState(
-            header=saved,
-            iteration=int(data["iteration"]),
-            plan=PruningPlan.from_dict(data["plan"], source=str(path)),
-            history=list(data["history"]),
-            cost=dict(data["cost"]),
-            done=bool(data["done"]),
-            extra=dict(data.get("extra") or {}),
-        )
+        return _parse(data, path)
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"search state {path} is malformed ({exc!r}): delete it to start over") from None
+
+
+def _parse(data: dict[str, Any], path: Path) -> SearchState:
+    return SearchState(
+        header=dict(data["header"]),
+        iteration=int(data["iteration"]),
+        plan=PruningPlan.from_dict(data["plan"], source=str(path)),
+        history=list(data["history"]),
+        cost=dict(data["cost"]),
+        done=bool(data["done"]),
+        extra=dict(data.get("extra") or {}),
+    )
 
 
 def _short(value: Any) -> str:
@@ -118,7 +122,6 @@ def finished_result(path: Path) -> SearchResult | None:
     if not data.get("done"):
         return None
     try:
-        return SearchResult(PruningPlan.from_dict(data["plan"], source=str(path)), list(data["history"]),
-                            dict(data["cost"]))
+        return _parse(data, path).result()
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"search state {path} is malformed ({exc!r}): delete it to start over") from None
