@@ -183,18 +183,21 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
     6.89 to 5.65 ms predicted against a 7.14 ms target, and was measured at that).
 
     Each search of try N has its own state file (``search-N.json``, then ``search-N.2.json``...), so a
-    resumed job continues the latest one on the table as it was then saved. Returns the context
-    (with a predictor over the densified table), the last search's result with every search's cost
-    summed, and what each densify round measured.
+    resumed job continues the latest one on the table as it was then saved. When the searches run
+    out with the last plan still over the target, the widest plan of the try that the final table
+    puts under it is measured instead (the plain last plan missed the demo's budget: predicted
+    11.1 ms against 9.4, measured 10.5 against 9.0); the narrowest, if none is. Returns the context
+    (with a predictor over the densified table), that plan with every search's cost summed, and
+    what each densify round measured.
     """
     rounds: list[dict[str, Any]] = []
     k = _latest_search(run, try_no)
     earlier = (finished_result(_state_path(run, try_no, j)) for j in range(1, k))  # a resumed try's
-    costs = [r.cost for r in earlier if r is not None]
+    results = [r for r in earlier if r is not None]
     while True:
         path = _state_path(run, try_no, k)
         result = finished_result(path) or get_agent(cfg.agent, **cfg.agent_options).search(ctx, target, path)
-        costs.append(result.cost)
+        results.append(result)
         if not cfg.densify:
             break
         before = ctx.predict_ms(result.plan)
@@ -214,9 +217,25 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
         if not again:
             break
         k += 1
-    cost = {key: sum(c.get(key, 0) for c in costs) for key in costs[-1]}
+    chosen = _fitting(results, ctx, target * (1 + DENSIFY_TOLERANCE)) if cfg.densify else result
+    if chosen is not result:
+        print(f"search {try_no}: the last plan predicts {ctx.predict_ms(result.plan):.3f} ms against the target "
+              f"{target:.3f}; measuring search {results.index(chosen) + 1}'s plan instead "
+              f"({ctx.predict_ms(chosen.plan):.3f} ms)")
+    cost = {key: sum(r.cost.get(key, 0) for r in results) for key in results[-1].cost}
     cost["densify_s"] = sum(r["seconds"] for r in rounds)
-    return ctx, SearchResult(result.plan, result.history, cost), rounds
+    return ctx, SearchResult(chosen.plan, chosen.history, cost), rounds
+
+
+def _fitting(results: list[SearchResult], ctx: SearchContext, limit_ms: float) -> SearchResult:
+    """The plan predicted widest under ``limit_ms`` on the current table, else the narrowest one.
+
+    Every width of every plan here has been timed by then, so these predictions compare like with like;
+    a last plan within the band that stopped the searches is always the one returned.
+    """
+    predicted = [(ctx.predict_ms(r.plan), i) for i, r in enumerate(results)]
+    under = [p for p in predicted if p[0] <= limit_ms]
+    return results[max(under)[1] if under else min(predicted)[1]]
 
 
 def _state_path(run: Path, try_no: int, k: int) -> Path:

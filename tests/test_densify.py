@@ -109,3 +109,31 @@ def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
     assert unmeasured_points(saved, graph, final) == []  # the plan measured on the device was priced as measured
     assert tried["predicted_ms"] == pytest.approx(Predictor(saved, graph).predict_ms(final))
     assert tried["cost"]["densify_s"] > 0 and met
+
+
+@pytest.mark.parametrize(("predicted", "measured"), [((11.0, 9.0, 12.0), 1), ((11.0, 10.4, 12.0), 1),
+                                                     ((11.0, 9.0, 9.9), 2)])
+def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
+    tmp_path: Path, monkeypatch, predicted: tuple[float, ...], measured: int
+) -> None:
+    """Three searches against a 10 ms target: the widest plan under it is measured (9.0 of 11/9/12; 9.9, the
+    last, in band, of 11/9/9.9), or the narrowest when none fits (10.4 of 11/10.4/12), never a plain last plan
+    predicted over the target."""
+    from types import SimpleNamespace
+
+    from hwprune import search_job
+    from hwprune.agents import SearchResult
+
+    plans = [SimpleNamespace(ms=ms) for ms in predicted]
+    found = iter(plans)
+    agent = SimpleNamespace(search=lambda ctx, target, path: SearchResult(next(found), [], {"wall_s": 1.0}))
+    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: agent)
+    monkeypatch.setattr(search_job, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
+    ctx = SimpleNamespace(predict_ms=lambda plan: plan.ms)
+    cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
+    loaded = SimpleNamespace(graph=None, profiler=None)
+
+    _, result, _ = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+
+    assert result.plan is plans[measured]
+    assert result.cost["wall_s"] == 3.0  # every search's cost counts
