@@ -171,6 +171,10 @@ class Judged:
         return text
 
 
+PAIRED_SESSIONS = 2
+"""Sessions (each ``cfg.rounds`` interleaved rounds after ``cfg.settle_s`` idle) a relative budget is judged on."""
+
+
 def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budget) -> Judged:
     """``model`` measured as :func:`measure` does, and the budget it must meet.
 
@@ -180,11 +184,22 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
     within 20 minutes (the machine, not the model: its weights made no difference), so a budget
     fixed from a measurement taken at the start of a half-hour run judged the machine's drift.
     An absolute budget ("4.2ms") has no reference and is judged on ``model`` alone.
+
+    The ratio of one such session still moves: the same pruned architecture read 0.47x of the
+    unpruned model in one session and 0.54x in the next three of the same demo run (the unpruned
+    model 17.9 ms, then 15.4-16.3), and across the budget benchmarks one session's ratio moved by
+    -20 % to +31 % at the next. So a relative budget is judged on ``PAIRED_SESSIONS`` sessions, the
+    faster of each model kept, whether the plan looks like a pass or a miss.
     """
     if budget.fraction is None:
         return Judged(measure(loaded, model, cfg), None, budget)
-    unpruned, measured = _measure_rounds(loaded, [loaded.model, model], cfg)
-    return Judged(measured, unpruned, budget)
+    judged: Judged | None = None
+    for _ in range(PAIRED_SESSIONS):
+        unpruned, measured = _measure_rounds(loaded, [loaded.model, model], cfg)
+        again = Judged(measured, unpruned, budget)
+        judged = again if judged is None else judged.merge(again)
+    assert judged is not None
+    return judged
 
 
 def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budget) -> tuple[Judged, int]:

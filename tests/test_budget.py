@@ -116,19 +116,25 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     cfg = JobConfig(checkpoint="c", out="o", rounds=2, settle_s=0.0)
     budget = Budget.parse("0.5x", 20.0)  # fixed at the start: 10 ms
     assert (budget.ms, budget.fraction) == (10.0, 0.5)
-    # The machine has slowed by a third since the start: unpruned 30/27 ms, pruned 14/13.5 ms (interleaved).
-    readings = _Readings(30.0, 14.0, 27.0, 13.5)
+    # The machine has slowed by a third since the start: unpruned 30/27 ms, pruned 14/13.5 ms (interleaved),
+    # then a second session a little slower still.
+    readings = _Readings(30.0, 14.0, 27.0, 13.5, 28.0, 13.8, 29.0, 14.0)
     judged = measure_judged(_loaded(readings), nn.Identity(), cfg, budget)
-    assert readings.calls == 4
+    assert readings.calls == 8  # two sessions of two rounds, each timing both models
     assert judged.unpruned is not None and judged.unpruned.median_ms == 27.0  # the faster of each model kept
     assert (judged.measured.median_ms, judged.budget_ms, judged.met) == (13.5, 13.5, True)
-    # An absolute budget has no reference: only the pruned model is measured, against the fixed ms.
+    # One session alone would pass this plan (8.4 <= 9.0); the second reads the unpruned model faster: a miss.
+    readings = _Readings(18.0, 8.4, 18.2, 8.5, 15.4, 8.6, 15.6, 8.5)
+    judged = measure_judged(_loaded(readings), nn.Identity(), cfg, budget)
+    assert (judged.measured.median_ms, judged.budget_ms, judged.met) == (8.4, 7.7, False)
+    # An absolute budget has no reference: only the pruned model is measured, once, against the fixed ms.
     readings = _Readings(14.0, 13.5)
     judged = measure_judged(_loaded(readings), nn.Identity(), cfg, Budget.parse("10ms", None))
     assert (readings.calls, judged.unpruned, judged.budget_ms, judged.met) == (2, None, 10.0, False)
     # A miss measured again keeps the faster of each model and recomputes the budget from the faster unpruned.
-    again = measure_judged(_loaded(_Readings(26.0, 13.4, 29.0, 13.0)), nn.Identity(), cfg, budget)
-    merged = measure_judged(_loaded(_Readings(30.0, 14.0, 30.0, 14.0)), nn.Identity(), cfg, budget).merge(again)
+    again = measure_judged(_loaded(_Readings(26.0, 13.4, 29.0, 13.0, 28.0, 13.9, 30.0, 13.6)), nn.Identity(), cfg,
+                           budget)
+    merged = measure_judged(_loaded(_Readings(*[30.0, 14.0] * 4)), nn.Identity(), cfg, budget).merge(again)
     assert (merged.unpruned.median_ms, merged.measured.median_ms, merged.budget_ms) == (26.0, 13.0, 13.0)
 
 
