@@ -217,6 +217,15 @@ def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budg
     return judged, taken
 
 
+def finish(cfg: JobConfig, loaded: Loaded, model: nn.Module, budget: Budget) -> tuple[Judged, int]:
+    """Long fine-tune ``model`` in place, then judge it (:func:`measure_final`)."""
+    print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
+    long_finetune(cfg, loaded, model)
+    judged, taken = measure_final(loaded, model, cfg, budget)
+    print(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
+    return judged, taken
+
+
 def params_of(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -324,23 +333,23 @@ def _run_stages(
 ) -> tuple[Path, bool]:
     search: dict[str, Any] | None = None
     predictor = None
+    judged: Judged | None = None
+    final_measurements = 1
     if fixed is not None:
         pruned, applied = apply_plan(loaded.model, fixed, loaded.graph)
         pruned_m = measure(loaded, pruned, cfg)
+        print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
+        long_finetune(cfg, loaded, pruned)
+        final_m = measure(loaded, pruned, cfg)
     else:
         from hwprune.search_job import budgeted_search
 
         assert budget is not None
-        outcome = budgeted_search(cfg, loaded, run, budget, base_m, resume)
+        outcome = budgeted_search(cfg, loaded, run, budget, base_m, resume)  # fine-tunes and judges (finish)
         pruned, applied, pruned_m = outcome.model, outcome.plan, outcome.measured
         search, predictor = outcome.search, outcome.predictor
-
-    print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
-    long_finetune(cfg, loaded, pruned)
-    judged, final_measurements = measure_final(loaded, pruned, cfg, budget) if budget else (None, 1)
-    final_m = judged.measured if judged else measure(loaded, pruned, cfg)
-    if judged:
-        print(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
+        judged, final_measurements = outcome.final, outcome.final_measurements
+        final_m = judged.measured
     plan_path, model_dir = run / "plan.json", run / "model"
     applied.save(plan_path)
     save_pruned(model_dir, pruned, loaded.spec, applied, {"checkpoint": cfg.checkpoint})

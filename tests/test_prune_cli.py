@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,57 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     assert report["search"]["tries"][0]["unpruned_measured"] is not None
     assert report["pruned"]["measured"]["summary"]["median_ms"] > report["budget"]["ms_at_start"]
     assert "measured alongside" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The first accepted plan reads 1.6x slower after its fine-tune (as one did on this VM: 11.3 ms before,
+    14.2 ms in six sessions after): that try counts as a miss and the job searches again, tighter, and meets."""
+    from test_latency import FakeProfiler
+
+    from hwprune import job
+    from hwprune.job import JobConfig, run_job
+
+    class SlowAfterFirstFinetune(FakeProfiler):
+        finetunes = 0
+
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            m = super().measure_model(model, input_shape)
+            pruned = model is not self.unpruned
+            return type(m)([s * 1.6 for s in m.samples_ms]) if pruned and self.finetunes == 1 else m
+
+    device = SlowAfterFirstFinetune()
+    real_finetune = job.long_finetune
+
+    def counting_finetune(cfg, loaded, model):  # noqa: ANN001, ANN202
+        device.finetunes += 1
+        return real_finetune(cfg, loaded, model)
+
+    def profiler(name, **kw):  # noqa: ANN001, ANN202
+        device.__init__(**kw)
+        return device
+
+    monkeypatch.setattr(job, "get_profiler", profiler)
+    monkeypatch.setattr(job, "long_finetune", counting_finetune)
+    real_load = job.load_inputs
+
+    def load_inputs(cfg):  # noqa: ANN001, ANN202
+        loaded = real_load(cfg)
+        device.unpruned = loaded.model
+        return loaded
+
+    monkeypatch.setattr(job, "load_inputs", load_inputs)
+    cfg = JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
+                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
+                    search_finetune_steps=0, val_samples=64, calibration_plans=4, max_tries=3, margin=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, met = run_job(cfg)
+
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    first, second = report["search"]["tries"][:2]
+    assert first["final"]["measured"]["summary"]["median_ms"] > first["final"]["budget_ms"]  # the miss, recorded
+    assert second["target_ms"] < first["target_ms"] and "final" not in second
+    assert device.finetunes == 2 and met and report["budget_met"]
+    assert report["pruned"]["measured"]["summary"]["median_ms"] <= report["budget"]["ms"]

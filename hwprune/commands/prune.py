@@ -188,8 +188,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {report}")
     if not met:
         print(
-            "hwprune prune: error: after fine-tuning the pruned model measured over the budget (device noise); "
-            "see the report, and retry with a larger --margin",
+            "hwprune prune: error: after its last try's fine-tune the pruned model measured over the budget "
+            "(device noise); see the report, and retry with a larger --margin or --max-tries",
             file=sys.stderr,
         )
         return 1
