@@ -79,9 +79,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         if len(search["tries"]) > 1:
             lines += ["| try | search target, ms | predicted, ms | measured, ms | budget, ms |", "|---" * 5 + "|"]
             for i, t in enumerate(search["tries"]):
-                measured = t["measured"]["summary"]["median_ms"]
-                lines.append(f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {measured:.3f} "
-                             f"| {_num(t.get('budget_ms'), '.3f')} |")
+                measured = f"{t['measured']['summary']['median_ms']:.3f}"
+                budget_ms = _num(t.get("budget_ms"), ".3f")
+                if t.get("final"):  # accepted, then missed after its fine-tune
+                    measured += f"; fine-tuned {t['final']['measured']['summary']['median_ms']:.3f}"
+                    budget_ms += f"; {t['final']['budget_ms']:.3f}"
+                lines.append(f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {measured} | {budget_ms} |")
             lines.append("")
     fp = report.get("fingerprint", {})
     if fp:
