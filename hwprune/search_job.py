@@ -144,9 +144,7 @@ def budgeted_search(
             done = {
                 "target_ms": target,
                 "predicted_ms": ctx.predict_ms(result.plan),
-                "measured": judged.measured.to_dict(),
-                "unpruned_measured": judged.unpruned.to_dict() if judged.unpruned else None,
-                "budget_ms": judged.budget_ms,
+                **_record(judged),
                 "plan": result.plan.to_dict(),
                 "history": result.history,
                 "cost": result.cost,
@@ -171,12 +169,7 @@ def budgeted_search(
                         "predictor": predictor.describe(),
                     }
                     return SearchOutcome(pruned, applied, measured, search, predictor, final, taken)
-                done["final"] = {
-                    "measured": final.measured.to_dict(),
-                    "unpruned_measured": final.unpruned.to_dict() if final.unpruned else None,
-                    "budget_ms": final.budget_ms,
-                    "measurements": taken,
-                }
+                done["final"] = _record(final) | {"measurements": taken}
                 write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
             judged = _judged(done["final"], budget)
             print(f"search {i + 1}: its fine-tuned model {judged.describe()}; searching again against a tighter target")
@@ -262,6 +255,15 @@ def _latest_search(run: Path, try_no: int) -> int:
     while _state_path(run, try_no, k + 1).exists():
         k += 1
     return k
+
+
+def _record(judged: Judged) -> dict[str, Any]:
+    """A judgement as tries.json keeps it (read back by :func:`_judged`)."""
+    return {
+        "measured": judged.measured.to_dict(),
+        "unpruned_measured": judged.unpruned.to_dict() if judged.unpruned else None,
+        "budget_ms": judged.budget_ms,
+    }
 
 
 def _judged(done: dict[str, Any], budget: Budget) -> Judged:
