@@ -193,12 +193,14 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
     """
     if budget.fraction is None:
         return Judged(measure(loaded, model, cfg), None, budget)
-    judged: Judged | None = None
-    for _ in range(PAIRED_SESSIONS):
+
+    def session() -> Judged:
         unpruned, measured = _measure_rounds(loaded, [loaded.model, model], cfg)
-        again = Judged(measured, unpruned, budget)
-        judged = again if judged is None else judged.merge(again)
-    assert judged is not None
+        return Judged(measured, unpruned, budget)
+
+    judged = session()
+    for _ in range(PAIRED_SESSIONS - 1):
+        judged = judged.merge(session())
     return judged
 
 

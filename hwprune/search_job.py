@@ -97,6 +97,10 @@ def _load_tries(path: Path) -> list[dict[str, Any]]:
     return read_json(path, TRIES_KIND, 1)["tries"] if path.is_file() else []
 
 
+def _save_tries(path: Path, tries: list[dict[str, Any]]) -> None:
+    write_json(path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
+
+
 def budgeted_search(
     cfg: JobConfig, loaded: Loaded, run: Path, budget: Budget, base: Measurement, resume: bool
 ) -> SearchOutcome:
@@ -151,7 +155,7 @@ def budgeted_search(
                 "densified": densified,
             }
             tries.append(done)
-            write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
+            _save_tries(tries_path, tries)
         judged = _judged(done, budget)
         print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}")
         measured = judged.measured
@@ -170,7 +174,7 @@ def budgeted_search(
                     }
                     return SearchOutcome(pruned, applied, measured, search, predictor, final, taken)
                 done["final"] = _record(final) | {"measurements": taken}
-                write_json(tries_path, {"kind": TRIES_KIND, "schema_version": 1, "tries": tries})
+                _save_tries(tries_path, tries)
             judged = _judged(done["final"], budget)
             print(f"search {i + 1}: its fine-tuned model {judged.describe()}; searching again against a tighter target")
         target *= judged.budget_ms * (1 - cfg.margin) / judged.measured.median_ms
