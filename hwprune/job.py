@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,12 @@ class Loaded:
     data: DataBundle
     graph: ModelGraph
     profiler: Profiler
+    input_shape: tuple[int, ...]  # as deployed: (batch, channels, height, width)
+
+    @cached_property
+    def timed_unpruned(self) -> Callable[[], Measurement]:
+        """The unpruned model deployed once per job: it is timed beside every plan the job judges."""
+        return self.profiler.deploy(self.model.eval(), self.input_shape)
 
 
 def validate_config(cfg: JobConfig) -> None:
@@ -115,7 +123,7 @@ def load_inputs(cfg: JobConfig) -> Loaded:
     graph = ModelGraph(model, (spec.in_channels, *spec.input_size))
     profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs,
                             warmup_s=cfg.warmup_s)
-    return Loaded(model, spec, meta, data, graph, profiler)
+    return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
 
 
 def measure(loaded: Loaded, model: nn.Module, cfg: JobConfig) -> Measurement:
@@ -128,17 +136,24 @@ def measure(loaded: Loaded, model: nn.Module, cfg: JobConfig) -> Measurement:
     10-30 % slow for a few seconds (benchmarks/LATENCY.md), and the profiler's warm-up is
     ``cfg.warmup_s`` (1 s) because after an idle pause the first runs are slow too.
     """
-    return _measure_rounds(loaded, [model], cfg)[0]
+    return _measure_rounds([deploy(loaded, model)], cfg)[0]
 
 
-def _measure_rounds(loaded: Loaded, models: list[nn.Module], cfg: JobConfig) -> list[Measurement]:
+def deploy(loaded: Loaded, model: nn.Module) -> Callable[[], Measurement]:
+    """``model`` ready to be timed at the job's input shape as often as needed.
+
+    On ONNX backends this is the export, ~4 s for ResNet-20 on this VM: once per judged model, not
+    once per round (a relative judgement times each model 6 times), and once per job for the unpruned one.
+    """
+    return loaded.timed_unpruned if model is loaded.model else loaded.profiler.deploy(model.eval(), loaded.input_shape)
+
+
+def _measure_rounds(deployed: list[Callable[[], Measurement]], cfg: JobConfig) -> list[Measurement]:
     """After ``cfg.settle_s`` idle, ``cfg.rounds`` rounds, each timing every model in turn; the faster of each kept."""
     time.sleep(cfg.settle_s)
-    shape = (cfg.batch, loaded.spec.in_channels, *loaded.spec.input_size)
-    time_one = lambda m: loaded.profiler.measure_model(m.eval(), shape)  # noqa: E731
-    kept = [time_one(m) for m in models]  # rounds >= 1 is validated
+    kept = [timed() for timed in deployed]  # rounds >= 1 is validated
     for _ in range(cfg.rounds - 1):
-        kept = [keep_faster(k, time_one(m)) for k, m in zip(kept, models, strict=True)]
+        kept = [keep_faster(k, timed()) for k, timed in zip(kept, deployed, strict=True)]
     return kept
 
 
@@ -194,8 +209,10 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
     if budget.fraction is None:
         return Judged(measure(loaded, model, cfg), None, budget)
 
+    pair = [loaded.timed_unpruned, deploy(loaded, model)]
+
     def session() -> Judged:
-        unpruned, measured = _measure_rounds(loaded, [loaded.model, model], cfg)
+        unpruned, measured = _measure_rounds(pair, cfg)
         return Judged(measured, unpruned, budget)
 
     judged = session()

@@ -233,8 +233,7 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
         print(f"search {try_no}: the last plan predicts {ctx.predict_ms(result.plan):.3f} ms against the target "
               f"{target:.3f}; measuring search {results.index(chosen) + 1}'s plan instead "
               f"({ctx.predict_ms(chosen.plan):.3f} ms)")
-    cost = {key: sum(r.cost.get(key, 0) for r in results) for key in results[-1].cost}
-    cost["densify_s"] = sum(r["seconds"] for r in rounds)
+    cost = _summed([r.cost for r in results], list(results[-1].cost)) | {"densify_s": sum(r["seconds"] for r in rounds)}
     return ctx, SearchResult(chosen.plan, chosen.history, cost), rounds
 
 
@@ -276,6 +275,11 @@ def _judged(done: dict[str, Any], budget: Budget) -> Judged:
     return Judged(Measurement.from_dict(done["measured"]), unpruned, budget)
 
 
+def _summed(costs: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
+    """Search costs added up key by key (a cost missing a key, from an older run, counts 0)."""
+    return {k: sum(c.get(k, 0) for c in costs) for k in keys}
+
+
 def _total_cost(tries: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("wall_s", "evaluations", "finetune_steps", "predictor_calls", "densify_s")
-    return {k: sum(t["cost"].get(k, 0) for t in tries) for k in keys}
+    keys = ["wall_s", "evaluations", "finetune_steps", "predictor_calls", "densify_s"]
+    return _summed([t["cost"] for t in tries], keys)

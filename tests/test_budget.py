@@ -70,7 +70,11 @@ class _Readings:
     """A profiler that returns planted medians, in call order, for whichever model it is given."""
 
     def __init__(self, *medians: float) -> None:
-        self.left, self.calls = list(medians), 0
+        self.left, self.calls, self.deployed = list(medians), 0, 0
+
+    def deploy(self, model, shape):  # noqa: ANN001, ANN201
+        self.deployed += 1  # an ONNX backend exports here: once per model per judgement, not once per round
+        return lambda: self.measure_model(model, shape)
 
     def measure_model(self, model, shape):  # noqa: ANN001, ANN201
         from hwprune.profilers import Measurement
@@ -84,8 +88,9 @@ def _loaded(profiler: _Readings):  # noqa: ANN202
 
     from torch import nn
 
-    spec = SimpleNamespace(in_channels=1, input_size=(8, 8))
-    return SimpleNamespace(spec=spec, profiler=profiler, model=nn.Identity())
+    unpruned, shape = nn.Identity(), (1, 1, 8, 8)
+    return SimpleNamespace(profiler=profiler, model=unpruned, input_shape=shape,
+                           timed_unpruned=profiler.deploy(unpruned, shape))  # as Loaded does, once per job
 
 
 def test_a_final_miss_is_measured_again_and_the_faster_kept() -> None:
@@ -121,6 +126,7 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     readings = _Readings(30.0, 14.0, 27.0, 13.5, 28.0, 13.8, 29.0, 14.0)
     judged = measure_judged(_loaded(readings), nn.Identity(), cfg, budget)
     assert readings.calls == 8  # two sessions of two rounds, each timing both models
+    assert readings.deployed == 2  # ... each model deployed (exported) once for all of them
     assert judged.unpruned is not None and judged.unpruned.median_ms == 27.0  # the faster of each model kept
     assert (judged.measured.median_ms, judged.budget_ms, judged.met) == (13.5, 13.5, True)
     # One session alone would pass this plan (8.4 <= 9.0); the second reads the unpruned model faster: a miss.

@@ -263,6 +263,21 @@ def test_measure_model_end_to_end_leaves_the_model_and_threads_alone(
     assert capsys.readouterr().out == ""  # the ONNX export stays quiet
 
 
+def test_a_deployed_model_is_exported_once_however_often_it_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job times each model in several interleaved rounds; the ONNX export (seconds) must not repeat."""
+    from hwprune.profilers import onnx_backend
+
+    exports: list[tuple[int, ...]] = []
+    real_export = onnx_backend.export_onnx
+    monkeypatch.setattr(onnx_backend, "export_onnx", lambda m, shape: exports.append(shape) or real_export(m, shape))
+    timed = quiet_profiler("onnxruntime").deploy(_tiny_cnn(), (2, 3, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableMeasurementWarning)
+        first, second = timed(), timed()
+    assert exports == [(2, 3, 16, 16)]
+    assert first.samples_ms != second.samples_ms and len(second.samples_ms) == FAST["repeats"]
+
+
 def test_fingerprint_and_device_key() -> None:
     fp = quiet_profiler("onnxruntime", threads=2).fingerprint()
     for field in ("cpu_model", "logical_cores", "threads", "os", "python", "torch", "runtime_version"):

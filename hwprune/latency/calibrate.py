@@ -74,28 +74,23 @@ def measure_plan(model: nn.Module, graph: ModelGraph, plan: PruningPlan, profile
 
 
 class PlanMeter:
-    """Measures pruned variants of one model end to end, pruning (and exporting) each variant once.
+    """Measures pruned variants of one model end to end, pruning (and deploying) each variant once.
 
     Rounds re-measure the same variants minutes apart; pruning a torchvision model takes ~2 s and
-    exporting it to ONNX ~5 s, so both are done once per plan and kept for the later rounds.
+    exporting it to ONNX ~5 s, so both are done once per plan (``Profiler.deploy``) and kept for the
+    later rounds.
     """
 
     def __init__(self, model: nn.Module, graph: ModelGraph, profiler: Profiler, input_shape: tuple[int, ...]) -> None:
         self.model, self.graph, self.profiler, self.input_shape = model, graph, profiler, tuple(input_shape)
-        self._prepared: dict[tuple[int, ...], Any] = {}
+        self._deployed: dict[tuple[int, ...], Callable[[], Measurement]] = {}
 
     def __call__(self, plan: PruningPlan) -> Measurement:
-        from hwprune.profilers.onnx_backend import OnnxProfiler, export_onnx
-
         key = plan.key()
-        if key not in self._prepared:
+        if key not in self._deployed:
             pruned, _ = apply_plan(self.model, plan, self.graph)
-            onnx = isinstance(self.profiler, OnnxProfiler)  # ONNX Runtime and TensorRT: export once
-            self._prepared[key] = export_onnx(pruned, self.input_shape) if onnx else pruned
-        prepared = self._prepared[key]
-        if isinstance(prepared, bytes):
-            return self.profiler.measure_onnx(prepared, f"pruned model {self.input_shape}")
-        return self.profiler.measure_model(prepared, self.input_shape)
+            self._deployed[key] = self.profiler.deploy(pruned, self.input_shape)
+        return self._deployed[key]()
 
 
 def measure_rounds(plans: list[PruningPlan], measure: Callable[[PruningPlan], Measurement], rounds: int,

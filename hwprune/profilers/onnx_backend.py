@@ -14,7 +14,7 @@ import logging
 import re
 import warnings
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -92,8 +92,12 @@ class OnnxProfiler(Profiler):
         return self.measure_onnx(onnx_block(spec), f"block {spec}")
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
-        what = f"{type(model).__name__} {tuple(input_shape)}"
-        return self.measure_onnx(export_onnx(model, tuple(input_shape)), what)
+        return self.deploy(model, input_shape)()
+
+    def deploy(self, model: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Measurement]:
+        """Exported to ONNX once; each call times the same graph."""
+        model_bytes, what = export_onnx(model, tuple(input_shape)), f"{type(model).__name__} {tuple(input_shape)}"
+        return lambda: self.measure_onnx(model_bytes, what)
 
     @abstractmethod
     def measure_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Measurement:
