@@ -238,7 +238,6 @@ def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budg
 
 def finish(cfg: JobConfig, loaded: Loaded, model: nn.Module, budget: Budget) -> tuple[Judged, int]:
     """Long fine-tune ``model`` in place, then judge it (:func:`measure_final`)."""
-    print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
     long_finetune(cfg, loaded, model)
     judged, taken = measure_final(loaded, model, cfg, budget)
     print(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
@@ -254,6 +253,7 @@ def macs_of(graph: ModelGraph, plan: PruningPlan | None) -> int:
 
 
 def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
+    print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
     fine_tune(
         model,
         loaded.data.train,
@@ -357,7 +357,6 @@ def _run_stages(
     if fixed is not None:
         pruned, applied = apply_plan(loaded.model, fixed, loaded.graph)
         pruned_m = measure(loaded, pruned, cfg)
-        print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
         long_finetune(cfg, loaded, pruned)
         final_m = measure(loaded, pruned, cfg)
     else:
