@@ -66,13 +66,6 @@ def calibration_plans(model_name: str, graph: ModelGraph, count: int, seed: int,
     return plans
 
 
-def measure_plan(model: nn.Module, graph: ModelGraph, plan: PruningPlan, profiler: Profiler,
-                 input_shape: tuple[int, ...]) -> Measurement:
-    """End-to-end latency of the physically pruned model, as deployed on ``profiler``'s backend."""
-    pruned, _ = apply_plan(model, plan, graph)
-    return profiler.measure_model(pruned, input_shape)
-
-
 class PlanMeter:
     """Measures pruned variants of one model end to end, pruning (and deploying) each variant once.
 
