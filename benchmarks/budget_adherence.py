@@ -73,6 +73,8 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
         "budget_ms_at_start": round(report["budget"].get("ms_at_start", report["budget"]["ms"]), 3),
         "unpruned_ms": round(report["unpruned"]["measured"]["summary"]["median_ms"], 3),  # beside the final model
         "met": bool(report["budget_met"]),
+        # share of the budget the final model uses: slack is latency the budget allowed and accuracy did not get
+        "budget_used": round(report["pruned"]["measured"]["summary"]["median_ms"] / report["budget"]["ms"], 3),
         "test_accuracy": round(report["pruned"]["test_accuracy"], 4),
         "unpruned_test_accuracy": round(report["unpruned"]["test_accuracy"], 4),
         "search_s": round(report["search"]["cost"]["wall_s"], 1),
