@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
 def load_average() -> list[float]:
     """1/5/15-minute load averages: a figure taken with load above the core count is disturbed."""
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def run(main: Callable[[], None], on_interrupt: str = "") -> None:
+    """Run a benchmark's ``main``; Ctrl-C ends it with one line (and exit 130), not a traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted" + (f": {on_interrupt}" if on_interrupt else ""), file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def emit(summary: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, load_average  # noqa: E402
+from _common import emit, load_average, run  # noqa: E402
 
 from hwprune.checkpoint import load_checkpoint  # noqa: E402
 from hwprune.errors import HwpruneError  # noqa: E402
@@ -137,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "finished runs stay in --out-dir and the interrupted job resumes: run the same command to continue")

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import _r, emit, load_average  # noqa: E402
+from _common import _r, emit, load_average, run  # noqa: E402
 
 from hwprune.commands.profile import parse_input_size  # noqa: E402
 from hwprune.io import write_json  # noqa: E402
@@ -146,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

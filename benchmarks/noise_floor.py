@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, load_average  # noqa: E402
+from _common import emit, load_average, run  # noqa: E402
 
 from hwprune.latency.allocator import pin_allocator  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter  # noqa: E402
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
