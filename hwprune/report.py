@@ -15,6 +15,15 @@ def _ms(m: dict[str, Any] | None) -> str:
     return "-" if not m else f"{m['summary']['median_ms']:.3f} (IQR {m['summary']['iqr_ms']:.3f})"
 
 
+def _factor_range(rounds: list[dict[str, Any]]) -> str:
+    """The span of the off-grid factors densify left (older runs recorded none: 1.00)."""
+    last: dict[str, float] = {}
+    for r in rounds:
+        last |= r.get("off_grid_factors", {})
+    values = sorted(last.values()) or [1.0]
+    return f"{values[0]:.2f}" if values[0] == values[-1] else f"{values[0]:.2f}-{values[-1]:.2f}"
+
+
 def _num(x: float | int | None, fmt: str = ",") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -73,7 +82,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"Before each plan was measured, the layer widths it chose that the table had not measured were "
                 f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
                 f"{sum(r['searched_again'] for r in rounds)} search(es) were repeated because the plan's "
-                "prediction moved off its target (over it, or more than the margin under it).",
+                "prediction moved off its target (over it, or more than the margin under it). "
+                "A later search read the still-unmeasured widths of each layer kind scaled by how far "
+                f"the measured ones sat from the table (x{_factor_range(rounds)}).",
                 "",
             ]
         if len(search["tries"]) > 1:

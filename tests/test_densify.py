@@ -62,6 +62,40 @@ def test_a_plans_off_grid_widths_are_measured_once_and_read_on_the_grids_clock(t
     assert densify(table, graph, plan, device)["points"] == [] and device.blocks == timed
 
 
+def test_the_next_search_reads_unmeasured_off_grid_widths_scaled_by_what_densify_found() -> None:
+    """Off the grid the device runs 3x the (exact, bilinear) interpolation: once densify has measured some
+    widths of a signature, its other off-grid widths read higher, shrunk towards the interpolation when
+    the evidence is thin, while grid points, measured widths and untouched signatures read as before."""
+    model = create_model("resnet20", 3, 10)
+    graph = ModelGraph(model, (3, 16, 16))
+    table, _ = profile_model(setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3),
+                             model=model)
+    plan = PruningPlan.full("resnet20", graph).with_keep(  # stage 1 and the stem stay full: on the grid
+        {g.name: g.channels - 3 for g in graph.groups if g.name.startswith(("layer2", "layer3"))})
+    points = unmeasured_points(table, graph, plan)
+    sig, ci, co = next(p for p in points if table.grids[p[0]][0].c_in[0] + 1 < p[1] and len(table.grids[p[0]]) == 1)
+    assert table.off_grid_factor(sig) == 1.0
+
+    device = BlindSpots(_grid_points(table), off=3.0, repeats=3)
+    record = densify(table, graph, plan, device)
+    n = sum(p["signature"] == sig for p in record["points"])
+    expected = 3.0 ** (n / (n + 2))
+    assert record["off_grid_factors"][sig] == pytest.approx(expected) == table.off_grid_factor(sig)
+    assert 1.0 < expected < 3.0
+
+    grid = table.grids[sig][0]
+    probe = next((i, o) for i in range(grid.c_in[0], grid.c_in[-1]) for o in range(grid.c_out[0], grid.c_out[-1])
+                 if (i, o) not in table.entries[sig])
+    plain = table.lookup_ms(sig, *probe, corrected=False)
+    assert plain == pytest.approx(FakeProfiler(repeats=3).measure_block(table.signatures[sig].block(*probe)).median_ms)
+    assert table.lookup_ms(sig, *probe) == pytest.approx(plain * expected)
+    assert table.lookup_ms(sig, ci, co) == table.value_ms(sig, ci, co)  # measured: as measured
+    grid_point = grid.points()[0]
+    assert table.lookup_ms(sig, *grid_point) == table.value_ms(sig, *grid_point)
+    untouched = [k for k in table.grids if k not in record["off_grid_factors"]]
+    assert untouched and all(table.off_grid_factor(k) == 1.0 for k in untouched)
+
+
 @pytest.mark.parametrize("off", [3.0, 0.3])
 def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
     tmp_path: Path, monkeypatch, off: float

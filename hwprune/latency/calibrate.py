@@ -198,8 +198,12 @@ def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form
     the blocks are timed as deployed and the plain sum is already unbiased, so a scale + offset
     fitted on ten plans measured on a noisy host only adds the noise of those ten measurements
     (benchmarks/LATENCY.md).
+
+    The table is read without its off-grid correction: the calibration plans are random, and
+    the correction measures where *searches* land (``LatencyTable.off_grid_factor``); fitted
+    through it, the fit would scale back out the bias it exists to add.
     """
-    sums = TableSum(table, graph)
+    sums = TableSum(table, graph, corrected=False)
     feats = [sums.features(_plan(table, graph, r["keep"])) for r in rows]
     y = np.array([Measurement.from_dict(r["measurement"]).median_ms for r in rows])
 

@@ -12,7 +12,9 @@ The new points are timed minutes or hours after the grid, and this machine's spe
 (whole-model latency 15 ms at one hour, 18 ms the next). Each round therefore also re-times one
 grid point per signature (the *anchor*, the measured point nearest the new ones) and scales the
 new points by the median ratio of stored to current anchor times, so they are read on the
-grid's clock. The raw medians, anchors and scale are returned for the run's record.
+grid's clock. The raw medians, anchors and scale are returned for the run's record, with each
+signature's ``off_grid_factor``: how far its measured widths sit from the interpolation, which
+the next search reads its other off-grid widths scaled by.
 """
 
 from __future__ import annotations
@@ -60,11 +62,11 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
     """Measure the plan's unmeasured blocks into ``table`` (saved to ``out`` once, at the end).
 
     Returns what was done: the points with their raw and stored medians, the anchors, the scale,
-    and the seconds spent. A plan whose widths are all measured costs nothing.
+    the touched signatures' off-grid factors, and the seconds spent. A plan whose widths are all measured costs nothing.
     """
     points = unmeasured_points(table, graph, plan)
     if not points:
-        return {"points": [], "anchors": [], "scale": 1.0, "seconds": 0.0}
+        return {"points": [], "anchors": [], "scale": 1.0, "off_grid_factors": {}, "seconds": 0.0}
     start = time.perf_counter()
     raw: dict[Point, Measurement] = {}
     anchors = []
@@ -87,5 +89,6 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
                    for (s, ci, co), m in raw.items()],
         "anchors": anchors,
         "scale": scale,
+        "off_grid_factors": {a["signature"]: table.off_grid_factor(a["signature"]) for a in anchors},
         "seconds": time.perf_counter() - start,
     }

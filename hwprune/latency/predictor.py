@@ -32,9 +32,10 @@ class LatencyPredictor(Protocol):
 class TableSum:
     """Sum of the table's interpolated block latencies over a model's layers (the raw LUT estimate)."""
 
-    def __init__(self, table: LatencyTable, graph: ModelGraph) -> None:
+    def __init__(self, table: LatencyTable, graph: ModelGraph, corrected: bool = True) -> None:
         self.table = table
         self.graph = graph
+        self.corrected = corrected  # off-grid lookups scaled by the table's off_grid_factor
         self.batch = int(table.settings["batch"])
         self.dtype = str(table.settings.get("dtype", "float32"))
         self.quantum = int(table.settings.get("quantum", 1))
@@ -65,7 +66,7 @@ class TableSum:
         keep = plan.keep if plan is not None else None
         total = act = weights = aligned = 0.0
         for (_, sig, full), shape in zip(self._layers, self.graph.layer_shapes(keep), strict=True):
-            total += self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full)
+            total += self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full, corrected=self.corrected)
             out_vol = shape.c_out * shape.out_hw[0] * shape.out_hw[1]
             act += out_vol
             weights += shape.c_out * (1 if shape.depthwise else shape.c_in) * shape.kernel**2
