@@ -165,9 +165,31 @@ def test_uniform_is_largest_ratio_and_respects_rounding(resnet_graph) -> None:
     result = get_agent("uniform").search(ctx, budget)
     assert result.predicted_ms <= budget
     assert all(k % 4 == 0 or k == graph.group_by_name[g].channels for g, k in result.plan.keep.items())
-    ratio = result.history[-1]["ratio"]
-    assert ctx.predict_ms(UniformAgent.plan_at(ctx, ratio + 1e-3)) > budget  # a wider ratio misses
+    ladder = [plan for _, plan in UniformAgent.ladder(ctx)]
+    wider = ladder[ladder.index(result.plan) + 1:]
+    assert wider and all(ctx.predict_ms(p) > budget for p in wider)  # every wider uniform plan misses
+    assert ctx.predict_ms(UniformAgent.plan_at(ctx, result.history[-1]["ratio"])) == result.predicted_ms
     assert result.cost["evaluations"] == 0 and result.cost["predictor_calls"] > 0
+
+
+class OddWidthsSlow(MacsPredictor):
+    """As on ONNX Runtime: a plan with an odd width anywhere runs 3x its MACs, so latency does not grow with r."""
+
+    def predict_ms(self, plan: PruningPlan) -> float:
+        return super().predict_ms(plan) * (3.0 if any(k % 2 for k in plan.keep.values()) else 1.0)
+
+
+def test_uniform_finds_the_widest_fitting_plan_when_latency_is_not_monotone_in_the_ratio(resnet_graph) -> None:
+    model, graph = resnet_graph
+    ctx = SearchContext("resnet20", model, graph, OddWidthsSlow(graph), ProxyEvaluator(graph))
+    ladder = UniformAgent.ladder(ctx)
+    budget = 0.3 * ctx.predict_ms(ctx.full_plan())
+    fits = [plan for _, plan in ladder if ctx.predict_ms(plan) <= budget]
+    narrower_misses = [plan for _, plan in ladder[: ladder.index(next(rp for rp in ladder if rp[1] == fits[-1]))]
+                       if ctx.predict_ms(plan) > budget]
+    assert narrower_misses  # the planted trap: some narrower plans miss, so bisection could stop early
+    result = get_agent("uniform").search(ctx, budget)
+    assert result.plan == fits[-1] and all(k % 2 == 0 for k in result.plan.keep.values())
 
 
 def test_netadapt_real_evaluator_is_deterministic(tiny, netadapt_reference) -> None:
