@@ -303,10 +303,14 @@ def test_torch_cuda_measures_a_block() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_tensorrt_measures_a_block_and_a_model() -> None:
+def test_tensorrt_measures_a_block_and_a_model_and_builds_a_deployed_model_once() -> None:
     pytest.importorskip("tensorrt")
     profiler = quiet_profiler("tensorrt")
     m = profiler.measure_block(BlockSpec("conv", 64, 64, kernel=3, padding=1, in_hw=(32, 32)))
     assert len(m.samples_ms) == FAST["repeats"] and m.median_ms > 0
     assert profiler.measure_model(_tiny_cnn(), (1, 3, 16, 16)).median_ms > 0
     assert profiler.fingerprint()["gpu_name"]
+    builds, build = [], profiler._build_engine
+    profiler._build_engine = lambda model_bytes: builds.append(1) or build(model_bytes)
+    deployed = profiler.deploy(_tiny_cnn(), (1, 3, 16, 16))  # a judged model is timed in several rounds
+    assert deployed().median_ms > 0 and deployed().median_ms > 0 and len(builds) == 1

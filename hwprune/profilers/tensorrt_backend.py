@@ -7,6 +7,8 @@ events on a torch stream, so neither pycuda nor cuda-python is needed at run tim
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -93,12 +95,25 @@ class TensorRTProfiler(CudaEventTiming, OnnxProfiler):
         require_cuda(cls.name)
 
     def measure_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Measurement:
+        return self.deploy_onnx(model_bytes, what)()
+
+    def deploy_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Callable[[], Measurement]:
+        """Built into an engine with bound buffers once (a build takes seconds to minutes); each call times it.
+
+        The engine, its context and buffers live as long as the returned handle; every measurement
+        ends with its stream synchronized, so no kernel still uses the buffers when they are freed.
+        """
         with torch.cuda.device(self.device):
             engine = self._build_engine(model_bytes)
             context = engine.create_execution_context()
             if context is None:
                 raise ModelError("tensorrt could not create an execution context (out of GPU memory?)")
-            buffers = self._bind_buffers(engine, context)  # referenced until the timing is over
+            buffers = self._bind_buffers(engine, context)
+        return functools.partial(self._time_engine, engine, context, buffers, what)
+
+    def _time_engine(self, engine: Any, context: Any, buffers: list[torch.Tensor], what: str) -> Measurement:
+        """One measurement of a built engine (``engine`` and ``buffers`` are passed to keep them alive)."""
+        with torch.cuda.device(self.device):
             stream = torch.cuda.Stream(self.device)
             self._stream = stream
 
@@ -110,8 +125,7 @@ class TensorRTProfiler(CudaEventTiming, OnnxProfiler):
                 return self._measure(run, what)
             finally:
                 self._stream = None
-                stream.synchronize()  # no kernel may still use the buffers when they are freed
-                buffers.clear()
+                stream.synchronize()
 
     def _build_engine(self, model_bytes: bytes) -> Any:
         trt = _trt()
