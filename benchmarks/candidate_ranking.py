@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -79,7 +80,11 @@ def main() -> None:
         ev = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=steps, seed=cfg.seed,
                        val_samples=samples)
         start = time.perf_counter()
-        losses[name] = [[ev.score(p)[1] for p in cands] for cands in iters]
+        losses[name] = []
+        with tqdm(total=sum(map(len, iters)), desc=f"scoring at {name}", unit="plan", leave=False) as bar:
+            for cands in iters:
+                losses[name].append([ev.score(p)[1] for p in cands])
+                bar.update(len(cands))
         seconds[name] = (time.perf_counter() - start) / max(ev.evaluations, 1)
         print(f"{name}: {ev.evaluations} evaluations, {seconds[name]:.2f} s each", file=sys.stderr)
     ref = losses[args.reference]

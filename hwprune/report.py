@@ -69,14 +69,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     search = report.get("search")
     if search:
         cost = search["cost"]
+        rounds = [r for t in search["tries"] for r in t.get("densified", [])]
+        tries = len(search["tries"])
         lines += [
-            f"Search: agent `{search['agent']}`, {len(search['tries'])} search(es), "
+            f"Search: agent `{search['agent']}`, {tries} {'try' if tries == 1 else 'tries'} "
+            f"({tries + sum(r['searched_again'] for r in rounds)} searches), "
             f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
             f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
             f"{report['finetune']['steps']} steps.",
             "",
         ]
-        rounds = [r for t in search["tries"] for r in t.get("densified", [])]
         if rounds:
             lines += [
                 f"Before each plan was measured, the layer widths it chose that the table had not measured were "
