@@ -79,7 +79,7 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
         "unpruned_test_accuracy": round(report["unpruned"]["test_accuracy"], 4),
         "search_s": round(report["search"]["cost"]["wall_s"], 1),
         "evaluations": report["search"]["cost"]["evaluations"],
-        "searches": len(report["search"]["tries"]),
+        "tries": len(report["search"]["tries"]),
         "densified_points": sum(len(r["points"]) for t in report["search"]["tries"] for r in t.get("densified", [])),
         "searched_again_after_densify": sum(r["searched_again"] for t in report["search"]["tries"]
                                             for r in t.get("densified", [])),

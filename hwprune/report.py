@@ -86,7 +86,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{sum(r['searched_again'] for r in rounds)} search(es) were repeated because the plan's "
                 "prediction moved off its target (over it, or more than the margin under it). "
                 "A later search read the still-unmeasured widths of each layer kind scaled by how far "
-                f"the measured ones sat from the table (x{_factor_range(rounds)}).",
+                f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)}).",
                 "",
             ]
         if len(search["tries"]) > 1:
