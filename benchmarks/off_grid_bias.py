@@ -32,8 +32,7 @@ def held_out(table: LatencyTable) -> list[tuple[float, float, float]]:
     """(measured, interpolated, corrected) for each off-grid width, predicted without it."""
     out = []
     for sig, values in table.entries.items():
-        off = [p for p in values if not any(p in g.measured for g in table.grids[sig])]
-        for point in off:
+        for point in [p for p in values if not table.on_grid(sig, p)]:
             rest = replace(table, entries=table.entries | {sig: {p: m for p, m in values.items() if p != point}})
             plain = rest.lookup_ms(sig, *point, corrected=False)
             out.append((values[point].median_ms, plain, plain * rest.off_grid_factor(sig)))

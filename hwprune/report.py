@@ -70,10 +70,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     if search:
         cost = search["cost"]
         rounds = [r for t in search["tries"] for r in t.get("densified", [])]
-        tries = len(search["tries"])
+        tries, again = len(search["tries"]), sum(r["searched_again"] for r in rounds)
         lines += [
             f"Search: agent `{search['agent']}`, {tries} {'try' if tries == 1 else 'tries'} "
-            f"({tries + sum(r['searched_again'] for r in rounds)} searches), "
+            f"({tries + again} searches), "
             f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
             f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
             f"{report['finetune']['steps']} steps.",
@@ -83,7 +83,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += [
                 f"Before each plan was measured, the layer widths it chose that the table had not measured were "
                 f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
-                f"{sum(r['searched_again'] for r in rounds)} search(es) were repeated because the plan's "
+                f"{again} search(es) were repeated because the plan's "
                 "prediction moved off its target (over it, or more than the margin under it). "
                 "A later search read the still-unmeasured widths of each layer kind scaled by how far "
                 f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)}).",

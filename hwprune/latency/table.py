@@ -157,7 +157,7 @@ class LatencyTable:
                 f"{self.settings.get('model')!r} at another setting; re-run `hwprune profile` for this model"
             )
         point = (c_in, c_out)
-        if point in self.entries.get(key, {}) and not self._on_grid(key, point):
+        if point in self.entries.get(key, {}) and not self.on_grid(key, point):
             return self.value_ms(key, c_in, c_out)  # measured off every grid, for a plan that uses it (densify.py)
         grid = self._pick_grid(key, c_in, c_out, full)
         value = self._interpolated(key, grid, c_in, c_out)
@@ -179,12 +179,13 @@ class LatencyTable:
         """
         if key not in self._off_grid:
             ratios = [m.median_ms / self._interpolated(key, self._pick_grid(key, ci, co, None), ci, co)
-                      for (ci, co), m in self.entries.get(key, {}).items() if not self._on_grid(key, (ci, co))]
+                      for (ci, co), m in self.entries.get(key, {}).items() if not self.on_grid(key, (ci, co))]
             n = len(ratios)
             self._off_grid[key] = math.exp(n / (n + OFF_GRID_PRIOR) * math.log(statistics.median(ratios))) if n else 1.0
         return self._off_grid[key]
 
-    def _on_grid(self, key: str, point: tuple[int, int]) -> bool:
+    def on_grid(self, key: str, point: tuple[int, int]) -> bool:
+        """Whether ``point`` is one of the signature's planned grid points (not a width densify added)."""
         return any(point in g.measured for g in self.grids[key])
 
     def _interpolated(self, key: str, grid: Grid, c_in: int, c_out: int) -> float:
