@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from hwprune.errors import HwpruneError
+
 
 def load_average() -> list[float]:
     """1/5/15-minute load averages: a figure taken with load above the core count is disturbed."""
@@ -15,9 +17,13 @@ def load_average() -> list[float]:
 
 
 def run(main: Callable[[], None], on_interrupt: str = "") -> None:
-    """Run a benchmark's ``main``; Ctrl-C ends it with one line (and exit 130), not a traceback."""
+    """Run a benchmark's ``main``; Ctrl-C or an hwprune error (a bad path, a corrupt table...) ends it
+    with one line (exit 130 or 2), not a traceback."""
     try:
         main()
+    except HwpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted" + (f": {on_interrupt}" if on_interrupt else ""), file=sys.stderr)
         raise SystemExit(130) from None

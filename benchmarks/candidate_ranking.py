@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, load_average, run  # noqa: E402
 
 from hwprune.agents.state import STATE_KIND, STATE_SCHEMA  # noqa: E402
+from hwprune.errors import ConfigError  # noqa: E402
 from hwprune.evaluator import Evaluator  # noqa: E402
 from hwprune.io import read_json  # noqa: E402
 from hwprune.job import load_inputs, resume_config  # noqa: E402
@@ -38,8 +39,11 @@ from hwprune.pruning import PruningPlan  # noqa: E402
 
 def setting(text: str) -> tuple[int, int | None]:
     """"STEPS/SAMPLES" (SAMPLES "all" for the whole validation split)."""
-    steps, samples = text.split("/")
-    return int(steps), None if samples == "all" else int(samples)
+    try:
+        steps, samples = text.split("/")
+        return int(steps), None if samples == "all" else int(samples)
+    except ValueError:
+        raise ConfigError(f"setting {text!r} is not STEPS/SAMPLES, e.g. 10/1000 or 40/all") from None
 
 
 def iterations(run_dir: Path, full: PruningPlan) -> list[list[PruningPlan]]:
@@ -65,6 +69,8 @@ def main() -> None:
     ap.add_argument("--reference", default="40/all", help="the setting taken as the truth")
     ap.add_argument("--max-iterations", type=int, default=0, help="grade only the first N iterations (0: all)")
     args = ap.parse_args()
+    names = [args.reference] + [s for s in args.settings.split(",") if s != args.reference]
+    parsed = {name: setting(name) for name in names}  # a malformed setting fails before any loading
     cfg = resume_config(args.run)
     loaded = load_inputs(cfg)
     iters = iterations(args.run, PruningPlan.full(loaded.spec.name, loaded.graph))
@@ -72,11 +78,10 @@ def main() -> None:
         iters = iters[: args.max_iterations]
     if not iters:
         raise SystemExit(f"{args.run} holds no search iterations with two or more candidates")
-    names = [args.reference] + [s for s in args.settings.split(",") if s != args.reference]
     losses: dict[str, list[list[float]]] = {}
     seconds: dict[str, float] = {}
     for name in names:
-        steps, samples = setting(name)
+        steps, samples = parsed[name]
         ev = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=steps, seed=cfg.seed,
                        val_samples=samples)
         start = time.perf_counter()
