@@ -1,7 +1,7 @@
 """Evaluator: the only way a search agent sees accuracy.
 
-Every agent ranks candidate plans by the same number (validation accuracy after the same short,
-seeded fine-tune), so agents are compared on the same footing. An evaluation is a pure function
+Every agent ranks candidate plans by the same numbers (validation accuracy and loss after the same
+short, seeded fine-tune), so agents are compared on the same footing. An evaluation is a pure function
 of the plan's channel counts: the pruned model is always cut from the *original* weights (keeping
 the largest-L2 filters) and fine-tuned with the same seed. That makes results cacheable per
 ``plan.key()`` and makes a resumed search score a plan exactly as the interrupted one did.

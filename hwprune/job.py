@@ -23,8 +23,10 @@ from hwprune import __version__
 from hwprune.agents import Budget, check_budget, get_agent, parse_budget
 from hwprune.checkpoint import load_checkpoint
 from hwprune.data import DataBundle, load_data
-from hwprune.errors import ConfigError, HwpruneError
+from hwprune.errors import ArtifactError, ConfigError, HwpruneError
 from hwprune.io import read_json, write_json
+from hwprune.latency.allocator import pin_allocator
+from hwprune.latency.calibrate import MIN_PLANS
 from hwprune.models import ModelSpec
 from hwprune.profilers import Measurement, Profiler, get_profiler, keep_faster
 from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, save_pruned
@@ -66,7 +68,7 @@ class JobConfig:
     rounds: int = 3
     settle_s: float = 3.0
     warmup_s: float = 1.0
-    calibration_plans: int = 10
+    calibration_plans: int = 13
     min_keep_ratio: float = 0.1
     round_to: int = 1
 
@@ -106,6 +108,14 @@ def validate_config(cfg: JobConfig) -> None:
         raise ConfigError(f"--min-keep-ratio must be in (0, 1], got {cfg.min_keep_ratio}")
     if not 0 <= cfg.margin < 0.5:
         raise ConfigError(f"--margin must be in [0, 0.5), got {cfg.margin}")
+    if cfg.val_samples < 1:
+        raise ConfigError(f"--val-samples must be >= 1, got {cfg.val_samples}")
+    if not cfg.finetune_lr > 0:
+        raise ConfigError(f"--finetune-lr must be > 0, got {cfg.finetune_lr}")
+    if cfg.lut is None and (cfg.calibration_plans < 0 or 0 < cfg.calibration_plans < MIN_PLANS):
+        raise ConfigError(
+            f"--calibration-plans must be 0 (no calibration) or >= {MIN_PLANS}, got {cfg.calibration_plans}"
+        )
     if cfg.budget is not None:
         get_agent(cfg.agent, **cfg.agent_options)  # an unknown agent or option fails now, not after profiling
 
@@ -121,6 +131,7 @@ def load_inputs(cfg: JobConfig) -> Loaded:
             f"dataset '{data.name}' has {data.in_channels} and {data.num_classes}"
         )
     graph = ModelGraph(model, (spec.in_channels, *spec.input_size))
+    pin_allocator()  # tables are measured under it; the job's own timings must be too (see allocator.py)
     profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs,
                             warmup_s=cfg.warmup_s)
     return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
@@ -266,10 +277,18 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
     )
 
 
-def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
-    run = Path(cfg.out)
+def check_fresh_out(out: str | Path) -> None:
+    """A fresh run needs an empty or missing ``--out``: refuse before anything is loaded or measured."""
+    run = Path(out)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"--out {run} is a file: give a directory for the run")
     if run.exists() and any(run.iterdir()):
         raise ConfigError(f"run directory {run} already exists: pick another --out, or continue it with --resume {run}")
+
+
+def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
+    check_fresh_out(cfg.out)
+    run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     write_json(
         run / "job.json",
@@ -280,7 +299,12 @@ def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
 
 def resume_config(run_dir: str | Path) -> JobConfig:
     data = read_json(Path(run_dir) / "job.json", JOB_KIND, JOB_SCHEMA)
-    return JobConfig(**data["config"])
+    try:
+        return JobConfig(**data["config"])
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"{Path(run_dir) / 'job.json'} is not a prune job this hwprune can resume ({exc}); start a new run"
+        ) from None
 
 
 def summarize_model(loaded: Loaded, model: nn.Module, plan: PruningPlan | None, m: Measurement) -> dict[str, Any]:
@@ -300,6 +324,8 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     while an interrupted one stays for ``--resume``.
     """
     validate_config(cfg)
+    if not resume:
+        check_fresh_out(cfg.out)
     if cfg.budget is not None:
         parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
     loaded = load_inputs(cfg)

@@ -34,6 +34,7 @@ from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
 
 TRIES_KIND = "search-tries"
+ROUND_KIND = "densify-round"
 MAX_SEARCHES_PER_TRY = 3
 """Searches of one try before its plan is measured anyway (each later one on a table densified by the last)."""
 DENSIFY_TOLERANCE = 0.005
@@ -201,10 +202,10 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
     (with a predictor over the densified table), that plan with every search's cost summed, and
     what each densify round measured.
     """
-    rounds: list[dict[str, Any]] = []
     k = _latest_search(run, try_no)
     earlier = (finished_result(_state_path(run, try_no, j)) for j in range(1, k))  # a resumed try's
     results = [r for r in earlier if r is not None]
+    rounds = [r for j in range(1, k + 1) if (r := _load_round(run, try_no, j)) is not None]
     while True:
         path = _state_path(run, try_no, k)
         result = finished_result(path) or get_agent(cfg.agent, **cfg.agent_options).search(ctx, target, path)
@@ -222,6 +223,7 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
         if record["points"]:
             rounds.append(record | {"search": path.name, "predicted_before_ms": before, "predicted_after_ms": after,
                                     "searched_again": again})
+            write_json(_round_path(run, try_no, k), {"kind": ROUND_KIND, "schema_version": 1, "round": rounds[-1]})
             print(f"search {try_no}: timed {len(record['points'])} layer widths the table had not measured; "
                   f"the plan now predicts {after:.3f} ms (was {before:.3f}, target {target:.3f})"
                   + ("; searching again on the corrected table" if again else ""))
@@ -250,6 +252,16 @@ def _fitting(results: list[SearchResult], ctx: SearchContext, limit_ms: float) -
 
 def _state_path(run: Path, try_no: int, k: int) -> Path:
     return run / (f"search-{try_no}.json" if k == 1 else f"search-{try_no}.{k}.json")
+
+
+def _round_path(run: Path, try_no: int, k: int) -> Path:
+    """Where the densify round after search ``k`` of a try is kept, so a resumed try still reports it."""
+    return run / f"densify-{try_no}.{k}.json"
+
+
+def _load_round(run: Path, try_no: int, k: int) -> dict[str, Any] | None:
+    path = _round_path(run, try_no, k)
+    return read_json(path, ROUND_KIND, 1)["round"] if path.exists() else None
 
 
 def _latest_search(run: Path, try_no: int) -> int:

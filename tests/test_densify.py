@@ -171,3 +171,49 @@ def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
 
     assert result.plan is plans[measured]
     assert result.cost["wall_s"] == 3.0  # every search's cost counts
+
+
+def test_a_resumed_try_still_reports_the_densify_round_it_did_before_the_interrupt(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Search 1 is densified and searched again; Ctrl-C during search 2; the resumed try's record keeps round 1."""
+    from types import SimpleNamespace
+
+    from hwprune import search_job
+    from hwprune.agents import SearchResult
+
+    finished: dict[str, SearchResult] = {}  # what the agent's state files would hold
+    plans = {"search-1.json": SimpleNamespace(ms=12.0), "search-1.2.json": SimpleNamespace(ms=9.8)}
+    interrupt = [True]
+
+    def search(ctx, target, path):  # noqa: ANN001, ANN202
+        if path.name == "search-1.2.json" and interrupt[0]:
+            path.write_text("{}")  # the search had started (its state file exists) when Ctrl-C came
+            raise KeyboardInterrupt
+        finished[path.name] = SearchResult(plans[path.name], [], {"wall_s": 1.0})
+        return finished[path.name]
+
+    timed = {9.8}  # search 2's plan needs no new widths
+
+    def fake_densify(table, graph, plan, profiler, out=None):  # noqa: ANN001, ANN202
+        new = [] if plan.ms in timed else [["sig", 3, 5]]
+        timed.add(plan.ms)
+        return {"points": new, "anchors": [], "scale": 1.0, "off_grid_factors": {}, "seconds": 2.0 if new else 0.0}
+
+    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
+    monkeypatch.setattr(search_job, "finished_result", lambda path: finished.get(Path(path).name))
+    monkeypatch.setattr(search_job, "densify", fake_densify)
+    monkeypatch.setattr(search_job, "Predictor", lambda table, graph: None)
+    monkeypatch.setattr(search_job, "replace", lambda ctx, **kw: ctx)
+    ctx = SimpleNamespace(predict_ms=lambda plan: plan.ms)
+    cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
+    loaded = SimpleNamespace(graph=None, profiler=None)
+
+    with pytest.raises(KeyboardInterrupt):
+        search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+    interrupt[0] = False
+    _, result, rounds = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+
+    assert result.plan is plans["search-1.2.json"]
+    assert [r["search"] for r in rounds] == ["search-1.json"] and rounds[0]["searched_again"]
+    assert result.cost["densify_s"] == 2.0

@@ -69,6 +69,9 @@ def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: P
         (["--ratio", "0.5", "--backend", "onnxrt"], "did you mean onnxruntime"),
         (["--budget", "0.5x", "--agent", "netadpt"], "did you mean netadapt"),
         (["--budget", "0.5x", "--agent-option", "candidate_share=2"], "candidate_share must be in [0, 1]"),
+        (["--ratio", "0.5", "--val-samples", "0"], "--val-samples must be >= 1"),
+        (["--ratio", "0.5", "--finetune-lr", "-0.1"], "--finetune-lr must be > 0"),
+        (["--budget", "0.5x", "--calibration-plans", "2"], "--calibration-plans must be 0 (no calibration) or >= 3"),
     ],
 )
 def test_bad_options_refused_without_output(checkpoint: Path, tmp_path: Path, capsys, args, match) -> None:
@@ -130,6 +133,10 @@ def test_existing_run_dir_refused(checkpoint: Path, tmp_path: Path, capsys) -> N
     (out / "keep.txt").write_text("mine")
     assert main(["prune", "--checkpoint", str(checkpoint), "--ratio", "0.5", "--out", str(out), *FAST]) == 2
     assert "--resume" in _one_error_line(capsys)
+    a_file = tmp_path / "run.txt"
+    a_file.write_text("mine")
+    assert main(["prune", "--checkpoint", str(checkpoint), "--ratio", "0.5", "--out", str(a_file), *FAST]) == 2
+    assert "is a file" in _one_error_line(capsys) and a_file.read_text() == "mine"
     assert (out / "keep.txt").read_text() == "mine"
 
 

@@ -1,9 +1,9 @@
 """What every search agent shares: the context it searches in, its result, and the registry.
 
 Agents see latency only through an object with ``predict_ms(plan)`` and accuracy only through an
-object with ``score(plan)`` (normally :class:`hwprune.evaluator.Evaluator`), so uniform, NetAdapt,
-AMC and LeGR are compared on exactly the same footing and none of them can peek at the latency
-table or the test split.
+object with ``score(plan)`` (normally :class:`hwprune.evaluator.Evaluator`), so every agent is
+compared on exactly the same footing and none of them can peek at the latency table or the test
+split.
 """
 
 from __future__ import annotations
@@ -144,10 +144,6 @@ class SearchResult:
     history: list[dict[str, Any]]
     cost: dict[str, Any]
     predicted_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "predicted_ms": self.predicted_ms,
-                "history": self.history, "cost": self.cost}
 
 
 class CostMeter:

@@ -62,10 +62,11 @@ class NetAdaptAgent(SearchAgent):
       accuracy drop per ms saved (it favours candidates that overshoot the asked reduction
       cheaply). Ties go to the lower predicted latency, then the group that comes first.
     - ``max_iterations`` [200]: a safety bound (every iteration lowers the predicted latency, so the
-      loop ends anyway); reaching it raises BudgetError and leaves the state file resumable with a
-      larger bound. 50 was too few for MobileNetV2's 25 groups at 0.3x after a tightened re-search:
-      late iterations ask for what half the groups can give, which is little, and the search
-      stopped 0.3 % above its target.
+      loop ends anyway); reaching it raises BudgetError, and a search given the same state file and a
+      larger bound resumes (``hwprune prune`` removes a fresh run that fails, so there it is a new
+      run with ``--agent-option max_iterations=N``). 50 was too few for MobileNetV2's 25 groups at
+      0.3x after a tightened re-search: late iterations ask for what half the groups can give,
+      which is little, and the search stopped 0.3 % above its target.
     - ``progress`` [True]: a tqdm bar over iterations (silent when stderr is not a terminal).
 
     The short fine-tune (steps, lr, seed) is the evaluator's: every agent is scored the same way.
@@ -136,7 +137,8 @@ class NetAdaptAgent(SearchAgent):
                 if iteration >= self.max_iterations:
                     raise BudgetError(
                         f"NetAdapt stopped after {iteration} iterations at {current_ms:.3f} ms predicted, "
-                        f"budget {budget_ms:.3f} ms: raise max_iterations (the search resumes) or initial_reduction"
+                        f"budget {budget_ms:.3f} ms: raise max_iterations or initial_reduction "
+                        "(hwprune prune --agent-option max_iterations=N)"
                     )
                 bar.set_postfix(predicted=f"{current_ms:.3f}ms", budget=f"{budget_ms:.3f}ms")
                 want = min(self.reduction_fraction(iteration) * full_ms, current_ms - budget_ms)

@@ -25,7 +25,7 @@ class UniformAgent(SearchAgent):
     in the groups' widths (100 for ResNet-20, 3,486 for MobileNetV2), each a cheap prediction. Bisection on r
     would need the predicted latency to grow with r, and on a real table it does not: on ONNX
     Runtime aligned widths are cheaper than odd ones, so one ResNet-20 table predicted 3.44 ms at
-    r = 0.25 (widths 4 and 8) and 4.48 ms at r = 0.1 (widths 2 and 3), and a bisection that had
+    r = 0.25 (widths 4, 8, 16) and 4.48 ms at r = 0.1 (widths 2, 3, 6), and a bisection that had
     passed over 0.25 reported that no uniform plan met 4.33 ms. ``evaluate_final`` scores the
     chosen plan once with the evaluator (off by default: the job measures the baseline after the
     long fine-tune anyway).

@@ -72,7 +72,7 @@ def format_report(report: dict) -> str:
         f"{report['input_size'][0]}x{report['input_size'][1]}): {report['plans']} held-out plans "
         f"({report['rounds']} round{'s' if report['rounds'] > 1 else ''} each), "
         f"unpruned {report['full_model_measured_ms']:.3f} ms"
-        + ("" if report["calibrated"] else "  [table NOT calibrated: run `hwprune profile --calib-plans 8`]"),
+        + ("" if report["calibrated"] else "  [table NOT calibrated: re-profile with `hwprune profile --overwrite`]"),
         f"{'predictor':<12}{'median |err|':>14}{'p95 |err|':>11}{'within 10%':>12}{'bias':>9}",
     ]
     for name, st in report["predictors"].items():

@@ -65,10 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     dev = p.add_argument_group("device and deployment setting")
     dev.add_argument(
-        "--backend", default="onnxruntime", help="profiler backend: torch-cpu, onnxruntime, torch-cuda, tensorrt"
+        "--backend", help="profiler backend: torch-cpu, onnxruntime, torch-cuda, tensorrt "
+        "(default: the --lut table's, else onnxruntime)"
     )
-    dev.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    dev.add_argument("--batch", type=int, default=32, help="batch size the model is deployed at")
+    dev.add_argument("--threads", type=int, help="CPU threads (default: the --lut table's, else all cores)")
+    dev.add_argument("--batch", type=int,
+                     help="batch size the model is deployed at (default: the --lut table's, else 32)")
     dev.add_argument("--repeats", type=int, default=10, help="timed samples per run")
     dev.add_argument("--runs", type=int, default=5,
                      help="runs per latency measurement, back to back; the quietest (lowest median) is kept")
@@ -76,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="measurements of each model judged against the budget (interleaved with the unpruned "
                      "model for a relative budget); the faster is kept")
     dev.add_argument("--settle-s", type=float, default=3.0,
-                     help="idle seconds before each measurement (timings right after training run slow)")
+                     help="idle seconds before the measurements of a verdict (timings right after training run slow)")
     dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
     dev.add_argument("--no-densify", dest="densify", action="store_false",
                      help="do not time a found plan's off-grid layer widths before measuring it (by default they "
@@ -88,8 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument(
         "--calibration-plans",
         type=int,
-        default=10,
-        help="whole-model measurements used to calibrate the latency predictor",
+        default=13,
+        help="whole-model measurements that calibrate the latency predictor when the job profiles the device "
+        "itself (without --lut); 0 for none, else >= 3",
     )
     tune = p.add_argument_group("accuracy")
     tune.add_argument(
@@ -101,7 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tune.add_argument("--val-samples", type=int, default=2000, help="validation samples per candidate score")
     tune.add_argument("--finetune-steps", type=int, default=400, help="fine-tune steps after pruning")
     tune.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate")
-    tune.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    tune.add_argument("--batch-size", type=int, default=128,
+                      help="batch size of the fine-tune after pruning (the search's short fine-tunes use 64)")
     tune.add_argument("--seed", type=int, default=0, help="seed for data splits, fine-tuning and search")
 
 
@@ -138,7 +142,7 @@ def _settings_from_table(args: argparse.Namespace) -> None:
 
         table = LatencyTable.load(args.lut, allow_foreign=True).settings
     args.backend = args.backend or table.get("backend", "onnxruntime")
-    args.batch = args.batch or table.get("batch", 1)
+    args.batch = args.batch or table.get("batch", 32)
     args.threads = args.threads or table.get("threads") or None
 
 

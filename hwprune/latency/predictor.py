@@ -144,8 +144,5 @@ class Predictor:
     def apply(self, features: dict[str, float]) -> float:
         return apply_fit(self.coef, self.offset_ms, features)
 
-    def full_ms(self) -> float:
-        return self.apply(self._sum.features(None))
-
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "calibrated": self.calibrated, "coef": self.coef, "offset_ms": self.offset_ms}

@@ -76,8 +76,7 @@ class Measurement:
 
     @property
     def iqr_ms(self) -> float:
-        ordered = self._sorted
-        return _percentile(ordered, 0.75) - _percentile(ordered, 0.25)
+        return self.p75_ms - self.p25_ms
 
     @property
     def mean_ms(self) -> float:
