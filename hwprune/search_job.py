@@ -232,9 +232,9 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
         k += 1
     chosen = _fitting(results, ctx, target * (1 + DENSIFY_TOLERANCE)) if cfg.densify else result
     if chosen is not result:
-        print(f"search {try_no}: the last plan predicts {ctx.predict_ms(result.plan):.3f} ms against the target "
-              f"{target:.3f}; measuring search {results.index(chosen) + 1}'s plan instead "
-              f"({ctx.predict_ms(chosen.plan):.3f} ms)")
+        print(f"search {try_no}: on the final table search {results.index(chosen) + 1}'s plan "
+              f"({ctx.predict_ms(chosen.plan):.3f} ms) fits the target {target:.3f} ms best (the last plan: "
+              f"{ctx.predict_ms(result.plan):.3f} ms); measuring it")
     cost = _summed([r.cost for r in results], list(results[-1].cost)) | {"densify_s": sum(r["seconds"] for r in rounds)}
     return ctx, SearchResult(chosen.plan, chosen.history, cost), rounds
 
