@@ -80,13 +80,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
         if rounds:
+            repeated = {0: "no search was", 1: "1 search was"}.get(again, f"{again} searches were")
+            later = (" A later search read the still-unmeasured widths of each layer kind scaled by how far "
+                     f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)}).")
             lines += [
                 f"Before each plan was measured, the layer widths it chose that the table had not measured were "
                 f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
-                f"{again} search(es) were repeated because the plan's "
-                "prediction moved off its target (over it, or more than the margin under it). "
-                "A later search read the still-unmeasured widths of each layer kind scaled by how far "
-                f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)}).",
+                f"{repeated} repeated because the plan's prediction moved off its target (over it, or more than "
+                "the margin under it)." + (later if tries + again > 1 else ""),
                 "",
             ]
         if len(search["tries"]) > 1:
