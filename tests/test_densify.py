@@ -217,3 +217,18 @@ def test_a_resumed_try_still_reports_the_densify_round_it_did_before_the_interru
     assert result.plan is plans["search-1.2.json"]
     assert [r["search"] for r in rounds] == ["search-1.json"] and rounds[0]["searched_again"]
     assert result.cost["densify_s"] == 2.0
+
+
+def test_a_missed_plan_is_not_admitted_again_by_the_tightened_target() -> None:
+    """A plan predicted far under its target that misses: the next target lies under that plan's prediction.
+
+    The numbers are MobileNetV2's uniform 0.5x cell, which tightened the old target instead, measured
+    the same 23.6 ms plan three times and failed.
+    """
+    from hwprune.search_job import next_target
+
+    target = next_target(30.765, 23.603, budget_ms=27.286, measured_ms=28.5, margin=0.05)
+    assert target < 23.603
+    assert target == pytest.approx(23.603 * 27.286 * 0.95 / 28.5)
+    # a plan predicted over its target (within the densify tolerance) is scaled from the target
+    assert next_target(10.0, 10.04, budget_ms=10.0, measured_ms=12.0, margin=0.05) == pytest.approx(10.0 * 9.5 / 12)
