@@ -26,7 +26,7 @@ from hwprune.data import DataBundle, load_data
 from hwprune.errors import ArtifactError, ConfigError, HwpruneError
 from hwprune.io import read_json, write_json
 from hwprune.latency.allocator import pin_allocator
-from hwprune.latency.calibrate import MIN_PLANS
+from hwprune.latency.calibrate import check_plan_count
 from hwprune.models import ModelSpec
 from hwprune.profilers import Measurement, Profiler, get_profiler, keep_faster
 from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, save_pruned
@@ -112,10 +112,8 @@ def validate_config(cfg: JobConfig) -> None:
         raise ConfigError(f"--val-samples must be >= 1, got {cfg.val_samples}")
     if not cfg.finetune_lr > 0:
         raise ConfigError(f"--finetune-lr must be > 0, got {cfg.finetune_lr}")
-    if cfg.lut is None and (cfg.calibration_plans < 0 or 0 < cfg.calibration_plans < MIN_PLANS):
-        raise ConfigError(
-            f"--calibration-plans must be 0 (no calibration) or >= {MIN_PLANS}, got {cfg.calibration_plans}"
-        )
+    if cfg.lut is None:
+        check_plan_count(cfg.calibration_plans, "--calibration-plans")
     if cfg.budget is not None:
         get_agent(cfg.agent, **cfg.agent_options)  # an unknown agent or option fails now, not after profiling
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from hwprune.errors import ConfigError
 from hwprune.io import read_json
 from hwprune.latency.build import DEFAULT_FRACTIONS, DEFAULT_QUANTUM, TableSetting, parse_grid, profile_model
-from hwprune.latency.calibrate import MIN_PLANS
+from hwprune.latency.calibrate import check_plan_count
 from hwprune.models import ModelSpec, create_model
 from hwprune.profilers import available_profilers
 
@@ -91,8 +91,7 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    if 0 < args.calib_plans < MIN_PLANS:
-        raise ConfigError(f"--calib-plans must be 0 (no calibration) or >= {MIN_PLANS}, got {args.calib_plans}")
+    check_plan_count(args.calib_plans, "--calib-plans")
     create_model(model, in_channels, num_classes)  # unknown model names fail here, before any work
     return TableSetting(
         model=model, in_channels=in_channels, num_classes=num_classes, input_size=input_size, batch=args.batch,

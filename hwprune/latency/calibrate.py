@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from hwprune.errors import TableError
+from hwprune.errors import ConfigError, TableError
 from hwprune.latency.predictor import TableSum
 from hwprune.latency.table import LatencyTable
 from hwprune.profilers.base import Profiler
@@ -29,6 +29,12 @@ from hwprune.pruning.graph import ModelGraph
 from hwprune.pruning.plan import PruningPlan
 
 MIN_PLANS = 3  # two parameters and at least one degree of freedom to expose a bad fit
+
+
+def check_plan_count(count: int, flag: str) -> None:
+    """Refuse a calibration size the fit cannot use (0 turns calibration off), naming the option that set it."""
+    if count < 0 or 0 < count < MIN_PLANS:
+        raise ConfigError(f"{flag} must be 0 (no calibration) or >= {MIN_PLANS}, got {count}")
 
 
 NARROW_RATIO = 0.15
