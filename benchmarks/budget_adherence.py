@@ -53,7 +53,7 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
             checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"), out=str(out), budget=f"{budget}x", agent=agent,
             backend=args.backend, threads=args.threads, batch=args.batch, lut=str(lut), seed=args.seed,
             search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,
-            finetune_steps=args.finetune_steps, batch_size=args.batch_size, round_to=args.round_to,
+            finetune_steps=args.finetune_steps, batch_size=args.batch_size, round_to=args.round_to, slack=args.slack,
             agent_options=args.netadapt_options if agent == "netadapt" else {}, densify=args.densify,
         )
         try:
@@ -80,6 +80,7 @@ def run_one(model: str, budget: float, agent: str, lut: Path, args: argparse.Nam
         "search_s": round(report["search"]["cost"]["wall_s"], 1),
         "evaluations": report["search"]["cost"]["evaluations"],
         "tries": len(report["search"]["tries"]),
+        "taken_try": report["search"].get("taken_try", len(report["search"]["tries"])),
         "densified_points": sum(len(r["points"]) for t in report["search"]["tries"] for r in t.get("densified", [])),
         "searched_again_after_densify": sum(r["searched_again"] for t in report["search"]["tries"]
                                             for r in t.get("densified", [])),
@@ -99,6 +100,9 @@ def main() -> None:
     p.add_argument("--val-samples", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=128, help="fine-tune batch size")
+    p.add_argument("--slack", type=float,
+                   help="search once more for a wider plan when one measures this far under the budget "
+                   "(default: the job's, twice its margin; 0: off)")
     p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (every agent)")
     p.add_argument("--netadapt-option", action="append", default=[], metavar="KEY=VALUE",
                    help="NetAdapt option (value parsed as JSON), repeatable, e.g. initial_reduction=0.2")
@@ -126,7 +130,7 @@ def main() -> None:
         "setting": {"backend": args.backend, "batch": args.batch, "threads": args.threads, "seed": args.seed,
                     "finetune_steps": args.finetune_steps, "search_finetune_steps": args.search_finetune_steps,
                     "val_samples": args.val_samples, "batch_size": args.batch_size, "round_to": args.round_to,
-                    "netadapt_options": args.netadapt_options},
+                    "slack": args.slack, "netadapt_options": args.netadapt_options},
         "adherence": sum(r["met"] for r in rows) / len(rows),
         "runs": rows,
         "netadapt_vs_uniform": versus,

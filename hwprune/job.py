@@ -50,7 +50,7 @@ class JobConfig:
     agent_options: dict[str, Any] = field(default_factory=dict)
     backend: str = "onnxruntime"
     threads: int | None = None
-    batch: int = 1
+    batch: int = 32  # the deployment batch `hwprune prune` falls back to (compute-bound on CPU)
     lut: str | None = None
     allow_foreign_table: bool = False
     data_dir: str | None = None
@@ -61,6 +61,7 @@ class JobConfig:
     finetune_lr: float = 0.01
     batch_size: int = 128
     margin: float = 0.05
+    slack: float | None = None  # None: twice the margin
     max_tries: int = 3
     densify: bool = True
     repeats: int = 10
@@ -71,6 +72,11 @@ class JobConfig:
     calibration_plans: int = 13
     min_keep_ratio: float = 0.1
     round_to: int = 1
+
+    @property
+    def slack_fraction(self) -> float:
+        """How far under the budget a plan may measure before a wider one is searched for (0: never)."""
+        return 2 * self.margin if self.slack is None else self.slack
 
 
 @dataclass
@@ -108,6 +114,8 @@ def validate_config(cfg: JobConfig) -> None:
         raise ConfigError(f"--min-keep-ratio must be in (0, 1], got {cfg.min_keep_ratio}")
     if not 0 <= cfg.margin < 0.5:
         raise ConfigError(f"--margin must be in [0, 0.5), got {cfg.margin}")
+    if cfg.slack is not None and cfg.slack != 0 and not cfg.margin <= cfg.slack < 1:
+        raise ConfigError(f"--slack must be 0 (off) or in [--margin, 1), got {cfg.slack} (--margin {cfg.margin})")
     if cfg.val_samples < 1:
         raise ConfigError(f"--val-samples must be >= 1, got {cfg.val_samples}")
     if not cfg.finetune_lr > 0:
@@ -298,7 +306,7 @@ def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
 def resume_config(run_dir: str | Path) -> JobConfig:
     data = read_json(Path(run_dir) / "job.json", JOB_KIND, JOB_SCHEMA)
     try:
-        return JobConfig(**data["config"])
+        return JobConfig(**({"slack": 0.0} | data["config"]))  # runs from before --slack replay as they ran
     except (KeyError, TypeError) as exc:
         raise ArtifactError(
             f"{Path(run_dir) / 'job.json'} is not a prune job this hwprune can resume ({exc}); start a new run"

@@ -100,6 +100,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                     budget_ms += f"; {t['final']['budget_ms']:.3f}"
                 lines.append(f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {measured} | {budget_ms} |")
             lines.append("")
+            taken = search.get("taken_try", len(search["tries"]))
+            if taken != len(search["tries"]):
+                lines += [f"Try {taken}'s plan measured far under the budget; the wider plan searched after it "
+                          f"missed, so try {taken}'s plan is the one fine-tuned and reported.", ""]
     fp = report.get("fingerprint", {})
     if fp:
         lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]

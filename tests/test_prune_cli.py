@@ -238,3 +238,68 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
     assert device.finetunes == 2 and met and report["budget_met"]
     assert report["pruned"]["measured"]["summary"]["median_ms"] <= report["budget"]["ms"]
     assert "; fine-tuned " in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("wider_misses", [False, True])
+def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
+    checkpoint: Path, tmp_path: Path, monkeypatch, wider_misses: bool
+) -> None:
+    """The first plan measures at half what the table expects, far under the budget: the job keeps it and
+    searches again against a looser target. The wider plan is taken when it meets the budget; when it
+    misses (every wider architecture reads 3x slow here), the kept plan is fine-tuned and reported."""
+    from test_latency import FakeProfiler
+
+    from hwprune import job
+    from hwprune.job import JobConfig, run_job
+
+    def params(model: torch.nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    class FastFirstPlan(FakeProfiler):
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            m = super().measure_model(model, input_shape)
+            if model is self.unpruned:
+                return m
+            wide = params(model) > 0.6 * params(self.unpruned)  # the first plan keeps ~40 % of the weights
+            scale = 3.0 if wider_misses and wide else 0.5
+            return type(m)([s * scale for s in m.samples_ms])
+
+    device = FastFirstPlan()
+
+    def profiler(name, **kw):  # noqa: ANN001, ANN202
+        device.__init__(**kw)
+        return device
+
+    monkeypatch.setattr(job, "get_profiler", profiler)
+    real_load = job.load_inputs
+
+    def load_inputs(cfg):  # noqa: ANN001, ANN202
+        loaded = real_load(cfg)
+        device.unpruned = loaded.model
+        return loaded
+
+    monkeypatch.setattr(job, "load_inputs", load_inputs)
+    cfg = JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
+                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
+                    search_finetune_steps=0, val_samples=64, calibration_plans=4, max_tries=3, margin=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, met = run_job(cfg)
+
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    first, second = report["search"]["tries"][:2]
+    assert first["measured"]["summary"]["median_ms"] < 0.8 * first["budget_ms"]  # over twice the margin under
+    assert second["target_ms"] > first["target_ms"] and second["predicted_ms"] > first["predicted_ms"]
+    taken = first if wider_misses else second
+    assert len(report["search"]["tries"]) == 2 and report["search"]["taken_try"] == (1 if wider_misses else 2)
+    assert PruningPlan.load(tmp_path / "run" / "plan.json").keep == PruningPlan.from_dict(taken["plan"]).keep
+    assert met and report["budget_met"]
+    assert ("Try 1's plan measured far under" in (tmp_path / "run" / "report.md").read_text()) == wider_misses
+
+
+def test_slack_below_the_margin_is_refused(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["prune", "--checkpoint", str(checkpoint), "--budget", "0.5x", "--margin", "0.1", "--slack", "0.05"]
+    assert main([*args, "--out", str(out), *FAST]) == 2
+    assert "--slack must be 0 (off) or in [--margin, 1)" in _one_error_line(capsys)
+    assert not out.exists()

@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
-from hwprune.errors import BudgetError, ConfigError
+from hwprune.agents.budget import check_feasible
+from hwprune.errors import ConfigError
 from hwprune.pruning import ModelGraph, PruningPlan
 
 DEFAULT_MIN_KEEP_RATIO = 0.1
@@ -126,14 +127,7 @@ class SearchContext:
 
     def require_feasible(self, budget_ms: float) -> None:
         """Refuse a budget under the predictor's floor (``floor_ms``): no plan any agent may return meets it."""
-        if not (math.isfinite(budget_ms) and budget_ms > 0):
-            raise BudgetError(f"latency budget must be a positive number of ms, got {budget_ms}")
-        floor = self.floor_ms()
-        if floor > budget_ms:
-            raise BudgetError(
-                f"budget {budget_ms:.3f} ms is impossible: even with every group at (or just above) its minimum keep "
-                f"(ratio {self.min_keep_ratio}) the predicted latency is {floor:.3f} ms"
-            )
+        check_feasible(budget_ms, self.floor_ms(), f"minimum keep ratio {self.min_keep_ratio}")
 
 
 @dataclass

@@ -69,15 +69,20 @@ def check_budget(budget_ms: float, measured_full_ms: float, predicted_min_ms: fl
     ``predicted_min_ms`` is the predictor's floor (``SearchContext.floor_ms``): the fastest of
     every group at its minimum keep and that minimum rounded up to an aligned width.
     """
-    if not math.isfinite(budget_ms) or budget_ms <= 0:
-        raise BudgetError(f"budget must be a positive number of ms, got {budget_ms}")
     if budget_ms >= measured_full_ms:
         raise BudgetError(
             f"budget {budget_ms:.3f} ms is already met: the unpruned model measures {measured_full_ms:.3f} ms "
             f"(median); ask for less, e.g. 0.5x"
         )
-    if predicted_min_ms > budget_ms:
+    check_feasible(budget_ms, predicted_min_ms, f"unpruned measures {measured_full_ms:.3f} ms")
+
+
+def check_feasible(budget_ms: float, floor_ms: float, detail: str) -> None:
+    """Refuse a non-positive budget, or one under ``floor_ms``: no plan any agent may return meets it."""
+    if not (math.isfinite(budget_ms) and budget_ms > 0):
+        raise BudgetError(f"budget must be a positive number of ms, got {budget_ms}")
+    if floor_ms > budget_ms:
         raise BudgetError(
             f"budget {budget_ms:.3f} ms is impossible: even with every group at (or just above) its minimum keep "
-            f"the predicted latency is {predicted_min_ms:.3f} ms (unpruned measures {measured_full_ms:.3f} ms)"
+            f"the predicted latency is {floor_ms:.3f} ms ({detail})"
         )

@@ -57,11 +57,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "does not push the measured median over it",
     )
     goal.add_argument(
+        "--slack",
+        type=float,
+        help="when a plan measures more than this fraction under the budget, keep it and search once more for a "
+        "wider (more accurate) one against a looser target, taking the kept plan if the wider one misses "
+        "(default: twice --margin; 0 for off)",
+    )
+    goal.add_argument(
         "--max-tries",
         type=int,
         default=3,
-        help="searches against a tightened target when a plan measures over the budget, and measurements of "
-        "the fine-tuned model before a miss counts",
+        help="searches in all (each later one against a target moved by what the last plan measured: tighter "
+        "after a miss, looser after --slack) and measurements of the fine-tuned model before a miss counts",
     )
     dev = p.add_argument_group("device and deployment setting")
     dev.add_argument(
@@ -178,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             finetune_lr=args.finetune_lr,
             batch_size=args.batch_size,
             margin=args.margin,
+            slack=args.slack,
             round_to=args.round_to,
             min_keep_ratio=args.min_keep_ratio,
             max_tries=args.max_tries,
