@@ -100,10 +100,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                     budget_ms += f"; {t['final']['budget_ms']:.3f}"
                 lines.append(f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {measured} | {budget_ms} |")
             lines.append("")
+            for i, t in enumerate(search["tries"]):
+                if t.get("slack_used"):
+                    used = t["measured"]["summary"]["median_ms"] / t["budget_ms"]
+                    lines += [f"Try {i + 1}'s plan used {used:.0%} of the budget, so it was kept and try {i + 2} "
+                              "searched for a wider one against a looser target.", ""]
             taken = search.get("taken_try", len(search["tries"]))
             if taken != len(search["tries"]):
-                lines += [f"Try {taken}'s plan measured far under the budget; the wider plan searched after it "
-                          f"missed, so try {taken}'s plan is the one fine-tuned and reported.", ""]
+                lines += [f"The wider plan missed, so try {taken}'s plan is the one fine-tuned and reported.", ""]
     fp = report.get("fingerprint", {})
     if fp:
         lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]

@@ -165,6 +165,7 @@ def budgeted_search(
         print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}")
         used = judged.measured.median_ms / judged.budget_ms
         if cfg.slack_fraction > 0 and used < 1 - cfg.slack_fraction and i < cfg.max_tries - 1:
+            done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
             kept, target = i, next_target(target, done["predicted_ms"], judged.budget_ms,
                                           judged.measured.median_ms, cfg.margin)
             print(f"search {i + 1}: the plan uses {used:.0%} of the budget; searching for a wider one against "
