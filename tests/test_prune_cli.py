@@ -194,7 +194,6 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
     from test_latency import FakeProfiler
 
     from hwprune import job
-    from hwprune.job import JobConfig, run_job
 
     class SlowAfterFirstFinetune(FakeProfiler):
         finetunes = 0
@@ -211,28 +210,8 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
         device.finetunes += 1
         return real_finetune(cfg, loaded, model)
 
-    def profiler(name, **kw):  # noqa: ANN001, ANN202
-        device.__init__(**kw)
-        return device
-
-    monkeypatch.setattr(job, "get_profiler", profiler)
     monkeypatch.setattr(job, "long_finetune", counting_finetune)
-    real_load = job.load_inputs
-
-    def load_inputs(cfg):  # noqa: ANN001, ANN202
-        loaded = real_load(cfg)
-        device.unpruned = loaded.model
-        return loaded
-
-    monkeypatch.setattr(job, "load_inputs", load_inputs)
-    cfg = JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
-                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
-                    search_finetune_steps=0, val_samples=64, calibration_plans=4, max_tries=3, margin=0.2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, met = run_job(cfg)
-
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    report, met = _uniform_half_on(device, checkpoint, tmp_path / "run", monkeypatch, margin=0.2)
     first, second = report["search"]["tries"][:2]
     assert first["final"]["measured"]["summary"]["median_ms"] > first["final"]["budget_ms"]  # the miss, recorded
     assert second["target_ms"] < min(first["target_ms"], first["predicted_ms"]) and "final" not in second
@@ -250,9 +229,6 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
     misses (every wider architecture reads 3x slow here), the kept plan is fine-tuned and reported."""
     from test_latency import FakeProfiler
 
-    from hwprune import job
-    from hwprune.job import JobConfig, run_job
-
     def params(model: torch.nn.Module) -> int:
         return sum(p.numel() for p in model.parameters())
 
@@ -265,29 +241,7 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
             scale = 3.0 if wider_misses and wide else 0.5
             return type(m)([s * scale for s in m.samples_ms])
 
-    device = FastFirstPlan()
-
-    def profiler(name, **kw):  # noqa: ANN001, ANN202
-        device.__init__(**kw)
-        return device
-
-    monkeypatch.setattr(job, "get_profiler", profiler)
-    real_load = job.load_inputs
-
-    def load_inputs(cfg):  # noqa: ANN001, ANN202
-        loaded = real_load(cfg)
-        device.unpruned = loaded.model
-        return loaded
-
-    monkeypatch.setattr(job, "load_inputs", load_inputs)
-    cfg = JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
-                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
-                    search_finetune_steps=0, val_samples=64, calibration_plans=4, max_tries=3, margin=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, met = run_job(cfg)
-
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    report, met = _uniform_half_on(FastFirstPlan(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
     first, second = report["search"]["tries"][:2]
     assert first["measured"]["summary"]["median_ms"] < 0.8 * first["budget_ms"]  # over twice the margin under
     assert second["target_ms"] > first["target_ms"] and second["predicted_ms"] > first["predicted_ms"]
@@ -306,3 +260,30 @@ def test_slack_below_the_margin_is_refused(checkpoint: Path, tmp_path: Path, cap
     assert main([*args, "--out", str(out), *FAST]) == 2
     assert "--slack must be 0 (off) or in [--margin, 1)" in _one_error_line(capsys)
     assert not out.exists()
+
+
+def _uniform_half_on(device, checkpoint: Path, out: Path, monkeypatch, **config) -> tuple[dict, bool]:  # noqa: ANN001
+    """Run a uniform 0.5x job on a fake ``device`` (told which model is the unpruned one); its report and verdict."""
+    from hwprune import job
+    from hwprune.job import JobConfig, run_job
+
+    def profiler(name, **kw):  # noqa: ANN001, ANN202
+        device.__init__(**kw)
+        return device
+
+    real_load = job.load_inputs
+
+    def load_inputs(cfg):  # noqa: ANN001, ANN202
+        loaded = real_load(cfg)
+        device.unpruned = loaded.model
+        return loaded
+
+    monkeypatch.setattr(job, "get_profiler", profiler)
+    monkeypatch.setattr(job, "load_inputs", load_inputs)
+    cfg = JobConfig(checkpoint=str(checkpoint), out=str(out), budget="0.5x", agent="uniform", backend="fake", batch=2,
+                    rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16, search_finetune_steps=0, val_samples=64,
+                    calibration_plans=4, max_tries=3, **config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timing-noise and busier-machine warnings of the fake device
+        _, met = run_job(cfg)
+    return json.loads((out / "report.json").read_text()), met
