@@ -232,3 +232,22 @@ def test_a_missed_plan_is_not_admitted_again_by_the_tightened_target() -> None:
     assert target == pytest.approx(23.603 * 27.286 * 0.95 / 28.5)
     # a plan predicted over its target (within the densify tolerance) is scaled from the target
     assert next_target(10.0, 10.04, budget_ms=10.0, measured_ms=12.0, margin=0.05) == pytest.approx(10.0 * 9.5 / 12)
+
+
+def test_slack_searches_wider_only_when_the_loosened_target_can_find_a_wider_plan() -> None:
+    """Far under the budget with a target that grows: search wider. Within the slack, with slack off, or
+    when the loosened target is not over the old one (MobileNetV2 uniform 0.3x, which measured the same
+    plan again for nothing): no."""
+    from hwprune.agents import Budget
+    from hwprune.job import Judged
+    from hwprune.profilers import Measurement
+    from hwprune.search_job import wider_target
+
+    def judged(measured_ms: float, budget_ms: float) -> Judged:
+        return Judged(Measurement([measured_ms] * 3), None, Budget(f"{budget_ms}ms", budget_ms))
+
+    looser = wider_target(6.0, 5.9, judged(4.0, 6.0), margin=0.05, slack=0.1)  # used 67 %
+    assert looser == pytest.approx(5.9 * 6.0 * 0.95 / 4.0) and looser > 6.0
+    assert wider_target(6.0, 5.9, judged(5.5, 6.0), margin=0.05, slack=0.1) is None  # used 92 %
+    assert wider_target(6.0, 5.9, judged(4.0, 6.0), margin=0.05, slack=0.0) is None  # off
+    assert wider_target(11.192, 9.776, judged(10.531, 12.370), margin=0.05, slack=0.1) is None  # 10.91 < 11.19
