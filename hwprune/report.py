@@ -107,7 +107,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                               "searched for a wider one against a looser target.", ""]
             taken = search.get("taken_try", len(search["tries"]))
             if taken != len(search["tries"]):
-                lines += [f"The wider plan missed, so try {taken}'s plan is the one fine-tuned and reported.", ""]
+                lines += [f"The wider plan was not under the budget by half the margin, so try {taken}'s plan is the "
+                          "one fine-tuned and reported.", ""]
     fp = report.get("fingerprint", {})
     if fp:
         lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]

@@ -175,7 +175,8 @@ def budgeted_search(
         if take is not None:
             if take != i:
                 kept = None
-                print(f"search {i + 1}: the wider plan missed; taking search {take + 1}'s plan, which met")
+                print(f"search {i + 1}: the wider plan is not under the budget by half the margin; taking search "
+                      f"{take + 1}'s plan, which was")
             done = tries[take]
             if "final" not in done:  # a replayed try whose fine-tuned model missed searches on below
                 pruned, applied = apply_plan(loaded.model, PruningPlan.from_dict(done["plan"]), loaded.graph)
