@@ -1,10 +1,17 @@
 """Evaluator: the only way a search agent sees accuracy.
 
 Every agent ranks candidate plans by the same numbers (validation accuracy and loss after the same
-short, seeded fine-tune), so agents are compared on the same footing. An evaluation is a pure function
-of the plan's channel counts: the pruned model is always cut from the *original* weights (keeping
-the largest-L2 filters) and fine-tuned with the same seed. That makes results cacheable per
-``plan.key()`` and makes a resumed search score a plan exactly as the interrupted one did.
+short, seeded fine-tune), so agents are compared on the same footing. By default a plan is cut
+from the *original* weights (keeping the largest-L2 filters) and fine-tuned with the same seed, so
+its score is a pure function of its channel counts, cacheable per ``plan.key()``.
+
+A search that shrinks a model step by step (NetAdapt) can pass the ``lineage`` of plans it chose:
+the candidate is then cut from the model that lineage produced, each step cut from the one before
+and fine-tuned in turn, as the NetAdapt paper does. Deep into a search this is what keeps scores
+informative: cut from the original weights, every ResNet-20 candidate at 0.3x scored 11-25 %
+validation accuracy after its 10 steps (chance is 10 %), and the search chose among them by noise.
+A lineage is replayed from the original weights when its model is no longer held, with the same
+seed, so a resumed search scores exactly as the interrupted one did.
 
 The test split is never touched here: searching on it would leak it into the model selection.
 """
@@ -12,6 +19,7 @@ The test split is never touched here: searching on it would leak it into the mod
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 
 from torch import nn
@@ -20,6 +28,7 @@ from hwprune import train
 from hwprune.data import DataBundle
 from hwprune.errors import ConfigError
 from hwprune.pruning import ModelGraph, PruningPlan, apply_plan
+from hwprune.pruning.plan import GroupPlan
 
 
 class Evaluator:
@@ -56,33 +65,62 @@ class Evaluator:
         self.seed = seed
         self.val_samples = val_samples
         self.augment = augment
-        self._cache: dict[tuple[int, ...], tuple[float, float]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._models: OrderedDict[Lineage, nn.Module] = OrderedDict()
         self.evaluations = 0  # plans actually pruned, fine-tuned and scored (cache misses)
         self.cache_hits = 0
         self.finetune_steps_done = 0
         self.seconds = 0.0
 
-    def score(self, plan: PruningPlan) -> tuple[float, float]:
-        """(accuracy, loss) on the validation split after the short fine-tune; cached per channel counts."""
-        key = plan.key()
+    def score(self, plan: PruningPlan, lineage: tuple[PruningPlan, ...] = ()) -> tuple[float, float]:
+        """(accuracy, loss) on the validation split after the short fine-tune; cached per channel counts.
+
+        ``lineage``: the plans a step-by-step search chose so far; ``plan`` is then cut from the
+        model they produced (every channel count of ``plan`` at most that model's).
+        """
+        steps = _keys(lineage)
+        key = (steps, plan.key()) if steps else plan.key()
         if key in self._cache:
             self.cache_hits += 1
             return self._cache[key]
         start = time.perf_counter()
         try:
-            pruned, _ = apply_plan(self.model, plan, self.graph)
-            if self.finetune_steps:
-                train.fine_tune(
-                    pruned, self.data.train, self.finetune_steps, lr=self.lr, batch_size=self.batch_size,
-                    seed=self.seed, augment=self.data.augment if self.augment else None,
-                )
-                self.finetune_steps_done += self.finetune_steps
+            pruned = self._trained(self._parent(lineage), plan, (*steps, plan.key()))
             result = train.score(pruned, self.data.val, max_samples=self.val_samples)
         finally:
             self.seconds += time.perf_counter() - start
         self.evaluations += 1
         self._cache[key] = result
         return result
+
+    def _parent(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, ModelGraph]:
+        """The model ``lineage`` produced, from the longest prefix still held, replayed step by step."""
+        held = max((n for n in range(1, len(lineage) + 1) if _keys(lineage[:n]) in self._models), default=0)
+        model, graph = (self._models[_keys(lineage[:held])], None) if held else (self.model, self.graph)
+        for n in range(held, len(lineage)):
+            graph = graph or ModelGraph(model, self.graph.input_shape)
+            model, graph = self._trained((model, graph), lineage[n], _keys(lineage[: n + 1])), None
+        return model, graph or ModelGraph(model, self.graph.input_shape)
+
+    def _trained(self, parent: tuple[nn.Module, ModelGraph], plan: PruningPlan, steps: Lineage) -> nn.Module:
+        """``plan`` cut from ``parent`` and fine-tuned, held for a while: a search's winner is the next parent."""
+        model, graph = parent
+        if steps in self._models:
+            self._models.move_to_end(steps)
+            return self._models[steps]
+        if graph is not self.graph:  # the parent is itself pruned: plan its own groups (same names)
+            plan = PruningPlan(plan.model, {g.name: GroupPlan(g.channels, plan.keep[g.name]) for g in graph.groups})
+        pruned, _ = apply_plan(model, plan, graph)
+        if self.finetune_steps:
+            train.fine_tune(
+                pruned, self.data.train, self.finetune_steps, lr=self.lr, batch_size=self.batch_size,
+                seed=self.seed, augment=self.data.augment if self.augment else None,
+            )
+            self.finetune_steps_done += self.finetune_steps
+        self._models[steps] = pruned
+        while len(self._models) > HELD_MODELS:
+            self._models.popitem(last=False)
+        return pruned
 
     def cost(self) -> dict[str, Any]:
         """Work done so far; agents report the difference over their search."""
@@ -92,3 +130,12 @@ class Evaluator:
             "finetune_steps": self.finetune_steps_done,
             "eval_seconds": self.seconds,
         }
+
+
+Lineage = tuple[tuple[int, ...], ...]
+HELD_MODELS = 32
+"""Fine-tuned candidates kept in memory: one iteration's (a winner becomes the next parent) and a few more."""
+
+
+def _keys(lineage: tuple[PruningPlan, ...]) -> Lineage:
+    return tuple(p.key() for p in lineage)

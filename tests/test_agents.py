@@ -47,8 +47,8 @@ class ProxyEvaluator:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph, self.calls = graph, 0
 
-    def score(self, plan: PruningPlan) -> tuple[float, float]:
-        self.calls += 1
+    def score(self, plan: PruningPlan, lineage: tuple[PruningPlan, ...] = ()) -> tuple[float, float]:
+        self.calls += 1  # channel counts alone: the lineage makes no difference here
         acc = sum((plan.keep[g.name] / g.channels) ** 0.5 for g in self.graph.groups) / len(self.graph.groups)
         return acc, 1.0 - acc
 
@@ -68,9 +68,9 @@ class Interrupting:
         self._tick()
         return self.inner.predict_ms(plan)
 
-    def score(self, plan: PruningPlan) -> tuple[float, float]:
+    def score(self, plan: PruningPlan, lineage: tuple[PruningPlan, ...] = ()) -> tuple[float, float]:
         self._tick()
-        return self.inner.score(plan)
+        return self.inner.score(plan, lineage)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -201,6 +201,31 @@ def test_netadapt_real_evaluator_is_deterministic(tiny, netadapt_reference) -> N
     )
     assert again.plan.key() == ref.plan.key()
     assert [r["accuracy"] for r in again.history] == [r["accuracy"] for r in ref.history]
+
+
+def test_a_lineage_scores_the_candidate_cut_from_the_model_the_search_reached(tiny) -> None:
+    """Carried weights: the candidate is cut from the fine-tuned winner of the step before, not from the
+    original weights, and a fresh evaluator (a resumed search) replays that step to the same score."""
+    model, graph, _ = tiny
+    full = PruningPlan.full("tiny", graph)
+    first = full.with_keep({graph.groups[0].name: graph.groups[0].channels // 2})
+    second = first.with_keep({graph.groups[1].name: graph.groups[1].channels // 2})
+    evaluator = real_evaluator(tiny)
+    carried = evaluator.score(second, (first,))
+    assert carried != evaluator.score(second)  # other weights: 2 more fine-tune steps, filters picked after them
+    assert evaluator.evaluations == 2 and evaluator.finetune_steps_done == 6  # `first` was replayed, not scored
+    fresh = real_evaluator(tiny)
+    assert fresh.score(second, (first,)) == carried and fresh.score(second, (first,)) == carried
+    assert fresh.evaluations == 1 and fresh.cache_hits == 1
+
+
+@pytest.mark.parametrize("weights", ["carried", "original"])
+def test_netadapt_weights_options_both_search(tiny, weights: str) -> None:
+    model, graph, _ = tiny
+    ctx = make_ctx(model, graph, MacsPredictor(graph), real_evaluator(tiny))
+    budget = 0.5 * ctx.predict_ms(ctx.full_plan())
+    result = get_agent("netadapt", **NETADAPT_FAST, weights=weights).search(ctx, budget)
+    assert result.predicted_ms <= budget and result.cost["evaluations"] > len(result.history)
 
 
 def test_netadapt_prunes_the_planted_slow_layer_first(tiny) -> None:

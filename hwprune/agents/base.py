@@ -31,8 +31,12 @@ class LatencyPredictor(Protocol):
 
 
 class PlanEvaluator(Protocol):
-    def score(self, plan: PruningPlan) -> tuple[float, float]:
-        """(validation accuracy in [0, 1], validation loss) of the model pruned by ``plan``."""
+    def score(self, plan: PruningPlan, lineage: tuple[PruningPlan, ...] = ()) -> tuple[float, float]:
+        """(validation accuracy in [0, 1], validation loss) of the model pruned by ``plan``.
+
+        With a ``lineage``, of the model cut to ``plan`` from the one those plans produced step by
+        step (see :mod:`hwprune.evaluator`); an evaluator that scores channel counts alone may ignore it.
+        """
         ...
 
 
@@ -120,9 +124,9 @@ class SearchContext:
         """Validation accuracy of the plan's model (after the evaluator's short fine-tune)."""
         return self.score(plan)[0]
 
-    def score(self, plan: PruningPlan) -> tuple[float, float]:
+    def score(self, plan: PruningPlan, lineage: tuple[PruningPlan, ...] = ()) -> tuple[float, float]:
         """(validation accuracy, validation cross-entropy) of the same model; the loss ranks more finely."""
-        acc, loss = self.evaluator.score(plan)
+        acc, loss = self.evaluator.score(plan, lineage) if lineage else self.evaluator.score(plan)
         return float(acc), float(loss)
 
     def require_feasible(self, budget_ms: float) -> None:
