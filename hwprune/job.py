@@ -296,17 +296,28 @@ def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
     check_fresh_out(cfg.out)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
+    # Every agent option, defaults too, so a resumed run searches as it started even if a default changes.
+    options = get_agent(cfg.agent, **cfg.agent_options).options() if cfg.budget is not None else cfg.agent_options
     write_json(
         run / "job.json",
-        {"kind": JOB_KIND, "schema_version": JOB_SCHEMA, "config": asdict(cfg), "budget_ms": budget_ms},
+        {"kind": JOB_KIND, "schema_version": JOB_SCHEMA, "config": asdict(cfg) | {"agent_options": options},
+         "budget_ms": budget_ms},
     )
     return run
 
 
 def resume_config(run_dir: str | Path) -> JobConfig:
+    """The job a run directory holds, with the defaults it ran under where they have changed since.
+
+    A run from before ``--slack`` replays without it; a NetAdapt run from before carried weights
+    (its job.json names no ``weights``: later runs store every agent option) with original ones.
+    """
     data = read_json(Path(run_dir) / "job.json", JOB_KIND, JOB_SCHEMA)
     try:
-        return JobConfig(**({"slack": 0.0} | data["config"]))  # runs from before --slack replay as they ran
+        config = {"slack": 0.0} | data["config"]
+        if config.get("agent") == "netadapt":
+            config["agent_options"] = {"weights": "original"} | config.get("agent_options", {})
+        return JobConfig(**config)
     except (KeyError, TypeError) as exc:
         raise ArtifactError(
             f"{Path(run_dir) / 'job.json'} is not a prune job this hwprune can resume ({exc}); start a new run"

@@ -314,3 +314,19 @@ def _uniform_half_on(device, checkpoint: Path, out: Path, monkeypatch, **config)
         warnings.simplefilter("ignore")  # timing-noise and busier-machine warnings of the fake device
         _, met = run_job(cfg)
     return json.loads((out / "report.json").read_text()), met
+
+
+def test_a_resumed_run_searches_with_the_agent_options_it_started_with(tmp_path: Path) -> None:
+    """job.json stores every agent option, defaults too; a NetAdapt run from before carried weights
+    (no ``weights`` stored) resumes with original ones, as it ran."""
+    from hwprune.io import read_json, write_json
+    from hwprune.job import JOB_KIND, JOB_SCHEMA, JobConfig, resume_config, start_run
+
+    run = start_run(JobConfig(checkpoint="ck", out=str(tmp_path / "run"), budget="0.5x",
+                              agent_options={"decay": 0.8}), 1.0)
+    stored = resume_config(run).agent_options
+    assert stored["decay"] == 0.8 and stored["weights"] == "carried" and "initial_reduction" in stored
+    data = read_json(run / "job.json", JOB_KIND, JOB_SCHEMA)
+    data["config"]["agent_options"] = {"decay": 0.8}  # as a run from before carried weights saved it
+    write_json(run / "job.json", data)
+    assert resume_config(run).agent_options == {"weights": "original", "decay": 0.8}

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96",
+        help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original",
     )
     goal.add_argument(
         "--round-to",
