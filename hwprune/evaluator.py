@@ -67,6 +67,7 @@ class Evaluator:
         self.augment = augment
         self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._models: OrderedDict[Lineage, nn.Module] = OrderedDict()
+        self._parent_graph: tuple[Lineage, ModelGraph] = ((), graph)  # the last parent's, for its candidates
         self.evaluations = 0  # plans actually pruned, fine-tuned and scored (cache misses)
         self.cache_hits = 0
         self.finetune_steps_done = 0
@@ -95,12 +96,20 @@ class Evaluator:
 
     def _parent(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, ModelGraph]:
         """The model ``lineage`` produced, from the longest prefix still held, replayed step by step."""
-        held = max((n for n in range(1, len(lineage) + 1) if _keys(lineage[:n]) in self._models), default=0)
-        model, graph = (self._models[_keys(lineage[:held])], None) if held else (self.model, self.graph)
-        for n in range(held, len(lineage)):
-            graph = graph or ModelGraph(model, self.graph.input_shape)
-            model, graph = self._trained((model, graph), lineage[n], _keys(lineage[: n + 1])), None
-        return model, graph or ModelGraph(model, self.graph.input_shape)
+        steps = _keys(lineage)
+        held = max((n for n in range(1, len(steps) + 1) if steps[:n] in self._models), default=0)
+        model = self._models[steps[:held]] if held else self.model
+        for n in range(held, len(steps)):
+            model = self._trained((model, self._graph(steps[:n], model)), lineage[n], steps[: n + 1])
+        return model, self._graph(steps, model)
+
+    def _graph(self, steps: Lineage, model: nn.Module) -> ModelGraph:
+        """The channel groups of the model ``steps`` produced: traced once while it is the parent, not per candidate."""
+        if not steps:
+            return self.graph
+        if self._parent_graph[0] != steps:
+            self._parent_graph = (steps, ModelGraph(model, self.graph.input_shape))
+        return self._parent_graph[1]
 
     def _trained(self, parent: tuple[nn.Module, ModelGraph], plan: PruningPlan, steps: Lineage) -> nn.Module:
         """``plan`` cut from ``parent`` and fine-tuned, held for a while: a search's winner is the next parent."""

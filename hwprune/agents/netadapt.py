@@ -14,8 +14,9 @@ cuts every candidate from the original weights instead, which makes a score a fu
 channel counts alone; deep into a search that score is noise: from its tenth iteration on, every
 ResNet-20 candidate at 0.3x scored 11-30 % validation accuracy after its 10 steps (chance: 10 %),
 the search cut the blocks' inner convs to 2 of 16 and 8 of 64 channels, and the pruned model
-lost 4.3 points to uniform pruning. Either way the search returns channel counts: the job cuts the final model from the
-original weights (largest-L2 filters) and gives it the same long fine-tune as every other agent.
+lost 4.3 points to uniform pruning. Either way the search returns channel counts: the job cuts
+the final model from the original weights (largest-L2 filters) and gives it the same long
+fine-tune as every other agent.
 """
 
 from __future__ import annotations
