@@ -11,13 +11,16 @@ and fine-tuned in turn, as the NetAdapt paper does. Deep into a search this is w
 informative: cut from the original weights, every late ResNet-20 candidate at 0.3x scored 11-30 %
 validation accuracy after its 10 steps (chance is 10 %), and the search chose among them by noise.
 A lineage is replayed from the original weights when its model is no longer held, with the same
-seed, so a resumed search scores exactly as the interrupted one did.
+seed, so a resumed search scores exactly as the interrupted one did. :meth:`Evaluator.carried`
+hands the job the model a lineage produced, so the final model is long fine-tuned from the
+adapted weights, as the paper does, rather than cut afresh from the original ones.
 
 The test split is never touched here: searching on it would leak it into the model selection.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import OrderedDict
 from typing import Any
@@ -66,7 +69,7 @@ class Evaluator:
         self.val_samples = val_samples
         self.augment = augment
         self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
-        self._models: OrderedDict[Lineage, nn.Module] = OrderedDict()
+        self._models: OrderedDict[Lineage, Held] = OrderedDict()
         self._parent_graph: tuple[Lineage, ModelGraph] = ((), graph)  # the last parent's, for its candidates
         self.evaluations = 0  # plans actually pruned, fine-tuned and scored (cache misses)
         self.cache_hits = 0
@@ -86,7 +89,7 @@ class Evaluator:
             return self._cache[key]
         start = time.perf_counter()
         try:
-            pruned = self._trained(self._parent(lineage), plan, (*steps, plan.key()))
+            pruned, _ = self._trained(self._parent(lineage), plan, (*steps, plan.key()))
             result = train.score(pruned, self.data.val, max_samples=self.val_samples)
         finally:
             self.seconds += time.perf_counter() - start
@@ -94,14 +97,24 @@ class Evaluator:
         self._cache[key] = result
         return result
 
-    def _parent(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, ModelGraph]:
+    def carried(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, PruningPlan]:
+        """A copy of the model ``lineage`` produced, and its last plan with the kept filters as indices
+        of the *original* model (each step's choice composed), as ``apply_plan`` returns them."""
+        if not lineage:
+            raise ValueError("carried() needs a lineage of at least one plan")
+        model, _, kept = self._parent(lineage)
+        last = lineage[-1]
+        groups = {name: GroupPlan(g.original, len(kept[name]), kept[name]) for name, g in last.groups.items()}
+        return copy.deepcopy(model), PruningPlan(last.model, groups)
+
+    def _parent(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, ModelGraph, Kept]:
         """The model ``lineage`` produced, from the longest prefix still held, replayed step by step."""
         steps = _keys(lineage)
         held = max((n for n in range(1, len(steps) + 1) if steps[:n] in self._models), default=0)
-        model = self._models[steps[:held]] if held else self.model
+        model, kept = self._models[steps[:held]] if held else (self.model, None)
         for n in range(held, len(steps)):
-            model = self._trained((model, self._graph(steps[:n], model)), lineage[n], steps[: n + 1])
-        return model, self._graph(steps, model)
+            model, kept = self._trained((model, self._graph(steps[:n], model), kept), lineage[n], steps[: n + 1])
+        return model, self._graph(steps, model), kept or {g.name: tuple(range(g.channels)) for g in self.graph.groups}
 
     def _graph(self, steps: Lineage, model: nn.Module) -> ModelGraph:
         """The channel groups of the model ``steps`` produced: traced once while it is the parent, not per candidate."""
@@ -111,25 +124,29 @@ class Evaluator:
             self._parent_graph = (steps, ModelGraph(model, self.graph.input_shape))
         return self._parent_graph[1]
 
-    def _trained(self, parent: tuple[nn.Module, ModelGraph], plan: PruningPlan, steps: Lineage) -> nn.Module:
-        """``plan`` cut from ``parent`` and fine-tuned, held for a while: a search's winner is the next parent."""
-        model, graph = parent
+    def _trained(self, parent: tuple[nn.Module, ModelGraph, Kept | None], plan: PruningPlan, steps: Lineage) -> Held:
+        """``plan`` cut from ``parent`` and fine-tuned, held for a while: a search's winner is the next parent.
+
+        Held with the original-model indices of the filters it kept (``None`` in a parent: the original).
+        """
+        model, graph, kept = parent
         if steps in self._models:
             self._models.move_to_end(steps)
             return self._models[steps]
         if graph is not self.graph:  # the parent is itself pruned: plan its own groups (same names)
             plan = PruningPlan(plan.model, {g.name: GroupPlan(g.channels, plan.keep[g.name]) for g in graph.groups})
-        pruned, _ = apply_plan(model, plan, graph)
+        pruned, applied = apply_plan(model, plan, graph)
         if self.finetune_steps:
             train.fine_tune(
                 pruned, self.data.train, self.finetune_steps, lr=self.lr, batch_size=self.batch_size,
                 seed=self.seed, augment=self.data.augment if self.augment else None,
             )
             self.finetune_steps_done += self.finetune_steps
-        self._models[steps] = pruned
+        chosen = {n: g.kept_indices or () for n, g in applied.groups.items()}
+        self._models[steps] = (pruned, {n: tuple(kept[n][i] for i in ix) if kept else ix for n, ix in chosen.items()})
         while len(self._models) > HELD_MODELS:
             self._models.popitem(last=False)
-        return pruned
+        return self._models[steps]
 
     def cost(self) -> dict[str, Any]:
         """Work done so far; agents report the difference over their search."""
@@ -142,6 +159,8 @@ class Evaluator:
 
 
 Lineage = tuple[tuple[int, ...], ...]
+Kept = dict[str, tuple[int, ...]]
+Held = tuple[nn.Module, Kept]
 HELD_MODELS = 32
 """Fine-tuned candidates kept in memory: one iteration's (a winner becomes the next parent) and a few more."""
 

@@ -160,7 +160,7 @@ def budgeted_search(
                 "history": result.history,
                 "cost": result.cost,
                 "densified": densified,
-            }
+            } | ({"lineage": [p.to_dict() for p in result.lineage]} if result.lineage else {})
             tries.append(done)
             _save_tries(tries_path, tries)
         judged = _judged(done, budget)
@@ -182,7 +182,7 @@ def budgeted_search(
                       f"{take + 1}'s plan, which was")
             done = tries[take]
             if "final" not in done:  # a replayed try whose fine-tuned model missed searches on below
-                pruned, applied = apply_plan(loaded.model, PruningPlan.from_dict(done["plan"]), loaded.graph)
+                pruned, applied = _final_start(loaded, evaluator, done)
                 final, taken = finish(cfg, loaded, pruned, budget)
                 if final.met or last:
                     predictor = cast(Predictor, ctx.predictor)
@@ -207,6 +207,18 @@ def budgeted_search(
         + ", ".join(f"{t['measured']['summary']['median_ms']:.3f}" for t in tries)
         + " ms): the latency table mispredicts this setting; check it with `hwprune lut-check` or raise --max-tries"
     )
+
+
+def _final_start(loaded: Loaded, evaluator: Evaluator, done: dict[str, Any]) -> tuple[nn.Module, PruningPlan]:
+    """What a taken try's long fine-tune starts from: the model its search reached, for a search that
+    carried its weights (NetAdapt's default), else its plan cut from the original weights."""
+    plan = PruningPlan.from_dict(done["plan"])
+    lineage = tuple(PruningPlan.from_dict(p) for p in done.get("lineage", ()))
+    if lineage and lineage[-1].key() == plan.key():
+        print(f"the final model continues from the search's model ({len(lineage)} pruning steps, each short-term "
+              "fine-tuned)")
+        return evaluator.carried(lineage)
+    return apply_plan(loaded.model, plan, loaded.graph)
 
 
 def wider_target(target_ms: float, predicted_ms: float, judged: Judged, margin: float, slack: float) -> float | None:
@@ -289,7 +301,7 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
               f"({ctx.predict_ms(chosen.plan):.3f} ms) fits the target {target:.3f} ms best (the last plan: "
               f"{ctx.predict_ms(result.plan):.3f} ms); measuring it")
     cost = _summed([r.cost for r in results], list(results[-1].cost)) | {"densify_s": sum(r["seconds"] for r in rounds)}
-    return ctx, SearchResult(chosen.plan, chosen.history, cost), rounds
+    return ctx, SearchResult(chosen.plan, chosen.history, cost, lineage=chosen.lineage), rounds
 
 
 def _fitting(results: list[SearchResult], ctx: SearchContext, limit_ms: float) -> SearchResult:

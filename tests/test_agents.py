@@ -10,6 +10,7 @@ from torch import nn
 
 from hwprune import train
 from hwprune.agents import SearchAgent, SearchContext, available_agents, get_agent, register_agent
+from hwprune.agents.state import finished_result
 from hwprune.agents.uniform import UniformAgent
 from hwprune.data import load_data
 from hwprune.errors import BudgetError, ConfigError
@@ -219,13 +220,40 @@ def test_a_lineage_scores_the_candidate_cut_from_the_model_the_search_reached(ti
     assert fresh.evaluations == 1 and fresh.cache_hits == 1
 
 
+def test_carried_hands_over_the_scored_model_with_indices_of_the_original(tiny) -> None:
+    """The model a lineage produced, for the job's long fine-tune: the very model its last step scored,
+    and a plan whose kept indices are the original filters (a group cut twice composes both choices)."""
+    model, graph, _ = tiny
+    g0, g1 = graph.groups[0].name, graph.groups[1].name
+    first = PruningPlan.full("tiny", graph).with_keep({g0: 4})
+    lineage = (first, first.with_keep({g1: 8}), first.with_keep({g1: 8, g0: 2}))
+    untrained = Evaluator(model, graph, tiny[2], finetune_steps=0, seed=0, val_samples=100)
+    carried, plan = untrained.carried(lineage)
+    kept0, kept1 = plan.groups[g0].kept_indices, plan.groups[g1].kept_indices
+    assert plan.keep == lineage[-1].keep and len(kept0) == 2 and len(kept1) == 8
+    assert torch.equal(carried[0].weight, model[0].weight[list(kept0)])
+    assert torch.equal(carried[3].weight, model[3].weight[list(kept1)][:, list(kept0)])
+    evaluator = real_evaluator(tiny)
+    trained, _ = evaluator.carried(lineage)
+    assert train.score(trained, tiny[2].val, max_samples=100) == evaluator.score(lineage[-1], lineage[:-1])
+    trained[0].weight.data.zero_()  # a copy: the job's long fine-tune must not touch the held model
+    assert evaluator.carried(lineage)[0][0].weight.abs().sum() > 0
+
+
 @pytest.mark.parametrize("weights", ["carried", "original"])
-def test_netadapt_weights_options_both_search(tiny, weights: str) -> None:
+def test_netadapt_weights_options_both_search(tiny, weights: str, tmp_path) -> None:
+    """Carried weights return the lineage the job fine-tunes from (kept in the finished state file too)."""
     model, graph, _ = tiny
     ctx = make_ctx(model, graph, MacsPredictor(graph), real_evaluator(tiny))
     budget = 0.5 * ctx.predict_ms(ctx.full_plan())
-    result = get_agent("netadapt", **NETADAPT_FAST, weights=weights).search(ctx, budget)
+    result = get_agent("netadapt", **NETADAPT_FAST, weights=weights).search(ctx, budget, tmp_path / "s.json")
     assert result.predicted_ms <= budget and result.cost["evaluations"] > len(result.history)
+    lineage = [p.key() for p in result.lineage]
+    if weights == "carried":
+        assert len(lineage) == len(result.history) and lineage[-1] == result.plan.key()
+    else:
+        assert lineage == []
+    assert [p.key() for p in finished_result(tmp_path / "s.json").lineage] == lineage
 
 
 def test_netadapt_prunes_the_planted_slow_layer_first(tiny) -> None:

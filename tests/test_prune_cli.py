@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from hwprune.agents import SearchContext, SearchResult, register_agent
+from hwprune.agents.uniform import UniformAgent
 from hwprune.checkpoint import save_checkpoint
 from hwprune.cli import main
 from hwprune.models import ModelSpec
-from hwprune.pruning import ModelGraph, PruningPlan, load_pruned
+from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, load_pruned
 
 FAST = ["--backend", "torch-cpu", "--batch", "2", "--repeats", "3", "--runs", "1", "--rounds", "1",
         "--settle-s", "0", "--finetune-steps", "2", "--batch-size", "16"]
@@ -212,7 +214,7 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
         return real_finetune(cfg, loaded, model)
 
     monkeypatch.setattr(job, "long_finetune", counting_finetune)
-    report, met = _uniform_half_on(device, checkpoint, tmp_path / "run", monkeypatch, margin=0.2)
+    report, met = _half_budget_on(device, checkpoint, tmp_path / "run", monkeypatch, margin=0.2)
     first, second = report["search"]["tries"][:2]
     assert first["final"]["measured"]["summary"]["median_ms"] > first["final"]["budget_ms"]  # the miss, recorded
     assert second["target_ms"] < min(first["target_ms"], first["predicted_ms"]) and "final" not in second
@@ -242,7 +244,7 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
             scale = 3.0 if wider_misses and wide else 0.5
             return type(m)([s * scale for s in m.samples_ms])
 
-    report, met = _uniform_half_on(FastFirstPlan(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
+    report, met = _half_budget_on(FastFirstPlan(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
     first, second = report["search"]["tries"][:2]
     assert first["measured"]["summary"]["median_ms"] < 0.8 * first["budget_ms"]  # over twice the margin under
     assert second["target_ms"] > first["target_ms"] and second["predicted_ms"] > first["predicted_ms"]
@@ -274,7 +276,7 @@ def test_the_last_try_takes_a_plan_under_the_budget_even_inside_the_reserve(
 
     monkeypatch.setattr(job, "measure_judged", just_under)
     monkeypatch.setattr(search_job, "measure_judged", just_under)
-    report, met = _uniform_half_on(FakeProfiler(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1, max_tries=2)
+    report, met = _half_budget_on(FakeProfiler(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1, max_tries=2)
     tries = report["search"]["tries"]
     assert [t["measured"]["summary"]["median_ms"] / t["budget_ms"] for t in tries] == pytest.approx([0.98, 0.98])
     assert tries[1]["target_ms"] < tries[0]["target_ms"]  # the first try, inside the reserve, searched on
@@ -289,8 +291,53 @@ def test_slack_below_the_margin_is_refused(checkpoint: Path, tmp_path: Path, cap
     assert not out.exists()
 
 
-def _uniform_half_on(device, checkpoint: Path, out: Path, monkeypatch, **config) -> tuple[dict, bool]:  # noqa: ANN001
-    """Run a uniform 0.5x job on a fake ``device`` (told which model is the unpruned one); its report and verdict."""
+def test_a_carried_lineage_s_final_model_is_fine_tuned_from_the_model_the_search_reached(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """An agent that carried its weights (NetAdapt's default) returns its lineage: the taken try records it
+    and the exported model is the one that lineage produced (the paper's final step), placed at the
+    original filters it kept, not the plan cut afresh from the original weights."""
+    from test_latency import FakeProfiler
+
+    from hwprune.evaluator import Evaluator
+    from hwprune.job import JobConfig, load_inputs
+
+    options = {"agent": TwoStepAgent.name, "search_finetune_steps": 1, "finetune_steps": 0}
+    report, met = _half_budget_on(FakeProfiler(), checkpoint, tmp_path / "run", monkeypatch, **options)
+    taken = report["search"]["tries"][report["search"]["taken_try"] - 1]
+    lineage = tuple(PruningPlan.from_dict(p) for p in taken["lineage"])
+    assert met and len(lineage) == 2 and lineage[-1].keep == PruningPlan.from_dict(taken["plan"]).keep
+    loaded = load_inputs(JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "x"), backend="torch-cpu"))
+    replayed, plan = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=1, seed=0,
+                               val_samples=64).carried(lineage)
+    exported, _, exported_plan = load_pruned(tmp_path / "run" / "model")
+    assert exported_plan.to_dict() == plan.to_dict()
+    assert _same_weights(exported, replayed)
+    cut, _ = apply_plan(loaded.model, lineage[-1], loaded.graph)  # what the job exported before
+    assert not _same_weights(exported, cut)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@register_agent
+class TwoStepAgent(UniformAgent):
+    """Uniform's plan, reached in two steps whose weights it says it carried (as NetAdapt's search does)."""
+
+    name = "test-two-steps"
+
+    def search(self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None) -> SearchResult:
+        result = super().search(ctx, budget_ms, state_path)
+        first_group = ctx.graph.groups[0].name
+        return replace(result, lineage=(ctx.full_plan().with_keep({first_group: result.plan.keep[first_group]}),
+                                        result.plan))
+
+
+def _half_budget_on(device, checkpoint: Path, out: Path, monkeypatch, **config) -> tuple[dict, bool]:  # noqa: ANN001
+    """Run a 0.5x job (uniform unless ``config`` says) on a fake ``device`` (told which model is the unpruned
+    one); its report and verdict."""
     from hwprune import job
     from hwprune.job import JobConfig, run_job
 
@@ -307,9 +354,10 @@ def _uniform_half_on(device, checkpoint: Path, out: Path, monkeypatch, **config)
 
     monkeypatch.setattr(job, "get_profiler", profiler)
     monkeypatch.setattr(job, "load_inputs", load_inputs)
-    cfg = JobConfig(checkpoint=str(checkpoint), out=str(out), budget="0.5x", agent="uniform", backend="fake", batch=2,
-                    rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16, search_finetune_steps=0, val_samples=64,
-                    calibration_plans=4, **({"max_tries": 3} | config))
+    cfg = JobConfig(**({"checkpoint": str(checkpoint), "out": str(out), "budget": "0.5x", "agent": "uniform",
+                        "backend": "fake", "batch": 2, "rounds": 1, "settle_s": 0.0, "finetune_steps": 2,
+                        "batch_size": 16, "search_finetune_steps": 0, "val_samples": 64, "calibration_plans": 4,
+                        "max_tries": 3} | config))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timing-noise and busier-machine warnings of the fake device
         _, met = run_job(cfg)

@@ -136,12 +136,18 @@ class SearchContext:
 
 @dataclass
 class SearchResult:
-    """The chosen plan, one history row per iteration (JSON-ready), and what the search cost."""
+    """The chosen plan, one history row per iteration (JSON-ready), and what the search cost.
+
+    ``lineage``: the plans a step-by-step search chose, ending at ``plan``, when its candidates were
+    cut from the model those steps produced; the job then fine-tunes that model (see
+    :meth:`hwprune.evaluator.Evaluator.carried`). Empty: the plan is cut from the original weights.
+    """
 
     plan: PruningPlan
     history: list[dict[str, Any]]
     cost: dict[str, Any]
     predicted_ms: float | None = None
+    lineage: tuple[PruningPlan, ...] = ()
 
 
 class CostMeter:

@@ -14,9 +14,9 @@ cuts every candidate from the original weights instead, which makes a score a fu
 channel counts alone; deep into a search that score is noise: from its tenth iteration on, every
 ResNet-20 candidate at 0.3x scored 11-30 % validation accuracy after its 10 steps (chance: 10 %),
 the search cut the blocks' inner convs to 2 of 16 and 8 of 64 channels, and the pruned model
-lost 4.3 points to uniform pruning. Either way the search returns channel counts: the job cuts
-the final model from the original weights (largest-L2 filters) and gives it the same long
-fine-tune as every other agent.
+lost 4.3 points to uniform pruning. With carried weights the search also returns its lineage, and
+the job long fine-tunes the model the search reached (the paper's final step) instead of cutting
+the plan afresh from the original weights; the long fine-tune's steps and seed are every agent's.
 """
 
 from __future__ import annotations
@@ -165,8 +165,9 @@ class NetAdaptAgent(SearchAgent):
             bar.close()
         cost = meter.total()
         if state_path is not None:
-            SearchState(header, iteration, plan, history, cost, done=True).save(state_path)
-        return SearchResult(plan, history, cost, current_ms)
+            extra = {"lineage": [p.to_dict() for p in lineage]}
+            SearchState(header, iteration, plan, history, cost, done=True, extra=extra).save(state_path)
+        return SearchResult(plan, history, cost, current_ms, lineage)
 
     def lineage(self, ctx: SearchContext, history: list[dict[str, Any]]) -> tuple[PruningPlan, ...]:
         """The plans the iterations in ``history`` chose, in order: what carried weights are cut from."""

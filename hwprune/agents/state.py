@@ -59,7 +59,8 @@ class SearchState:
         })
 
     def result(self, predicted_ms: float | None = None) -> SearchResult:
-        return SearchResult(self.plan, list(self.history), dict(self.cost), predicted_ms)
+        lineage = tuple(PruningPlan.from_dict(p) for p in self.extra.get("lineage", ()))
+        return SearchResult(self.plan, list(self.history), dict(self.cost), predicted_ms, lineage)
 
 
 def _same(a: Any, b: Any) -> bool:
