@@ -71,12 +71,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         cost = search["cost"]
         rounds = [r for t in search["tries"] for r in t.get("densified", [])]
         tries, again = len(search["tries"]), sum(r["searched_again"] for r in rounds)
+        steps = len(search["tries"][search.get("taken_try", tries) - 1].get("lineage", []))
+        start = (f", from the model the search reached ({steps} pruning steps, each short-term fine-tuned)"
+                 if steps else ", from the original weights")
         lines += [
             f"Search: agent `{search['agent']}`, {tries} {'try' if tries == 1 else 'tries'} "
             f"({tries + again} searches), "
             f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
             f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
-            f"{report['finetune']['steps']} steps.",
+            f"{report['finetune']['steps']} steps{start}.",
             "",
         ]
         if rounds:

@@ -220,7 +220,8 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
     assert second["target_ms"] < min(first["target_ms"], first["predicted_ms"]) and "final" not in second
     assert device.finetunes == 2 and met and report["budget_met"]
     assert report["pruned"]["measured"]["summary"]["median_ms"] <= report["budget"]["ms"]
-    assert "; fine-tuned " in (tmp_path / "run" / "report.md").read_text()
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "; fine-tuned " in markdown and "steps, from the original weights." in markdown
 
 
 @pytest.mark.parametrize("wider_misses", [False, True])
@@ -307,6 +308,7 @@ def test_a_carried_lineage_s_final_model_is_fine_tuned_from_the_model_the_search
     taken = report["search"]["tries"][report["search"]["taken_try"] - 1]
     lineage = tuple(PruningPlan.from_dict(p) for p in taken["lineage"])
     assert met and len(lineage) == 2 and lineage[-1].keep == PruningPlan.from_dict(taken["plan"]).keep
+    assert "steps, from the model the search reached (2 pruning steps" in (tmp_path / "run" / "report.md").read_text()
     loaded = load_inputs(JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "x"), backend="torch-cpu"))
     replayed, plan = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=1, seed=0,
                                val_samples=64).carried(lineage)
