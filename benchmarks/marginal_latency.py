@@ -24,11 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import _r, emit, run  # noqa: E402
 
 from hwprune.errors import ConfigError  # noqa: E402
-from hwprune.io import read_json  # noqa: E402
 from hwprune.job import load_inputs, resume_config  # noqa: E402
 from hwprune.latency import LatencyTable, Predictor  # noqa: E402
 from hwprune.pruning import PruningPlan, apply_plan  # noqa: E402
-from hwprune.search_job import TRIES_KIND  # noqa: E402
+from hwprune.search_job import load_tries  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds, the faster kept")
     args = p.parse_args()
     run_dir = Path(args.run_dir)
-    tries = read_json(run_dir / "tries.json", TRIES_KIND, 1)["tries"]
+    tries = load_tries(run_dir / "tries.json")
     if not 1 <= args.try_no <= len(tries):
         raise ConfigError(f"{run_dir} has {len(tries)} tries; choose --try between 1 and {len(tries)}")
     cfg = resume_config(run_dir)

@@ -103,18 +103,20 @@ class Evaluator:
         if not lineage:
             raise ValueError("carried() needs a lineage of at least one plan")
         model, _, kept = self._parent(lineage)
+        assert kept is not None  # set by every step of a non-empty lineage
         last = lineage[-1]
         groups = {name: GroupPlan(g.original, len(kept[name]), kept[name]) for name, g in last.groups.items()}
         return copy.deepcopy(model), PruningPlan(last.model, groups)
 
-    def _parent(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, ModelGraph, Kept]:
-        """The model ``lineage`` produced, from the longest prefix still held, replayed step by step."""
+    def _parent(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, ModelGraph, Kept | None]:
+        """The model ``lineage`` produced, from the longest prefix still held, replayed step by step,
+        with the original-model indices of its filters (``None`` for the original model itself)."""
         steps = _keys(lineage)
         held = max((n for n in range(1, len(steps) + 1) if steps[:n] in self._models), default=0)
         model, kept = self._models[steps[:held]] if held else (self.model, None)
         for n in range(held, len(steps)):
             model, kept = self._trained((model, self._graph(steps[:n], model), kept), lineage[n], steps[: n + 1])
-        return model, self._graph(steps, model), kept or {g.name: tuple(range(g.channels)) for g in self.graph.groups}
+        return model, self._graph(steps, model), kept
 
     def _graph(self, steps: Lineage, model: nn.Module) -> ModelGraph:
         """The channel groups of the model ``steps`` produced: traced once while it is the parent, not per candidate."""

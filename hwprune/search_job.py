@@ -99,7 +99,8 @@ def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> La
     return table
 
 
-def _load_tries(path: Path) -> list[dict[str, Any]]:
+def load_tries(path: Path) -> list[dict[str, Any]]:
+    """The tries a run recorded in ``tries.json`` (none if it has not finished one)."""
     return read_json(path, TRIES_KIND, 1)["tries"] if path.is_file() else []
 
 
@@ -141,7 +142,7 @@ def budgeted_search(
         )
 
     tries_path = run / "tries.json"
-    tries = _load_tries(tries_path) if resume else []
+    tries = load_tries(tries_path) if resume else []
     target = budget.against(full_ms) * (1 - cfg.margin)
     kept: int | None = None  # a try whose plan met with room to spare, kept while a wider plan is tried
     for i in range(cfg.max_tries):
