@@ -444,3 +444,36 @@ def test_netadapt_finds_aligned_cuts_when_latency_is_not_monotone_in_width(tiny)
     result = get_agent("netadapt", **NETADAPT_FAST).search(ctx, 0.6 * full_ms)
     assert result.predicted_ms <= 0.6 * full_ms
     assert all(k % 4 == 0 for k in result.plan.keep.values())
+
+
+@pytest.mark.parametrize("price", [1.25, 0.8])
+def test_netadapt_continues_an_earlier_search_on_a_corrected_table(resnet_graph, price: float) -> None:
+    """The job searches again when timing a plan's widths moves its prediction: NetAdapt keeps the earlier
+    path up to where the corrected table would have stopped it, and goes on from there, re-scoring none of it.
+
+    Every layer costs ``price`` times what the first table said: 1.25, the path never reached the budget
+    (continue from its end); 0.8, it passed the budget early (cut there: a wider plan fits).
+    """
+    model, graph = resnet_graph
+    agent = get_agent("netadapt", progress=False)
+    old = SearchContext("resnet20", model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
+    budget = 0.5 * old.predict_ms(old.full_plan())
+    first = agent.search(old, budget)
+    corrected = MacsPredictor(graph, {s.name: price for s in graph.layer_shapes()})
+
+    def on_corrected() -> SearchContext:
+        return SearchContext("resnet20", model, graph, corrected, ProxyEvaluator(graph))
+
+    continued_ctx, fresh_ctx = on_corrected(), on_corrected()
+    continued = agent.search(continued_ctx, budget, start=first)
+    agent.search(fresh_ctx, budget)  # the same search from the full model: what continuing saves
+
+    path = agent.path(continued_ctx, first.history)
+    kept = next((i - 1 for i, p in enumerate(path) if corrected.predict_ms(p) <= budget), len(first.history))
+    assert (kept == len(first.history)) == (price > 1)
+    assert 0 < kept < len(continued.history)
+    assert continued.history[:kept] == first.history[:kept]
+    assert continued.predicted_ms <= budget
+    assert continued_ctx.evaluator.calls < fresh_ctx.evaluator.calls
+    if price < 1:  # the first plan, now far under the budget, gives way to a wider one
+        assert corrected.predict_ms(first.plan) < continued.predicted_ms

@@ -160,7 +160,7 @@ def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
 
     plans = [SimpleNamespace(ms=ms) for ms in predicted]
     found = iter(plans)
-    agent = SimpleNamespace(search=lambda ctx, target, path: SearchResult(next(found), [], {"wall_s": 1.0}))
+    agent = SimpleNamespace(search=lambda ctx, target, path, start=None: SearchResult(next(found), [], {"wall_s": 1.0}))
     monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: agent)
     monkeypatch.setattr(search_job, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
     ctx = SimpleNamespace(predict_ms=lambda plan: plan.ms)
@@ -186,7 +186,7 @@ def test_a_resumed_try_still_reports_the_densify_round_it_did_before_the_interru
     plans = {"search-1.json": SimpleNamespace(ms=12.0), "search-1.2.json": SimpleNamespace(ms=9.8)}
     interrupt = [True]
 
-    def search(ctx, target, path):  # noqa: ANN001, ANN202
+    def search(ctx, target, path, start=None):  # noqa: ANN001, ANN202
         if path.name == "search-1.2.json" and interrupt[0]:
             path.write_text("{}")  # the search had started (its state file exists) when Ctrl-C came
             raise KeyboardInterrupt

@@ -330,8 +330,10 @@ class TwoStepAgent(UniformAgent):
 
     name = "test-two-steps"
 
-    def search(self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None) -> SearchResult:
-        result = super().search(ctx, budget_ms, state_path)
+    def search(
+        self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
+    ) -> SearchResult:
+        result = super().search(ctx, budget_ms, state_path, start)
         first_group = ctx.graph.groups[0].name
         return replace(result, lineage=(ctx.full_plan().with_keep({first_group: result.plan.keep[first_group]}),
                                         result.plan))

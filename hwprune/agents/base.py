@@ -202,8 +202,15 @@ class SearchAgent(ABC):
         return {k: v for k, v in self.options().items() if k not in self.resume_neutral}
 
     @abstractmethod
-    def search(self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None) -> SearchResult:
-        """Find a plan whose predicted latency is at most ``budget_ms``."""
+    def search(
+        self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
+    ) -> SearchResult:
+        """Find a plan whose predicted latency is at most ``budget_ms``.
+
+        ``start``: an earlier search of the same budget whose table has since been corrected (the job
+        times a plan's unmeasured widths and searches again). An agent that can continue from it
+        instead of starting over may; one whose search is cheap ignores it.
+        """
 
 
 # ---- registry -------------------------------------------------------------------------------------

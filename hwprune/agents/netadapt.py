@@ -123,7 +123,11 @@ class NetAdaptAgent(SearchAgent):
         return max(self.initial_reduction * self.decay**iteration, self.min_reduction)
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def search(self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None) -> SearchResult:
+    def search(
+        self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
+    ) -> SearchResult:
+        """The greedy loop; given ``start`` (a search priced on an older table), it continues that search's
+        path (see :meth:`continued`) instead of starting from the full model."""
         full_ms = ctx.predict_ms(ctx.full_plan())
         header = state_header(self, ctx, budget_ms, full_ms)
         state = load_state(state_path, header) if state_path is not None else None
@@ -131,8 +135,11 @@ class NetAdaptAgent(SearchAgent):
             return state.result(ctx.predict_ms(state.plan))
         ctx.require_feasible(budget_ms)
         if state is None:
-            iteration, plan, history = 0, ctx.full_plan(), []
+            history = self.continued(ctx, start, budget_ms) if start is not None else []
+            iteration, plan = len(history), self.path(ctx, history)[-1]
             meter = CostMeter(ctx)
+            if history:
+                log.info("netadapt: continuing an earlier search's path after its iteration %d", iteration)
         else:
             iteration, plan, history = state.iteration, state.plan, state.history
             meter = CostMeter(ctx, state.cost | {"resumes": state.cost.get("resumes", 0) + 1})
@@ -169,14 +176,34 @@ class NetAdaptAgent(SearchAgent):
             SearchState(header, iteration, plan, history, cost, done=True, extra=extra).save(state_path)
         return SearchResult(plan, history, cost, current_ms, lineage)
 
-    def lineage(self, ctx: SearchContext, history: list[dict[str, Any]]) -> tuple[PruningPlan, ...]:
-        """The plans the iterations in ``history`` chose, in order: what carried weights are cut from."""
-        if self.weights != "carried":
-            return ()
+    @staticmethod
+    def path(ctx: SearchContext, history: list[dict[str, Any]]) -> list[PruningPlan]:
+        """The full plan, then the plan each iteration in ``history`` reached."""
         plans = [ctx.full_plan()]
         for row in history:
             plans.append(plans[-1].with_keep({row["group"]: row["keep"]}))
-        return tuple(plans[1:])
+        return plans
+
+    def lineage(self, ctx: SearchContext, history: list[dict[str, Any]]) -> tuple[PruningPlan, ...]:
+        """The plans the iterations in ``history`` chose, in order: what carried weights are cut from."""
+        return tuple(self.path(ctx, history)[1:]) if self.weights == "carried" else ()
+
+    def continued(self, ctx: SearchContext, start: SearchResult, budget_ms: float) -> list[dict[str, Any]]:
+        """The iterations of ``start`` this search keeps: its path up to the last plan the current table
+        still prices over ``budget_ms``, where a search walking that path would not yet have stopped.
+
+        The job searches again when timing a plan's own widths moves its prediction off the target.
+        Searching from the full model again re-scored most of the path for nothing: the corrected
+        prices change which keep count achieves each asked reduction, so the candidates differ
+        from the first step on and miss the evaluator's cache (the demo's first try spent 257 s of
+        its 368 on two such searches). Kept, the earlier steps stand as they were chosen (their
+        rows keep the prices of the older table); the path is cut where the new table puts it
+        under the target (the plan was over-priced: a wider one fits) or continued from its end (it
+        was under-priced), and the loop goes on from there.
+        """
+        plans = self.path(ctx, start.history)
+        under = next((i for i, plan in enumerate(plans) if ctx.predict_ms(plan) <= budget_ms), len(plans))
+        return [dict(row) for row in start.history[: max(under - 1, 0)]]
 
     def iterate(
         self, ctx: SearchContext, plan: PruningPlan, current_ms: float, want_ms: float, iteration: int, bar: tqdm,

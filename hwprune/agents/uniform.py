@@ -65,7 +65,10 @@ class UniformAgent(SearchAgent):
             plans[plan.key()] = (r, plan)  # later (larger) ratios overwrite: the largest that gives the plan
         return sorted(plans.values(), key=lambda rp: rp[0])
 
-    def search(self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None) -> SearchResult:
+    def search(
+        self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
+    ) -> SearchResult:
+        """Bisection over one ratio is cheap: an earlier search (``start``) is not needed."""
         full_ms = ctx.predict_ms(ctx.full_plan())
         header = state_header(self, ctx, budget_ms, full_ms)
         state = load_state(state_path, header) if state_path is not None else None
