@@ -150,7 +150,8 @@ def budgeted_search(
             target = tries[i]["target_ms"]
             done = tries[i]
         else:
-            ctx, result, densified = _search(cfg, loaded, run, ctx, table, target, i + 1)
+            previous = _as_result(tries[-1]) if tries else None  # NetAdapt continues the last try's path
+            ctx, result, densified = _search(cfg, loaded, run, ctx, table, target, i + 1, previous)
             pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
             judged = measure_judged(loaded, pruned, cfg, budget)
             done = {
@@ -213,13 +214,18 @@ def budgeted_search(
 def _final_start(loaded: Loaded, evaluator: Evaluator, done: dict[str, Any]) -> tuple[nn.Module, PruningPlan]:
     """What a taken try's long fine-tune starts from: the model its search reached, for a search that
     carried its weights (NetAdapt's default), else its plan cut from the original weights."""
-    plan = PruningPlan.from_dict(done["plan"])
-    lineage = tuple(PruningPlan.from_dict(p) for p in done.get("lineage", ()))
-    if lineage and lineage[-1].key() == plan.key():
-        print(f"the final model continues from the search's model ({len(lineage)} pruning steps, each short-term "
-              "fine-tuned)")
-        return evaluator.carried(lineage)
-    return apply_plan(loaded.model, plan, loaded.graph)
+    tried = _as_result(done)
+    if tried.lineage and tried.lineage[-1].key() == tried.plan.key():
+        print(f"the final model continues from the search's model ({len(tried.lineage)} pruning steps, each "
+              "short-term fine-tuned)")
+        return evaluator.carried(tried.lineage)
+    return apply_plan(loaded.model, tried.plan, loaded.graph)
+
+
+def _as_result(done: dict[str, Any]) -> SearchResult:
+    """A recorded try as the search result it kept: what the next try's agent may continue from."""
+    return SearchResult(PruningPlan.from_dict(done["plan"]), done["history"], done["cost"],
+                        lineage=tuple(PruningPlan.from_dict(p) for p in done.get("lineage", ())))
 
 
 def wider_target(target_ms: float, predicted_ms: float, judged: Judged, margin: float, slack: float) -> float | None:
@@ -253,7 +259,8 @@ def next_target(target_ms: float, predicted_ms: float, budget_ms: float, measure
 
 
 def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table: LatencyTable,
-            target: float, try_no: int) -> tuple[SearchContext, SearchResult, list[dict[str, Any]]]:
+            target: float, try_no: int, start: SearchResult | None = None,
+            ) -> tuple[SearchContext, SearchResult, list[dict[str, Any]]]:
     """One try's search, searched again while timing the plan's own widths moves its prediction off ``target``.
 
     Over the target, the plan would likely miss the budget; more than ``--margin`` under it, the
@@ -261,9 +268,9 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
     6.89 to 5.65 ms predicted against a 7.14 ms target, and was measured at that).
 
     Each search of try N has its own state file (``search-N.json``, then ``search-N.2.json``...), so a
-    resumed job continues the latest one on the table as it was then saved. Each later search is handed
-    the one before as its ``start``: NetAdapt continues that path rather than search from the full model
-    again. When the searches run
+    resumed job continues the latest one on the table as it was then saved. Each search is handed the
+    one before as its ``start`` (the first, the last try's): NetAdapt continues that path rather than
+    search from the full model again. When the searches run
     out with the last plan still over the target, the widest plan of the try that the final table
     puts under it is measured instead (the plain last plan missed the demo's budget: predicted
     11.1 ms against 9.4, measured 10.5 against 9.0); the narrowest, if none is. Returns the context
@@ -276,7 +283,7 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
     rounds = [r for j in range(1, k + 1) if (r := _load_round(run, try_no, j)) is not None]
     while True:
         path = _state_path(run, try_no, k)
-        start = results[-1] if results else None  # NetAdapt continues its path on the corrected table
+        start = results[-1] if results else start
         result = finished_result(path) or get_agent(cfg.agent, **cfg.agent_options).search(ctx, target, path, start)
         results.append(result)
         if not cfg.densify:

@@ -251,3 +251,30 @@ def test_slack_searches_wider_only_when_the_loosened_target_can_find_a_wider_pla
     assert wider_target(6.0, 5.9, judged(5.5, 6.0), margin=0.05, slack=0.1) is None  # used 92 %
     assert wider_target(6.0, 5.9, judged(4.0, 6.0), margin=0.05, slack=0.0) is None  # off
     assert wider_target(11.192, 9.776, judged(10.531, 12.370), margin=0.05, slack=0.1) is None  # 10.91 < 11.19
+
+
+def test_each_search_of_a_try_is_handed_the_one_before_to_continue(tmp_path: Path, monkeypatch) -> None:
+    """The first search gets the last try's result, each later one the search before it (NetAdapt continues them)."""
+    from types import SimpleNamespace
+
+    from hwprune import search_job
+    from hwprune.agents import SearchResult
+
+    previous = SearchResult(SimpleNamespace(ms=14.0), [], {"wall_s": 1.0})
+    found = iter([SearchResult(SimpleNamespace(ms=ms), [], {"wall_s": 1.0}) for ms in (11.0, 9.9)])
+    starts: list[SearchResult | None] = []
+
+    def search(ctx, target, path, start=None):  # noqa: ANN001, ANN202
+        starts.append(start)
+        return next(found)
+
+    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
+    monkeypatch.setattr(search_job, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
+    ctx = SimpleNamespace(predict_ms=lambda plan: plan.ms)  # 11 ms: over the 10 ms target, so searched again
+    cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
+
+    _, result, _ = search_job._search(cfg, SimpleNamespace(graph=None, profiler=None), tmp_path, ctx, None, 10.0, 2,
+                                      previous)
+
+    assert result.plan.ms == 9.9
+    assert starts[0] is previous and starts[1].plan.ms == 11.0

@@ -194,26 +194,7 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
 ) -> None:
     """The first accepted plan reads 1.6x slower after its fine-tune (as one did on this VM: 11.3 ms before,
     14.2 ms in six sessions after): that try counts as a miss and the job searches again, tighter, and meets."""
-    from test_latency import FakeProfiler
-
-    from hwprune import job
-
-    class SlowAfterFirstFinetune(FakeProfiler):
-        finetunes = 0
-
-        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
-            m = super().measure_model(model, input_shape)
-            pruned = model is not self.unpruned
-            return type(m)([s * 1.6 for s in m.samples_ms]) if pruned and self.finetunes == 1 else m
-
-    device = SlowAfterFirstFinetune()
-    real_finetune = job.long_finetune
-
-    def counting_finetune(cfg, loaded, model):  # noqa: ANN001, ANN202
-        device.finetunes += 1
-        return real_finetune(cfg, loaded, model)
-
-    monkeypatch.setattr(job, "long_finetune", counting_finetune)
+    device = _slow_after_first_finetune(monkeypatch)
     report, met = _half_budget_on(device, checkpoint, tmp_path / "run", monkeypatch, margin=0.2)
     first, second = report["search"]["tries"][:2]
     assert first["final"]["measured"]["summary"]["median_ms"] > first["final"]["budget_ms"]  # the miss, recorded
@@ -256,6 +237,73 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
     text = (tmp_path / "run" / "report.md").read_text()
     assert re.search(r"Try 1's plan used \d\d% of the budget, so it was kept and try 2 searched", text)
     assert ("try 1's plan is the one fine-tuned and reported" in text) == wider_misses
+
+
+def _slow_after_first_finetune(monkeypatch):  # noqa: ANN001, ANN202
+    """A fake device on which the first long fine-tuned model reads 1.6x slower than any other pruned model."""
+    from test_latency import FakeProfiler
+
+    from hwprune import job
+
+    class SlowAfterFirstFinetune(FakeProfiler):
+        finetunes = 0
+
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            m = super().measure_model(model, input_shape)
+            pruned = model is not self.unpruned
+            return type(m)([s * 1.6 for s in m.samples_ms]) if pruned and self.finetunes == 1 else m
+
+    device = SlowAfterFirstFinetune()
+    real_finetune = job.long_finetune
+
+    def counting_finetune(cfg, loaded, model):  # noqa: ANN001, ANN202
+        device.finetunes += 1
+        return real_finetune(cfg, loaded, model)
+
+    monkeypatch.setattr(job, "long_finetune", counting_finetune)
+    return device
+
+
+def test_netadapt_s_next_try_continues_the_path_of_the_last(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """NetAdapt's first plan measures 1.5x slow: the next try, against a tighter target, is handed the first
+    try's search and goes on from the end of its path instead of walking it again."""
+    from test_latency import FakeProfiler
+
+    from hwprune import search_job
+    from hwprune.agents.netadapt import NetAdaptAgent
+
+    class FirstPlanSlow(FakeProfiler):
+        armed = False  # set when the first plan is measured (calibration and densify read true)
+
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            m = super().measure_model(model, input_shape)
+            if model is self.unpruned or not self.armed:
+                return m
+            return type(m)([s * 1.5 for s in m.samples_ms])
+
+    device = FirstPlanSlow()
+    starts: list[SearchResult | None] = []
+    real_search, real_judged = NetAdaptAgent.search, search_job.measure_judged
+
+    def search(self, ctx, budget_ms, state_path=None, start=None):  # noqa: ANN001, ANN202
+        starts.append(start)
+        return real_search(self, ctx, budget_ms, state_path, start)
+
+    def measure_judged(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        device.armed = not device.armed and len(starts) == len(list((tmp_path / "run").glob("search-1*.json")))
+        return real_judged(*args, **kw)
+
+    monkeypatch.setattr(NetAdaptAgent, "search", search)
+    monkeypatch.setattr(search_job, "measure_judged", measure_judged)
+    options = {"agent": "netadapt", "margin": 0.2, "agent_options": {"progress": False}}
+    report, _ = _half_budget_on(device, checkpoint, tmp_path / "run", monkeypatch, **options)
+    first, second = report["search"]["tries"][:2]
+    assert first["measured"]["summary"]["median_ms"] > first["budget_ms"]  # the 1.5x miss
+    assert second["target_ms"] < first["predicted_ms"]
+    handed = starts[len(list((tmp_path / "run").glob("search-1*.json")))]  # what the second try's first search got
+    assert handed is not None and handed.history == first["history"]
+    assert second["history"][: len(first["history"])] == first["history"]  # its path, kept as it was
+    assert len(second["history"]) > len(first["history"])
 
 
 def test_the_last_try_takes_a_plan_under_the_budget_even_inside_the_reserve(
