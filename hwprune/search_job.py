@@ -295,7 +295,7 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
         after = ctx.predict_ms(result.plan)  # off the target only if the table changed under this search
         # Over the target: the plan may miss. Far under it: a wider (more accurate) plan fits; use it.
         off = after > target * (1 + DENSIFY_TOLERANCE) or after < target * (1 - cfg.margin)
-        again = off and k < MAX_SEARCHES_PER_TRY
+        again = off and bool(record["points"]) and k < MAX_SEARCHES_PER_TRY  # on an unchanged table: the same plan
         if record["points"]:
             rounds.append(record | {"search": path.name, "predicted_before_ms": before, "predicted_after_ms": after,
                                     "searched_again": again})

@@ -160,12 +160,8 @@ def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
 
     plans = [SimpleNamespace(ms=ms) for ms in predicted]
     found = iter(plans)
-    agent = SimpleNamespace(search=lambda ctx, target, path, start=None: SearchResult(next(found), [], {"wall_s": 1.0}))
-    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: agent)
-    monkeypatch.setattr(search_job, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
-    ctx = SimpleNamespace(predict_ms=lambda plan: plan.ms)
-    cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
-    loaded = SimpleNamespace(graph=None, profiler=None)
+    cfg, loaded, ctx = _fake_search(monkeypatch, lambda ctx, target, path, start=None: SearchResult(
+        next(found), [], {"wall_s": 1.0}))
 
     _, result, _ = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
 
@@ -268,13 +264,48 @@ def test_each_search_of_a_try_is_handed_the_one_before_to_continue(tmp_path: Pat
         starts.append(start)
         return next(found)
 
-    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
-    monkeypatch.setattr(search_job, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
-    ctx = SimpleNamespace(predict_ms=lambda plan: plan.ms)  # 11 ms: over the 10 ms target, so searched again
-    cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
+    cfg, loaded, ctx = _fake_search(monkeypatch, search)  # 11 ms: over the 10 ms target, so searched again
 
-    _, result, _ = search_job._search(cfg, SimpleNamespace(graph=None, profiler=None), tmp_path, ctx, None, 10.0, 2,
-                                      previous)
+    _, result, _ = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 2, previous)
 
     assert result.plan.ms == 9.9
     assert starts[0] is previous and starts[1].plan.ms == 11.0
+
+
+def test_a_search_far_under_its_target_is_not_repeated_when_nothing_new_was_timed(tmp_path: Path, monkeypatch) -> None:
+    """The plan overshot its target by more than the margin, but densify timed no new width: the same table
+    searched again gives the same plan, so it is measured as it is."""
+    from types import SimpleNamespace
+
+    from hwprune import search_job
+    from hwprune.agents import SearchResult
+
+    paths: list[str] = []
+
+    def search(ctx, target, path, start=None):  # noqa: ANN001, ANN202
+        paths.append(path.name)
+        return SearchResult(SimpleNamespace(ms=8.0), [], {"wall_s": 1.0})
+
+    cfg, loaded, ctx = _fake_search(monkeypatch, search)
+    monkeypatch.setattr(search_job, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
+
+    _, result, rounds = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+
+    assert paths == ["search-1.json"] and rounds == [] and result.plan.ms == 8.0
+
+def _fake_search(monkeypatch, search):  # noqa: ANN001, ANN202
+    """``search_job._search``'s collaborators faked: ``search`` as the agent's, a densify that times one new
+    width per round (a search is repeated only when the table changed), predictions read off ``plan.ms``."""
+    from types import SimpleNamespace
+
+    from hwprune import search_job
+
+    def densify(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return {"points": [["sig", 3, 5]], "anchors": [], "scale": 1.0, "off_grid_factors": {}, "seconds": 0.0}
+
+    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
+    monkeypatch.setattr(search_job, "densify", densify)
+    monkeypatch.setattr(search_job, "Predictor", lambda table, graph: None)
+    monkeypatch.setattr(search_job, "replace", lambda ctx, **kw: ctx)
+    cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
+    return cfg, SimpleNamespace(graph=None, profiler=None), SimpleNamespace(predict_ms=lambda plan: plan.ms)
