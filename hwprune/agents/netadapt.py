@@ -17,6 +17,10 @@ the search cut the blocks' inner convs to 2 of 16 and 8 of 64 channels, and the 
 lost 4.3 points to uniform pruning. With carried weights the search also returns its lineage, and
 the job long fine-tunes the model the search reached (the paper's final step) instead of cutting
 the plan afresh from the original weights; the long fine-tune's steps and seed are every agent's.
+
+Handed an earlier search of the same job (``start``: the table was corrected, or a new try has a
+new target), the loop continues that path rather than walk it again from the full model
+(:meth:`NetAdaptAgent.continued`).
 """
 
 from __future__ import annotations
