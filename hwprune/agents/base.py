@@ -207,9 +207,10 @@ class SearchAgent(ABC):
     ) -> SearchResult:
         """Find a plan whose predicted latency is at most ``budget_ms``.
 
-        ``start``: an earlier search of the same budget whose table has since been corrected (the job
-        times a plan's unmeasured widths and searches again). An agent that can continue from it
-        instead of starting over may; one whose search is cheap ignores it.
+        ``start``: an earlier search of the same job, on a table since corrected (the job times a
+        plan's unmeasured widths and searches again) or against another target (a new try after
+        a measured miss or slack). An agent that can continue from it instead of starting over
+        may; one whose search is cheap ignores it.
         """
 
 

@@ -130,8 +130,9 @@ class NetAdaptAgent(SearchAgent):
     def search(
         self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
     ) -> SearchResult:
-        """The greedy loop; given ``start`` (a search priced on an older table), it continues that search's
-        path (see :meth:`continued`) instead of starting from the full model."""
+        """The greedy loop; given ``start`` (an earlier search of the job, on an older table or another
+        target), it continues that search's path (see :meth:`continued`) instead of starting from the
+        full model."""
         full_ms = ctx.predict_ms(ctx.full_plan())
         header = state_header(self, ctx, budget_ms, full_ms)
         state = load_state(state_path, header) if state_path is not None else None
@@ -196,14 +197,15 @@ class NetAdaptAgent(SearchAgent):
         """The iterations of ``start`` this search keeps: its path up to the last plan the current table
         still prices over ``budget_ms``, where a search walking that path would not yet have stopped.
 
-        The job searches again when timing a plan's own widths moves its prediction off the target.
-        Searching from the full model again re-scored most of the path for nothing: the corrected
+        The job searches again when timing a plan's own widths moves its prediction off the target,
+        and at a new try after a measured miss or slack. Searching from the full model again
+        re-scored most of the path for nothing: the corrected
         prices change which keep count achieves each asked reduction, so the candidates differ
         from the first step on and miss the evaluator's cache (the demo's first try spent 257 s of
         its 368 on two such searches). Kept, the earlier steps stand as they were chosen (their
-        rows keep the prices of the older table); the path is cut where the new table puts it
-        under the target (the plan was over-priced: a wider one fits) or continued from its end (it
-        was under-priced), and the loop goes on from there.
+        rows keep the prices of the older table); the path is cut where the current table puts it
+        under the target (the plan was over-priced, or the target loosened: a wider one fits) or
+        continued from its end (under-priced, or a tighter target), and the loop goes on from there.
         """
         plans = self.path(ctx, start.history)
         under = next((i for i, plan in enumerate(plans) if ctx.predict_ms(plan) <= budget_ms), len(plans))
