@@ -28,7 +28,7 @@ from _common import _r, emit, load_average, run  # noqa: E402
 from hwprune.commands.profile import parse_input_size  # noqa: E402
 from hwprune.io import write_json  # noqa: E402
 from hwprune.latency import LatencyTable, Signature, TableSetting, check, heldout_plans, parse_grid  # noqa: E402
-from hwprune.latency.build import fill_table, new_table  # noqa: E402
+from hwprune.latency.build import BLOCK_WARMUP_S, fill_table, new_table  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter, calibrate, calibration_plans, measure_rounds  # noqa: E402
 from hwprune.models import create_model  # noqa: E402
 from hwprune.profilers import keep_faster  # noqa: E402
@@ -58,7 +58,8 @@ def main() -> None:
     base = TableSetting(
         model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
         input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=0.1, calib_plans=args.calib_plans, rounds=args.rounds,
+        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=BLOCK_WARMUP_S, calib_plans=args.calib_plans,
+        rounds=args.rounds,
     )
     model = create_model(base.model, base.in_channels, base.num_classes)
     graph = ModelGraph(model, base.input_shape)

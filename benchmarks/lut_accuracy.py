@@ -28,7 +28,7 @@ from _common import _r, emit, load_average, run  # noqa: E402
 from hwprune.commands.profile import parse_input_size  # noqa: E402
 from hwprune.io import write_json  # noqa: E402
 from hwprune.latency import TableSetting, check, heldout_plans, model_for, parse_grid, profile_model  # noqa: E402
-from hwprune.latency.build import DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
+from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter, measure_rounds  # noqa: E402
 from hwprune.latency.load import profiler_for  # noqa: E402
 from hwprune.latency.validate import calibrated_full_ms, compare_forms  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> None:
     setting = TableSetting(
         model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
         input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=0.1, grid=parse_grid(args.grid),
+        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=BLOCK_WARMUP_S, grid=parse_grid(args.grid),
         calib_plans=args.calib_plans, calib_form=args.calib_form, quantum=args.quantum, rounds=args.rounds,
     )
     stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"

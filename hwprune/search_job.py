@@ -33,7 +33,8 @@ from hwprune.errors import BudgetError, TableError
 from hwprune.evaluator import Evaluator
 from hwprune.io import read_json, write_json
 from hwprune.job import JobConfig, Judged, Loaded, finish, measure_judged  # job.py imports us lazily
-from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model
+from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model, timing_like
+from hwprune.latency.build import BLOCK_WARMUP_S
 from hwprune.latency.densify import densify
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
@@ -91,11 +92,12 @@ def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> La
         repeats=fp.repeats,
         runs=fp.runs,
         warmup=fp.warmup,
-        warmup_s=fp.warmup_s,
+        warmup_s=BLOCK_WARMUP_S,  # the table `hwprune profile` would make, not the job's whole-model warm-up
         calib_plans=cfg.calibration_plans,
     )
     print(f"profiling {loaded.spec.name} blocks on {cfg.backend} into {run / 'lut.json'}")
-    table, _ = profile_model(setting, run / "lut.json", resume=resume, profiler=loaded.profiler, model=loaded.model)
+    table, _ = profile_model(setting, run / "lut.json", resume=resume, model=loaded.model,
+                             profiler=timing_like(setting.to_dict(), fp))
     return table
 
 

@@ -12,6 +12,7 @@ from test_latency import FakeProfiler, setting
 
 from hwprune.checkpoint import save_checkpoint
 from hwprune.latency import LatencyTable, Predictor, Signature, profile_model
+from hwprune.latency.build import BLOCK_WARMUP_S
 from hwprune.latency.densify import densify, unmeasured_points
 from hwprune.models import ModelSpec, create_model
 from hwprune.profilers import BlockSpec, Measurement
@@ -113,12 +114,19 @@ def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
     _, grids = plan_grids(graph, 2, (0.125, 0.25, 0.5, 0.75, 1.0), quantum=8)
     on_grid = {p for gs in grids.values() for g in gs for p in g.points()}
 
+    warmups: dict[str, set[float]] = {"block": set(), "model": set()}  # shared by the copies the job makes
+
     class Device(BlindSpots):
+        def measure_block(self, spec: BlockSpec) -> Measurement:
+            warmups["block"].add(self.warmup_s)
+            return super().measure_block(spec)
+
         def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]) -> Measurement:
             """A whole model costs what its layers cost as blocks, blind spots included."""
+            warmups["model"].add(self.warmup_s)
             layers = ModelGraph(model, (1, 32, 32)).layer_shapes()
             blocks = [Signature.of(s, 2).block(s.c_in, s.c_out) for s in layers]
-            return Measurement([sum(self.measure_block(b).median_ms for b in blocks)] * 3)
+            return Measurement([sum(super(Device, self).measure_block(b).median_ms for b in blocks)] * 3)
 
     monkeypatch.setattr(job, "get_profiler", lambda name, **kw: Device(on_grid, off=off, **kw))
     cfg = JobConfig(checkpoint=str(tmp_path / "ck"), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
@@ -143,6 +151,9 @@ def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
     assert unmeasured_points(saved, graph, final) == []  # the plan measured on the device was priced as measured
     assert tried["predicted_ms"] == pytest.approx(Predictor(saved, graph).predict_ms(final))
     assert tried["cost"]["densify_s"] > 0 and met
+    # Blocks, the grid's and densify's alike, are timed with the table's warm-up; whole models with the job's.
+    assert warmups == {"block": {saved.settings["warmup_s"]}, "model": {cfg.warmup_s}}
+    assert saved.settings["warmup_s"] == BLOCK_WARMUP_S < cfg.warmup_s
 
 
 @pytest.mark.parametrize(("predicted", "measured"), [((11.0, 9.0, 12.0), 1), ((11.0, 10.4, 12.0), 1),

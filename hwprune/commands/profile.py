@@ -18,7 +18,14 @@ from pathlib import Path
 
 from hwprune.errors import ConfigError
 from hwprune.io import read_json
-from hwprune.latency.build import DEFAULT_FRACTIONS, DEFAULT_QUANTUM, TableSetting, parse_grid, profile_model
+from hwprune.latency.build import (
+    BLOCK_WARMUP_S,
+    DEFAULT_FRACTIONS,
+    DEFAULT_QUANTUM,
+    TableSetting,
+    parse_grid,
+    profile_model,
+)
 from hwprune.latency.calibrate import check_plan_count
 from hwprune.models import ModelSpec, create_model
 from hwprune.profilers import available_profilers
@@ -42,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=5,
                         help="runs per block and per model, back to back; the quietest (lowest median) is kept")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up runs before sampling (at least)")
-    parser.add_argument("--warmup-s", type=float, default=0.1, help="warm-up seconds before sampling (at least)")
+    parser.add_argument("--warmup-s", type=float, default=BLOCK_WARMUP_S,
+                        help="warm-up seconds before sampling (at least)")
     parser.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
                         help="grid widths as fractions of each layer's width (e.g. 0.25,0.5,1), or a count N")
     parser.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM,

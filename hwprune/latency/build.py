@@ -38,6 +38,16 @@ DEFAULT_FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_QUANTUM = 8
 """Channel alignment the CPU backends reward (AVX2: 8 floats); aligned and unaligned widths get their own points."""
 
+BLOCK_WARMUP_S = 0.02
+"""Warm-up seconds before a block's samples (besides ``warmup`` runs), chosen by measurement.
+
+A table times hundreds of sub-millisecond blocks back to back, so the warm-up was most of its
+cost: at 0.1 s, 0.1 of the 0.11-0.12 s each block took. Timed paired against 0.1 s on 200 blocks each
+(``benchmarks/block_warmup.py``), 20 ms read 0.9999x (ResNet-20, ORT, batch 32), 1.0031x
+(ResNet-20, torch-cpu) and 0.9961x (torchvision MobileNetV2, ORT, batch 1), where 0.1 s against
+itself read 1.0006x, 1.0013x and 1.0003x; the warm-up runs alone read 1.0025x, 1.0077x and
+1.015x, biased slow on the smallest blocks. So 20 ms, at 0.03-0.04 s a block."""
+
 
 @dataclass(frozen=True)
 class TableSetting:

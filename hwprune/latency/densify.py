@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hwprune.latency.load import timing_like
 from hwprune.latency.table import LatencyTable, Signature
 from hwprune.profilers.base import Profiler
 from hwprune.profilers.measurement import Measurement
@@ -61,6 +62,7 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
             out: Path | None = None) -> dict[str, Any]:
     """Measure the plan's unmeasured blocks into ``table`` (saved to ``out`` once, at the end).
 
+    The blocks are timed with the table's own protocol (:func:`timing_like`), whatever ``profiler``'s.
     Returns what was done: the points with their raw and stored medians, the anchors, the scale,
     the touched signatures' off-grid factors, and the seconds spent. A plan whose widths are all measured costs nothing.
     """
@@ -68,6 +70,7 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
     if not points:
         return {"points": [], "anchors": [], "scale": 1.0, "off_grid_factors": {}, "seconds": 0.0}
     start = time.perf_counter()
+    profiler = timing_like(table.settings, profiler)
     raw: dict[Point, Measurement] = {}
     anchors = []
     for sig in dict.fromkeys(p[0] for p in points):
