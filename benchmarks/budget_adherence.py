@@ -30,6 +30,7 @@ from hwprune.checkpoint import load_checkpoint  # noqa: E402
 from hwprune.errors import HwpruneError  # noqa: E402
 from hwprune.job import JobConfig, run_job  # noqa: E402
 from hwprune.latency import TableSetting, profile_model  # noqa: E402
+from hwprune.latency.build import BLOCK_WARMUP_S  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,8 @@ def table_for(model: str, args: argparse.Namespace) -> Path:
     out = Path(args.out_dir) / model / "lut.json"
     setting = TableSetting(
         model=spec.name, in_channels=spec.in_channels, num_classes=spec.num_classes, input_size=spec.input_size,
-        batch=args.batch, backend=args.backend, threads=args.threads, repeats=10, runs=5, warmup=10, warmup_s=0.2,
+        batch=args.batch, backend=args.backend, threads=args.threads, repeats=10, runs=5, warmup=10,
+        warmup_s=BLOCK_WARMUP_S,  # the table `hwprune profile` makes
     )
     profile_model(setting, out, resume=out.exists(), progress=False)
     return out
