@@ -110,10 +110,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                               "searched for a wider one against a looser target.", ""]
             taken = search.get("taken_try", len(search["tries"]))
             if taken != len(search["tries"]):
-                why = ("its fine-tuned model measured over the budget" if "final" in search["tries"][-1]
-                       else "it was not under the budget by half the margin")
-                lines += [f"The wider plan was searched for on the last try and {why}, so try {taken}'s plan is "
-                          "the one fine-tuned and reported.", ""]
+                why = ("'s fine-tuned model measured over the budget on the last try" if "final" in search["tries"][-1]
+                       else " was not under the budget by half the margin")
+                lines += [f"The wider plan{why}, so try {taken}'s plan is the one fine-tuned and reported.", ""]
     fp = report.get("fingerprint", {})
     if fp:
         lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]

@@ -250,7 +250,8 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
     text = (tmp_path / "run" / "report.md").read_text()
     assert re.search(r"Try 1's plan used \d\d% of the budget, so it was kept and try 2 searched", text)
     assert ("try 1's plan is the one fine-tuned and reported" in text) == (wider_misses != "no")
-    assert ("its fine-tuned model measured over the budget" in text) == (wider_misses == "fine-tuned")
+    assert ("wider plan's fine-tuned model measured over the budget" in text) == (wider_misses == "fine-tuned")
+    assert ("wider plan was not under the budget by half the margin" in text) == (wider_misses == "measured")
 
 
 def _slow_after_first_finetune(monkeypatch):  # noqa: ANN001, ANN202
