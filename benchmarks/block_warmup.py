@@ -34,8 +34,11 @@ def _timed(profiler: Profiler, block: BlockSpec) -> tuple[float, float]:
     return profiler.measure_block(block).median_ms, time.perf_counter() - start
 
 
-def _deciles(values: list[float]) -> list[float]:
-    return [round(v, 4) for v in statistics.quantiles(values, n=10)]
+def _ratio_summary(ratios: list[float]) -> dict[str, object]:
+    """Median, deciles and median distance from 1 (in %) of per-block timing ratios."""
+    return {"median": round(statistics.median(ratios), 4),
+            "deciles": [round(v, 4) for v in statistics.quantiles(ratios, n=10)],
+            "median_abs_pct": round(statistics.median(abs(r - 1) for r in ratios) * 100, 2)}
 
 
 def main() -> None:
@@ -75,10 +78,8 @@ def main() -> None:
         "backend": table.backend, "device_key": table.device_key(), "model": table.settings["model"],
         "batch": table.settings["batch"], "blocks": len(points), "warmup_runs": timed_a.warmup,
         "warmup_s": args.warmup_s, "short_s": args.short_s,
-        "short_over_long": {"median": round(statistics.median(ratios), 4), "deciles": _deciles(ratios),
-                                 "median_abs_pct": round(statistics.median(abs(r - 1) for r in ratios) * 100, 2)},
-        "long_again_over_long": {"median": round(statistics.median(noise), 4), "deciles": _deciles(noise),
-                                   "median_abs_pct": round(statistics.median(abs(r - 1) for r in noise) * 100, 2)},
+        "short_over_long": _ratio_summary(ratios),
+        "long_again_over_long": _ratio_summary(noise),
         "seconds_per_block": {"long": round(statistics.fmean(seconds_a), 4),
                               "short": round(statistics.fmean(seconds_b), 4)},
         "load_average": {"before": load_before, "after": load_average()},

@@ -110,9 +110,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                               "searched for a wider one against a looser target.", ""]
             taken = search.get("taken_try", len(search["tries"]))
             if taken != len(search["tries"]):
-                why = ("'s fine-tuned model measured over the budget on the last try" if "final" in search["tries"][-1]
-                       else " was not under the budget by half the margin")
-                lines += [f"The wider plan{why}, so try {taken}'s plan is the one fine-tuned and reported.", ""]
+                if "final" in search["tries"][-1]:
+                    why = "The wider plan's fine-tuned model measured over the budget on the last try"
+                else:
+                    why = "The wider plan was not under the budget by half the margin"
+                lines += [f"{why}, so try {taken}'s plan is the one fine-tuned and reported.", ""]
     fp = report.get("fingerprint", {})
     if fp:
         lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]
