@@ -6,10 +6,9 @@ held-out rows included, to --out-dir. Run from the repository root, e.g.:
 
     .venv/bin/python benchmarks/lut_accuracy.py --model resnet20 --backend torch-cpu --batch 32 --input-size 32x32
 
-With --paired every plan is timed right after the unpruned model and its samples are scaled by
-(unpruned latency at calibration) / (unpruned latency now): the machine's drift since the table
-was made is taken out, which is how `hwprune prune` judges a relative budget. The report says
-which protocol produced it.
+Every plan is timed right after the unpruned model and read at the machine speed the table was
+calibrated at, as `hwprune lut-check` does (the calibration is measured the same way); --unpaired
+times each plan alone. The report says which protocol produced it.
 """
 
 from __future__ import annotations
@@ -31,23 +30,7 @@ from hwprune.latency import TableSetting, check, heldout_plans, model_for, parse
 from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter, measure_rounds  # noqa: E402
 from hwprune.latency.load import profiler_for  # noqa: E402
-from hwprune.latency.validate import calibrated_full_ms, compare_forms  # noqa: E402
-from hwprune.profilers import Measurement  # noqa: E402
-from hwprune.pruning import PruningPlan  # noqa: E402
-
-
-class PairedMeter:
-    """A plan's latency at the machine speed of calibration time: timed right after the unpruned model, rescaled."""
-
-    def __init__(self, meter: PlanMeter, full: PruningPlan, reference_ms: float) -> None:
-        self.meter, self.full, self.reference_ms = meter, full, reference_ms
-        self.unpruned_ms: list[float] = []  # every measurement of the unpruned model: the machine's drift
-
-    def __call__(self, plan: PruningPlan) -> Measurement:
-        self.unpruned_ms.append(self.meter(self.full).median_ms)
-        scale = self.reference_ms / self.unpruned_ms[-1]
-        m = self.meter(plan)
-        return Measurement([s * scale for s in m.samples_ms], [r * scale for r in m.run_medians_ms or []] or None)
+from hwprune.latency.validate import calibrated_full_ms, compare_forms, paired_meter  # noqa: E402
 
 
 def main() -> None:
@@ -69,8 +52,7 @@ def main() -> None:
     p.add_argument("--aligned-plans", type=int, default=10,
                    help="further held-out plans with every width a multiple of the quantum, scored on their own")
     p.add_argument("--repeat-check", type=int, default=10, help="held-out plans measured a second time")
-    p.add_argument("--paired", action="store_true",
-                   help="time the unpruned model before every plan and take the machine's drift out (see above)")
+    p.add_argument("--unpaired", action="store_true", help="time each held-out plan alone (see above)")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--resume", action="store_true", help="reuse/continue the table in --out-dir")
     args = p.parse_args()
@@ -91,13 +73,11 @@ def main() -> None:
     model, graph = model_for(table)
     profiler = profiler_for(table)
     plans = heldout_plans(table, graph, args.plans, args.seed)
-    shape = (setting.batch, *setting.input_shape)
-    meter = PlanMeter(model, graph, profiler, shape)
-    if args.paired:
-        reference = calibrated_full_ms(table, graph)
-        assert reference is not None  # calibration always measures the unpruned model
-        meter = PairedMeter(meter, PruningPlan.full(str(table.settings["model"]), graph), reference)
-        stem += "_paired"
+    if args.unpaired:
+        meter = PlanMeter.for_table(table, model, graph, profiler)
+        stem += "_unpaired"
+    else:
+        meter = paired_meter(table, model, graph, profiler)
     report = check(table, model, graph, profiler, plans, progress=False, measure=meter)
     report["calibration_forms"] = compare_forms(table, graph, report)
     # The noise floor: the same plans measured again now (same protocol and rounds) vs. before.
@@ -116,10 +96,9 @@ def main() -> None:
                                "max_abs_pct": float(np.max(drift)) if drift else None}
     summary = {
         "command": "python benchmarks/lut_accuracy.py " + " ".join(sys.argv[1:]),
-        "protocol": "paired: drift since calibration taken out" if args.paired else "plain",
-        "unpruned_alongside_ms": None if not isinstance(meter, PairedMeter) else {
-            "at_calibration": round(meter.reference_ms, 3), "min": round(min(meter.unpruned_ms), 3),
-            "median": round(float(np.median(meter.unpruned_ms)), 3), "max": round(max(meter.unpruned_ms), 3)},
+        "protocol": "calibration paired; held-out plans " + ("alone" if args.unpaired else "paired"),
+        "unpruned_alongside": {k: _r(v) for k, v in (report["unpruned_alongside"] or {}).items()} or None,
+        "calibration_reference_ms": _r(calibrated_full_ms(table, graph)),
         "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
         "threads": args.threads, "device_key": table.device_key(), "grid": list(setting.grid),
         "quantum": setting.quantum, "rounds": setting.rounds,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from hwprune.latency import (
     SumPredictor,
     TableSetting,
     axis_points,
+    check,
     error_stats,
     heldout_plans,
     interpolate,
@@ -36,9 +38,10 @@ from hwprune.latency import (
 from hwprune.latency.calibrate import calibration_plans, fit
 from hwprune.latency.interp import tier, tier_probes
 from hwprune.latency.predictor import TableSum
+from hwprune.latency.validate import paired_meter
 from hwprune.models import create_model
 from hwprune.profilers import BlockSpec, Measurement, Profiler
-from hwprune.pruning import ModelGraph, PruningPlan
+from hwprune.pruning import ModelGraph, PruningPlan, apply_plan
 
 
 class FakeProfiler(Profiler):
@@ -386,6 +389,51 @@ def test_aligned_volume_counts_only_convolutions_in_blocked_widths(built, resnet
     full = sums.features(None)
     assert 0 < sums.features(even)["aligned_melems"] < full["aligned_melems"]
     assert full["aligned_melems"] > 2 * full["act_melems"] * 0.9  # every conv: its input and its output
+
+
+class Drifting(FakeProfiler):
+    """A machine that changes speed every second whole-model measurement (a pair shares its state)."""
+
+    def __init__(self, speeds: tuple[float, ...] = (1.0, 1.5, 0.8, 1.3), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.speeds, self.models = speeds, 0
+
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+        speed = self.speeds[(self.models // 2) % len(self.speeds)]
+        self.models += 1
+        return super().measure_model(model, input_shape).scaled(speed)
+
+
+def test_calibration_is_paired_so_a_drifting_machine_does_not_bend_the_fit(resnet20) -> None:
+    """Each plan is read beside the unpruned model: the machine's speed states cancel, the plans' ratios stay."""
+    model, graph = resnet20
+    truth = FakeProfiler(repeats=3)
+    table, _ = profile_model(setting(calib_plans=6), None, progress=False, profiler=Drifting(repeats=3), model=model)
+    cal = table.calibration
+    ratios = [Measurement.from_dict(r["measurement"]).median_ms
+              / truth.measure_model(apply_plan(model, _plan_of(r["keep"], graph), graph)[0], (2, 3, 16, 16)).median_ms
+              for r in cal["plans"]]
+    assert max(ratios) / min(ratios) == pytest.approx(1.0)  # timed alone they would spread 0.8x-1.5x
+    assert len(cal["alongside_ms"]) == 6 * table.required_rounds()
+    assert cal["reference_ms"] == pytest.approx(statistics.median(cal["alongside_ms"]))
+
+
+def _plan_of(keep: dict[str, int], graph: ModelGraph) -> PruningPlan:
+    return PruningPlan.full("resnet20", graph).with_keep(keep)
+
+
+def test_lut_check_reads_plans_at_the_tables_speed(built, resnet20) -> None:
+    """A machine twice as slow as at profiling: paired plans read as at profiling, plans timed alone twice as slow."""
+    table, _ = built
+    model, graph = resnet20
+    plans = heldout_plans(table, graph, 3, seed=0)
+    slow = Drifting(speeds=(2.0,), repeats=3)
+    paired = check(table, model, graph, slow, plans, progress=False, measure=paired_meter(table, model, graph, slow))
+    alone = check(table, model, graph, slow, plans, progress=False)
+    for p, a in zip(paired["rows"], alone["rows"], strict=True):
+        assert a["measured_ms"] == pytest.approx(2 * p["measured_ms"])
+    assert paired["protocol"] == "paired" and alone["protocol"] == "alone"
+    assert paired["unpruned_alongside"]["median_ms"] == pytest.approx(2 * table.calibration["reference_ms"])
 
 
 def test_a_disturbed_calibration_falls_back_to_a_positive_scale(resnet20) -> None:

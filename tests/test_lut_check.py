@@ -57,6 +57,9 @@ def test_lut_check_end_to_end(lut: Path, tmp_path: Path, capsys) -> None:
     calibration_keeps = [r["keep"] for r in LatencyTable.load(lut).calibration["plans"]]
     assert all(row["keep"] not in calibration_keeps for row in report["rows"])
     assert all(row["measured_ms"] > 0 for row in report["rows"])
+    assert report["protocol"] == "paired" and report["unpruned_alongside"]["readings"] == 3  # one per plan and round
+    assert report["unpruned_alongside"]["reference_ms"] == LatencyTable.load(lut).calibration["reference_ms"]
+    assert "paired:" in printed
 
 
 def test_lut_check_round_to_measures_aligned_plans(lut: Path, tmp_path: Path) -> None:

@@ -5,6 +5,11 @@ never one of the plans the table was calibrated on. Each is pruned, run end to e
 device with the table's backend and settings, and compared with three predictions: the
 calibrated table (what `prune` uses), the plain sum of isolated block timings (NetAdapt-style)
 and the unpruned latency scaled by MACs (FLOPs-proportional).
+
+Each plan is timed right after the unpruned model and read at the machine speed the table was
+calibrated at (the calibration is measured the same way), so the machine drifting between
+`profile` and `lut-check` is not graded as the table's error; how far it drifted is printed.
+--unpaired times every plan alone instead.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 from hwprune.errors import ConfigError
 from hwprune.io import write_json
 from hwprune.latency.load import load_table, model_for
-from hwprune.latency.validate import check, heldout_plans
+from hwprune.latency.validate import check, heldout_plans, paired_meter
 
 HELP = "measure random pruned variants and report the latency table's prediction error"
 
@@ -33,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs per measurement, the quietest kept (default: the table's)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="runs per plan, round-robin, the faster kept (default: the table's)")
+    parser.add_argument("--unpaired", action="store_true",
+                        help="time each plan alone, at whatever speed the machine runs now, instead of right after "
+                        "the unpruned model and rescaled to the table's calibration speed")
     parser.add_argument("--out", default=None, help="JSON report (default: LUT name with .check.json)")
     parser.add_argument("--allow-foreign-table", action="store_true",
                         help="use a table profiled on another device/backend anyway")
@@ -56,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {args.model!r}")
     model, graph = model_for(table)
     plans = heldout_plans(table, graph, args.plans, args.seed, round_to=args.round_to)
-    report = check(table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds)
+    measure = None if args.unpaired else paired_meter(table, model, graph, profiler)
+    report = check(table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds,
+                   measure=measure)
     report |= {"lut": str(lut), "seed": args.seed, "round_to": args.round_to, "device_key": profiler.device_key()}
     out = Path(args.out) if args.out else lut.with_name(lut.stem + ".check.json")
     write_json(out, report)
@@ -78,6 +88,10 @@ def format_report(report: dict) -> str:
     for name, st in report["predictors"].items():
         lines.append(f"{name:<12}{st['median_abs_pct']:>13.1f}%{st['p95_abs_pct']:>10.1f}%"
                      f"{st['within_10pct']:>11.0%} {st['mean_signed_pct']:>+8.1f}%")
+    paired = report.get("unpruned_alongside")
+    if paired and paired["readings"]:
+        lines.append(f"paired: each plan read at the calibration's speed (unpruned {paired['reference_ms']:.3f} ms); "
+                     f"the unpruned model read {paired['min_ms']:.3f}-{paired['max_ms']:.3f} ms beside the plans")
     if report.get("unstable_measurements"):
         lines.append(f"warning: {report['unstable_measurements']} measurements were unstable (busy machine?)")
     return "\n".join(lines)

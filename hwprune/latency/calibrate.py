@@ -84,12 +84,51 @@ class PlanMeter:
         self.model, self.graph, self.profiler, self.input_shape = model, graph, profiler, tuple(input_shape)
         self._deployed: dict[tuple[int, ...], Callable[[], Measurement]] = {}
 
+    @classmethod
+    def for_table(cls, table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler) -> PlanMeter:
+        """A meter at the table's deployment setting (batch, channels, input size)."""
+        s = table.settings
+        return cls(model, graph, profiler, (int(s["batch"]), int(s["in_channels"]), *[int(v) for v in s["input_size"]]))
+
     def __call__(self, plan: PruningPlan) -> Measurement:
         key = plan.key()
         if key not in self._deployed:
             pruned, _ = apply_plan(self.model, plan, self.graph)
             self._deployed[key] = self.profiler.deploy(pruned, self.input_shape)
         return self._deployed[key]()
+
+
+class PairedMeter:
+    """Times each plan right after the unpruned model and reads it at one reference speed of the machine.
+
+    This VM moves between speed states that last seconds to minutes and slow every model alike (the
+    unpruned ResNet-20 read 15.5-24.6 ms within one hour), so a plan measured twice minutes apart
+    moved by 5-13 %, and a calibration measured in one state and checked in another is off by the
+    difference. The unpruned model timed just before a plan shares the plan's state, so the plan's
+    samples are scaled by ``reference_ms / unpruned now``: what is left is the noise of two
+    measurements, not the drift (benchmarks/LATENCY.md: calibration and held-out plans measured
+    this way in one session, MobileNetV2 on ONNX Runtime read 2.5 % median error where the same
+    plans timed alone read 5.5 %). ``reference_ms`` is a table's (``lut-check``) or, while
+    calibrating, the first unpruned reading, re-based on the median of all of them at the end.
+    """
+
+    def __init__(self, meter: Callable[[PruningPlan], Measurement], full: PruningPlan,
+                 reference_ms: float | None = None, alongside_ms: list[float] | None = None) -> None:
+        self.meter, self.full, self.reference_ms = meter, full, reference_ms
+        self.alongside_ms = list(alongside_ms or [])  # every reading of the unpruned model: the machine's speed
+
+    def __call__(self, plan: PruningPlan) -> Measurement:
+        now = self.meter(self.full).median_ms
+        self.alongside_ms.append(now)
+        if self.reference_ms is None:
+            self.reference_ms = now
+        return self.meter(plan).scaled(self.reference_ms / now)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The reference and the unpruned readings beside the plans (their spread is the drift taken out)."""
+        a = self.alongside_ms
+        return {"reference_ms": self.reference_ms, "readings": len(a), "min_ms": min(a, default=None),
+                "median_ms": statistics.median(a) if a else None, "max_ms": max(a, default=None)}
 
 
 def measure_rounds(plans: list[PruningPlan], measure: Callable[[PruningPlan], Measurement], rounds: int,
@@ -119,30 +158,45 @@ def measure_rounds(plans: list[PruningPlan], measure: Callable[[PruningPlan], Me
 def calibrate(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler,
               out: Path | None = None, progress: bool = True,
               measure: Callable[..., Measurement] | None = None) -> dict[str, Any]:
-    """Measure the calibration plans (each ``rounds`` times) not yet in the table, then fit and store the fit."""
+    """Measure the calibration plans (each ``rounds`` times, paired) not yet in the table, then fit and store the fit.
+
+    Every plan is timed right after the unpruned model (:class:`PairedMeter`) and stored at the
+    machine speed of ``calibration["reference_ms"]``, the median unpruned reading; the readings
+    themselves are kept in ``calibration["alongside_ms"]``.
+    """
     s = table.settings
     count, seed = int(s.get("calib_plans", 0)), int(s.get("calib_seed", 0))
     if count < MIN_PLANS:
         raise TableError(f"calibration needs at least {MIN_PLANS} plans, got {count}")
     plans = calibration_plans(str(s["model"]), graph, count, seed, int(s.get("quantum", 1)))
-    shape = (int(s["batch"]), int(s["in_channels"]), *[int(v) for v in s["input_size"]])
-    old = {tuple(sorted(r["keep"].items())): r for r in (table.calibration or {}).get("plans", [])}
+    cal = table.calibration or {}
+    old = {tuple(sorted(r["keep"].items())): r for r in cal.get("plans", [])}
     rows: list[dict[str, Any] | None] = [old.get(tuple(sorted(p.keep.items()))) for p in plans]
     done = [(Measurement.from_dict(r["measurement"]), int(r.get("rounds", 1))) if r else (None, 0) for r in rows]
+    # plans[0] is the unpruned model; every row is stored at the speed of ``reference_ms``
+    paired = PairedMeter(measure or PlanMeter.for_table(table, model, graph, profiler), plans[0],
+                         cal.get("reference_ms"), cal.get("alongside_ms"))
 
-    def record(i: int, kept: Measurement, rounds: int, unstable: bool) -> None:
-        rows[i] = {"keep": plans[i].keep, "rounds": rounds, "unstable": unstable, "measurement": kept.to_dict()}
-        table.calibration = {"plans": [r for r in rows if r is not None]}
+    def store(extra: dict[str, Any] | None = None) -> None:
+        table.calibration = {"plans": [r for r in rows if r is not None], "reference_ms": paired.reference_ms,
+                             "alongside_ms": paired.alongside_ms} | (extra or {})
         if out is not None:
             table.save(out)
 
-    measure_rounds(plans, measure or PlanMeter(model, graph, profiler, shape), table.required_rounds(),
-                   "calibrating on whole models", progress, done, record)
+    def record(i: int, kept: Measurement, rounds: int, unstable: bool) -> None:
+        rows[i] = {"keep": plans[i].keep, "rounds": rounds, "unstable": unstable, "measurement": kept.to_dict()}
+        store()
+
+    measure_rounds(plans, paired, table.required_rounds(), "calibrating on whole models", progress, done, record)
+    if paired.alongside_ms and paired.reference_ms:
+        # Re-base from the first unpruned reading to the median of all of them: one reading is one state.
+        median = statistics.median(paired.alongside_ms)
+        factor, paired.reference_ms = median / paired.reference_ms, median
+        for r in rows:
+            if r is not None:
+                r["measurement"] = Measurement.from_dict(r["measurement"]).scaled(factor).to_dict()
     finished = [r for r in rows if r is not None]
-    form = str(s.get("calib_form", "auto"))
-    table.calibration = {"plans": finished, "fit": fit(table, graph, finished, form)}
-    if out is not None:
-        table.save(out)
+    store({"fit": fit(table, graph, finished, str(s.get("calib_form", "auto")))})
     return table.calibration
 
 

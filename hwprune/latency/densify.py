@@ -53,11 +53,6 @@ def _anchor(table: LatencyTable, sig: str, points: list[Point]) -> tuple[int, in
     return min(grid, key=lambda e: (abs(e[0] - ci) + abs(e[1] - co), e))
 
 
-def _scaled(m: Measurement, scale: float) -> Measurement:
-    runs = None if m.run_medians_ms is None else [r * scale for r in m.run_medians_ms]
-    return Measurement([s * scale for s in m.samples_ms], runs)
-
-
 def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler: Profiler,
             out: Path | None = None) -> dict[str, Any]:
     """Measure the plan's unmeasured blocks into ``table`` (saved to ``out`` once, at the end).
@@ -84,7 +79,7 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
     ratios = [a["stored_ms"] / a["now_ms"] for a in anchors if a["now_ms"] > 0]
     scale = statistics.median(ratios) if ratios else 1.0
     for (sig, ci, co), m in raw.items():
-        table.add(sig, ci, co, _scaled(m, scale))
+        table.add(sig, ci, co, m.scaled(scale))
     if out is not None:
         table.save(out)
     return {

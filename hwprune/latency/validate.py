@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from hwprune.errors import TableError
-from hwprune.latency.calibrate import PlanMeter, measure_rounds
+from hwprune.latency.calibrate import PairedMeter, PlanMeter, measure_rounds
 from hwprune.latency.predictor import FlopsPredictor, LatencyPredictor, Predictor, SumPredictor, apply_fit
 from hwprune.latency.table import LatencyTable
 from hwprune.profilers.base import Profiler
@@ -64,10 +64,13 @@ def error_stats(predicted: list[float], measured: list[float]) -> dict[str, floa
 def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler,
           plans: list[PruningPlan], progress: bool = True,
           measure: Callable[[PruningPlan], Measurement] | None = None, rounds: int | None = None) -> dict[str, Any]:
-    """Measure every plan end to end (``rounds`` times, default the table's) and score all three predictors."""
+    """Measure every plan end to end (``rounds`` times, default the table's) and score all three predictors.
+
+    ``measure`` defaults to timing each plan alone; pass :func:`paired_meter` to read every plan at
+    the table's reference speed, as the calibration was (``lut-check``'s default).
+    """
     s = table.settings
-    shape = (int(s["batch"]), int(s["in_channels"]), *[int(v) for v in s["input_size"]])
-    measure = measure or PlanMeter(model, graph, profiler, shape)
+    measure = measure or PlanMeter.for_table(table, model, graph, profiler)
     calibrated = Predictor(table, graph)
     full_ms = calibrated_full_ms(table, graph) or measure(PruningPlan.full(str(s["model"]), graph)).median_ms
     predictors: list[LatencyPredictor] = [calibrated, SumPredictor(table, graph), FlopsPredictor(graph, full_ms)]
@@ -94,6 +97,8 @@ def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Pr
         "calibrated": calibrated.calibrated,
         "calibration": calibrated.describe(),
         "full_model_measured_ms": full_ms,
+        "protocol": "paired" if isinstance(measure, PairedMeter) else "alone",
+        "unpruned_alongside": measure.summary() if isinstance(measure, PairedMeter) else None,
         "unstable_measurements": unstable,
         "seconds": time.perf_counter() - start,
         "predictors": {p.name: error_stats([r["predicted_ms"][p.name] for r in rows], measured) for p in predictors},
@@ -101,8 +106,19 @@ def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Pr
     }
 
 
+def paired_meter(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler) -> PairedMeter:
+    """Times plans right after the unpruned model and reads them at the speed the table was calibrated at."""
+    full = PruningPlan.full(str(table.settings["model"]), graph)
+    return PairedMeter(PlanMeter.for_table(table, model, graph, profiler), full, calibrated_full_ms(table, graph))
+
+
 def calibrated_full_ms(table: LatencyTable, graph: ModelGraph) -> float | None:
-    """The unpruned model's latency if calibration measured it (it always does; None for a bare table)."""
+    """The unpruned model's latency at calibration: the paired reference, or (older tables) its own row.
+
+    None for a table without calibration.
+    """
+    if (table.calibration or {}).get("reference_ms"):
+        return float(table.calibration["reference_ms"])
     full = PruningPlan.full(str(table.settings["model"]), graph).keep
     for r in (table.calibration or {}).get("plans", []):
         if {k: int(v) for k, v in r["keep"].items()} == full:

@@ -133,6 +133,11 @@ class Measurement:
                 f"latency measurement is malformed ({exc}); re-profile with `hwprune profile`"
             ) from None
 
+    def scaled(self, factor: float) -> Measurement:
+        """The same run read at another speed of the machine (every sample and run median times ``factor``)."""
+        runs = None if self.run_medians_ms is None else [r * factor for r in self.run_medians_ms]
+        return Measurement([s * factor for s in self.samples_ms], runs)
+
     def __repr__(self) -> str:
         return f"Measurement(median={self.median_ms:.4f} ms, iqr={self.iqr_ms:.4f} ms, n={self.n})"
 
