@@ -7,6 +7,7 @@ The CLI tests in test_lut_check.py time real blocks, briefly.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import statistics
@@ -339,8 +340,6 @@ def test_predictors_are_monotone_and_references_behave(built, resnet20) -> None:
 
 def test_predictor_refits_from_the_stored_calibration_measurements(built, resnet20) -> None:
     """A table made by an earlier version carries that version's fit; the measurements are what count."""
-    import copy
-
     table, _ = built
     _, graph = resnet20
     plan = PruningPlan.uniform("resnet20", graph, 0.5)
@@ -467,6 +466,9 @@ def test_auto_calibration_picks_the_form_that_predicts_unseen_plans(built, resne
     result = fit(table, graph, rows, "auto")
     assert result["form"] == form, result["loo_median_abs_pct"]
     assert result["in_sample_max_abs_pct"] < 1e-6
+    eager = copy.copy(table)
+    eager.backend = "torch-cpu"  # runs op by op: no layout carried between layers, no aligned term
+    assert "aligned" not in fit(eager, graph, rows, "auto")["form"]
 
 
 def test_prune_takes_the_deployment_setting_it_is_not_given_from_the_lut(built) -> None:

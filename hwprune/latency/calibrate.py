@@ -212,6 +212,18 @@ FORMS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
 }
 #: what "auto" chooses among, simplest first (a tie goes to the simpler form)
 AUTO_FORMS = ("identity", "scale", "sum", "sum+act", "scale+aligned", "sum+aligned")
+#: backends that run op by op, each op on plain-layout tensors: no layout is carried across layers, so
+#: the aligned-volume term (reorders a graph runtime skips between aligned layers) describes nothing there
+EAGER_BACKENDS = ("torch-cpu", "torch-cuda")
+
+
+def auto_forms(backend: str) -> tuple[str, ...]:
+    """The forms "auto" may choose for a table of ``backend``.
+
+    On torch-cpu the aligned forms won leave-one-out on 13 noisy plans and then missed held-out
+    plans (ResNet-20, batch 32: 8.1 % median error against 3.8 % for ``sum``; benchmarks/LATENCY.md).
+    """
+    return tuple(f for f in AUTO_FORMS if "aligned" not in f) if backend in EAGER_BACKENDS else AUTO_FORMS
 
 
 def _solve(x: np.ndarray, y: np.ndarray, offset: bool, fitted: bool = True, iterations: int = 20) -> np.ndarray:
@@ -251,8 +263,8 @@ def loo_errors(x: np.ndarray, y: np.ndarray, offset: bool, fitted: bool = True) 
 def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form: str = "auto") -> dict[str, Any]:
     """Fit ``measured ~ offset + sum_f coef_f * feature_f`` on the calibration plans.
 
-    ``auto`` picks, among ``AUTO_FORMS`` (the plain table sum, a pure scale, scale + offset, and
-    those plus an activation-volume or aligned-volume term), the form with the lowest
+    ``auto`` picks, among :func:`auto_forms` (the plain table sum, a pure scale, scale + offset, and
+    those plus an activation-volume or, off eager backends, aligned-volume term), the form with the lowest
     leave-one-out median error on the calibration plans. A
     parameter is worth fitting only when it predicts plans it was not fitted on: on ONNX Runtime
     the blocks are timed as deployed and the plain sum is already unbiased, so a scale + offset
@@ -272,10 +284,11 @@ def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form
 
     loo: dict[str, float] = {}
     if form == "auto":
-        for name in AUTO_FORMS:
+        candidates = auto_forms(table.backend)
+        for name in candidates:
             names, offset, fitted = FORMS[name]
             loo[name] = float(np.median(loo_errors(design(names), y, offset, fitted)))
-        form = min(AUTO_FORMS, key=lambda n: (round(loo[n], 6), AUTO_FORMS.index(n)))
+        form = min(candidates, key=lambda n: (round(loo[n], 6), candidates.index(n)))
     if form not in FORMS:
         raise TableError(f"unknown calibration form {form!r}: choose auto or one of {', '.join(FORMS)}")
     names, offset, fitted = FORMS[form]
