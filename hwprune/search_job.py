@@ -326,7 +326,8 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
             rounds.append(record | {"search": path.name, "predicted_before_ms": before, "predicted_after_ms": after,
                                     "searched_again": again})
             write_json(_round_path(run, try_no, k), {"kind": ROUND_KIND, "schema_version": 1, "round": rounds[-1]})
-            print(f"search {try_no}: timed {len(record['points'])} layer widths the table had not measured; "
+            shaky = f" ({record['unstable_blocks']} timed unstably)" if record.get("unstable_blocks") else ""
+            print(f"search {try_no}: timed {len(record['points'])} layer widths the table had not measured{shaky}; "
                   f"the plan now predicts {after:.3f} ms (was {before:.3f}, target {target:.3f})"
                   + ("; searching again on the corrected table" if again else ""))
         if not again:

@@ -63,6 +63,27 @@ def test_a_plans_off_grid_widths_are_measured_once_and_read_on_the_grids_clock(t
     assert densify(table, graph, plan, device)["points"] == [] and device.blocks == timed
 
 
+def test_unstable_blocks_are_counted_not_warned_one_by_one() -> None:
+    """A densify round on a busy machine reports how many blocks were unstable instead of a line per block."""
+    from hwprune.profilers.base import UnstableMeasurementWarning
+
+    class Busy(FakeProfiler):
+        def measure_block(self, spec: BlockSpec) -> Measurement:
+            warnings.warn("unstable timing of a block", UnstableMeasurementWarning, stacklevel=2)
+            return super().measure_block(spec)
+
+    model = create_model("resnet20", 3, 10)
+    graph = ModelGraph(model, (3, 16, 16))
+    table, _ = profile_model(setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3),
+                             model=model)
+    plan = PruningPlan.full("resnet20", graph).with_keep({g.name: g.channels - 3 for g in graph.groups})
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        record = densify(table, graph, plan, Busy(repeats=3))
+    assert not [w for w in escaped if issubclass(w.category, UnstableMeasurementWarning)]
+    assert record["unstable_blocks"] == len(record["points"]) + len(record["anchors"]) > 0  # every block timed
+
+
 def test_the_next_search_reads_unmeasured_off_grid_widths_scaled_by_what_densify_found() -> None:
     """Off the grid the device runs 3x the (exact, bilinear) interpolation: once densify has measured some
     widths of a signature, its other off-grid widths read higher, shrunk towards the interpolation when

@@ -12,7 +12,6 @@ or an error loses at most the block being timed, a hard kill at most a second of
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from hwprune.errors import ConfigError, TableError
 from hwprune.latency.interp import Grid, axis_points, tier, tier_probes
 from hwprune.latency.table import LatencyTable, Signature
-from hwprune.profilers.base import Profiler, UnstableMeasurementWarning
+from hwprune.profilers.base import Profiler, counting_unstable
 from hwprune.profilers.fingerprint import device_key
 from hwprune.pruning.graph import ModelGraph
 
@@ -218,11 +217,8 @@ def fill_table(table: LatencyTable, profiler: Profiler, out: Path | None, progre
             for (sig, ci, co), w in zip(todo, weights, strict=True):
                 bar.set_postfix_str(f"{sig} {ci}->{co}" + (f" ({unstable} unstable)" if unstable else ""),
                                     refresh=False)
-                # One warning per unstable block would bury the progress bar; count them instead.
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", UnstableMeasurementWarning)
-                    m = measure(table.signatures[sig].block(ci, co))
-                unstable += any(issubclass(c.category, UnstableMeasurementWarning) for c in caught)
+                m, shaky = counting_unstable(measure, table.signatures[sig].block(ci, co))
+                unstable += shaky
                 table.add(sig, ci, co, m)
                 if out is not None and time.perf_counter() - last_save >= SAVE_EVERY_S:
                     table.save(out)

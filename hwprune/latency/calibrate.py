@@ -10,7 +10,6 @@ Each measured plan is written into the table as soon as it completes, like the b
 from __future__ import annotations
 
 import statistics
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from hwprune.errors import ConfigError, TableError
 from hwprune.latency.predictor import TableSum
 from hwprune.latency.table import LatencyTable
-from hwprune.profilers.base import Profiler
+from hwprune.profilers.base import Profiler, counting_unstable
 from hwprune.profilers.measurement import Measurement, keep_faster
 from hwprune.pruning.apply import apply_plan
 from hwprune.pruning.graph import ModelGraph
@@ -144,12 +143,10 @@ def measure_rounds(plans: list[PruningPlan], measure: Callable[[PruningPlan], Me
     unstable = [False] * len(plans)
     todo = [(r, i) for r in range(1, rounds + 1) for i in range(len(plans)) if state[i][1] < r]
     for _, i in tqdm(todo, desc=desc, unit="run", disable=not progress or not todo):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            m = measure(plans[i])
+        m, shaky = counting_unstable(measure, plans[i])
         kept = keep_faster(state[i][0], m)
         state[i] = (kept, state[i][1] + 1)
-        unstable[i] = unstable[i] or bool(caught)
+        unstable[i] = unstable[i] or shaky
         if on_result is not None:
             on_result(i, kept, state[i][1], unstable[i])
     return [(m, n, u) for (m, n), u in zip(state, unstable, strict=True) if m is not None]

@@ -26,7 +26,7 @@ from typing import Any
 
 from hwprune.latency.load import timing_like
 from hwprune.latency.table import LatencyTable, Signature
-from hwprune.profilers.base import Profiler
+from hwprune.profilers.base import Profiler, counting_unstable
 from hwprune.profilers.measurement import Measurement
 from hwprune.pruning.graph import ModelGraph
 from hwprune.pruning.plan import PruningPlan
@@ -63,19 +63,27 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
     """
     points = unmeasured_points(table, graph, plan)
     if not points:
-        return {"points": [], "anchors": [], "scale": 1.0, "off_grid_factors": {}, "seconds": 0.0}
+        return {"points": [], "anchors": [], "scale": 1.0, "unstable_blocks": 0, "off_grid_factors": {}, "seconds": 0.0}
     start = time.perf_counter()
     profiler = timing_like(table.settings, profiler)
     raw: dict[Point, Measurement] = {}
     anchors = []
+    unstable = 0
+
+    def timed(sig: str, c_in: int, c_out: int) -> Measurement:
+        nonlocal unstable
+        m, shaky = counting_unstable(profiler.measure_block, table.signatures[sig].block(c_in, c_out))
+        unstable += shaky
+        return m
+
     for sig in dict.fromkeys(p[0] for p in points):
         mine = [p for p in points if p[0] == sig]
         a = _anchor(table, sig, mine)
-        now = profiler.measure_block(table.signatures[sig].block(*a))  # the anchor first, then its neighbours
+        now = timed(sig, *a)  # the anchor first, then its neighbours
         anchors.append({"signature": sig, "c_in": a[0], "c_out": a[1],
                         "stored_ms": table.value_ms(sig, *a), "now_ms": now.median_ms})
         for p in mine:
-            raw[p] = profiler.measure_block(table.signatures[sig].block(p[1], p[2]))
+            raw[p] = timed(*p)
     ratios = [a["stored_ms"] / a["now_ms"] for a in anchors if a["now_ms"] > 0]
     scale = statistics.median(ratios) if ratios else 1.0
     for (sig, ci, co), m in raw.items():
@@ -87,6 +95,7 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
                    for (s, ci, co), m in raw.items()],
         "anchors": anchors,
         "scale": scale,
+        "unstable_blocks": unstable,
         "off_grid_factors": {a["signature"]: table.off_grid_factor(a["signature"]) for a in anchors},
         "seconds": time.perf_counter() - start,
     }

@@ -30,6 +30,18 @@ class UnstableMeasurementWarning(UserWarning):
     """Samples spread more than the threshold allows: the machine was busy or throttling."""
 
 
+def counting_unstable(measure: Callable[..., Measurement], *args: Any) -> tuple[Measurement, bool]:
+    """``measure(*args)`` with its unstable-timing warning caught: (measurement, whether it was unstable).
+
+    Loops over hundreds of blocks report a count instead; one warning line per block would bury
+    the progress bar and the job's own lines (a densify round printed one per block).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnstableMeasurementWarning)
+        m = measure(*args)
+    return m, any(issubclass(c.category, UnstableMeasurementWarning) for c in caught)
+
+
 class Profiler(ABC):
     """Times workloads on one device + backend under the protocol in DESIGN.md."""
 
