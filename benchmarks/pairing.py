@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import _r, emit, load_average, run  # noqa: E402
 
+from hwprune.errors import ConfigError  # noqa: E402
 from hwprune.latency import TableSum, error_stats, heldout_plans, load_table, model_for  # noqa: E402
-from hwprune.latency.calibrate import PlanMeter, calibration_plans, fit  # noqa: E402
+from hwprune.latency.calibrate import MIN_PLANS, PlanMeter, calibration_plans, fit  # noqa: E402
 from hwprune.latency.predictor import apply_fit  # noqa: E402
 from hwprune.profilers import Measurement  # noqa: E402
 from hwprune.pruning import PruningPlan  # noqa: E402
@@ -36,10 +37,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.plans < 1 or args.rounds < 2:
+        p.error("--plans must be >= 1 and --rounds >= 2 (the round-to-round figure compares two rounds)")
     load_before = load_average()
     table, profiler = load_table(args.lut)
     model, graph = model_for(table)
     s = table.settings
+    if int(s.get("calib_plans", 0)) < MIN_PLANS:
+        raise ConfigError(f"{args.lut} has no calibration to re-measure: profile it with --calib-plans >= {MIN_PLANS}")
     calib = calibration_plans(str(s["model"]), graph, int(s["calib_plans"]), int(s["calib_seed"]), int(s["quantum"]))
     plans = calib + heldout_plans(table, graph, args.plans, args.seed)
     meter, full = PlanMeter.for_table(table, model, graph, profiler), PruningPlan.full(str(s["model"]), graph)
