@@ -27,7 +27,7 @@ from _common import _r, emit, load_average, run  # noqa: E402
 from hwprune.commands.profile import parse_input_size  # noqa: E402
 from hwprune.io import write_json  # noqa: E402
 from hwprune.latency import TableSetting, check, heldout_plans, model_for, parse_grid, profile_model  # noqa: E402
-from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
+from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_BLOCK_ROUNDS, DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter, measure_rounds  # noqa: E402
 from hwprune.latency.load import profiler_for  # noqa: E402
 from hwprune.latency.validate import calibrated_full_ms, compare_forms, paired_meter  # noqa: E402
@@ -44,7 +44,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5, help="runs per measurement, the quietest kept")
     p.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
     p.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="times each whole-model plan is measured")
+    p.add_argument("--block-rounds", type=int, default=DEFAULT_BLOCK_ROUNDS, help="passes over the grid")
     p.add_argument("--calib-plans", type=int, default=13)
     p.add_argument("--calib-form", default="auto")
     p.add_argument("--plans", type=int, default=40, help="held-out plans to measure")
@@ -63,6 +64,7 @@ def main() -> None:
         input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
         repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=BLOCK_WARMUP_S, grid=parse_grid(args.grid),
         calib_plans=args.calib_plans, calib_form=args.calib_form, quantum=args.quantum, rounds=args.rounds,
+        block_rounds=args.block_rounds,
     )
     stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"
     out_dir = Path(args.out_dir)
@@ -101,7 +103,7 @@ def main() -> None:
         "calibration_reference_ms": _r(calibrated_full_ms(table, graph)),
         "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
         "threads": args.threads, "device_key": table.device_key(), "grid": list(setting.grid),
-        "quantum": setting.quantum, "rounds": setting.rounds,
+        "quantum": setting.quantum, "rounds": setting.rounds, "block_rounds": setting.block_rounds,
         "signatures": len(table.grids), "blocks": table.num_entries(),
         "profile_seconds": {"total": round(profile_s, 1), "blocks": round(seconds["blocks_s"], 1),
                             "calibration": round(seconds["calibration_s"], 1)},

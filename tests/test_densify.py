@@ -81,7 +81,36 @@ def test_unstable_blocks_are_counted_not_warned_one_by_one() -> None:
         warnings.simplefilter("always")
         record = densify(table, graph, plan, Busy(repeats=3))
     assert not [w for w in escaped if issubclass(w.category, UnstableMeasurementWarning)]
-    assert record["unstable_blocks"] == len(record["points"]) + len(record["anchors"]) > 0  # every block timed
+    runs = (len(record["points"]) + len(record["anchors"])) * table.block_rounds()
+    assert record["unstable_blocks"] == runs > 0  # every run of every block
+
+
+def test_a_slow_spell_during_one_pass_does_not_reach_the_table() -> None:
+    """Like the grid, each new width and anchor is timed in the table's passes and its faster run kept:
+    a device 1.5x slower through the first half of the first pass (the anchors of some signatures and their
+    widths, not the others: no anchor scale can undo that) stores what it reads once the spell is over."""
+    model = create_model("resnet20", 3, 10)
+    graph = ModelGraph(model, (3, 16, 16))
+    table, _ = profile_model(setting(calib_plans=0, block_rounds=3), None, progress=False,
+                             profiler=FakeProfiler(repeats=3), model=model)
+    plan = PruningPlan.full("resnet20", graph).with_keep({g.name: g.channels - 3 for g in graph.groups})
+    points = unmeasured_points(table, graph, plan)
+    per_pass = len(points) + len({sig for sig, _, _ in points})  # the new widths and one anchor per signature
+
+    runs = [0]  # shared by the copy densify times with
+
+    class Spell(FakeProfiler):
+        def measure_block(self, spec: BlockSpec) -> Measurement:
+            runs[0] += 1
+            m = super().measure_block(spec)
+            return m.scaled(1.5) if runs[0] <= per_pass // 2 else m
+
+    record = densify(table, graph, plan, Spell(repeats=3))
+    assert runs[0] == 3 * per_pass and record["scale"] == pytest.approx(1.0)
+    smooth = FakeProfiler(repeats=3)
+    for sig, ci, co in points:
+        expected = smooth.measure_block(table.signatures[sig].block(ci, co)).median_ms
+        assert table.value_ms(sig, ci, co) == pytest.approx(expected)
 
 
 def test_the_next_search_reads_unmeasured_off_grid_widths_scaled_by_what_densify_found() -> None:

@@ -282,7 +282,7 @@ def test_resume_after_interruption_gives_the_same_entries(resnet20, built, tmp_p
         profile_model(setting(), out, progress=False, profiler=FakeProfiler(repeats=3), model=model)
     resumed_profiler = FakeProfiler(repeats=3)
     resumed, _ = profile_model(setting(), out, resume=True, progress=False, profiler=resumed_profiler, model=model)
-    assert resumed_profiler.blocks == reference.num_entries() * reference.required_rounds() - 7  # no run repeated
+    assert resumed_profiler.blocks == reference.num_entries() * reference.block_rounds() - 7  # no run repeated
     final = LatencyTable.load(out)
     assert final.is_complete()
     assert {k: set(v) for k, v in final.entries.items()} == {k: set(v) for k, v in reference.entries.items()}
@@ -362,6 +362,20 @@ def test_error_stats() -> None:
     assert stats["median_abs_pct"] == pytest.approx(5.0)
     assert stats["within_10pct"] == pytest.approx(0.75)
     assert stats["max_abs_pct"] == pytest.approx(30.0)
+
+
+def test_blocks_and_calibration_plans_count_their_rounds_apart(resnet20) -> None:
+    """Blocks are timed in ``block_rounds`` passes, whole-model plans ``rounds`` times; a table from
+    before the split (one ``rounds`` for both) still reads as complete."""
+    model, _ = resnet20
+    profiler = FakeProfiler(repeats=3)
+    table, _ = profile_model(setting(rounds=1, block_rounds=3), None, progress=False, profiler=profiler, model=model)
+    assert profiler.blocks == 3 * table.num_entries() and table.is_complete()
+    assert [r["rounds"] for r in table.calibration["plans"]] == [1] * 4
+    old = {k: v for k, v in table.settings.items() if k != "block_rounds"} | {"rounds": 3}
+    assert TableSetting.from_dict(old).block_rounds == 3
+    table.settings = old
+    assert table.block_rounds() == 3 and table.is_complete()
 
 
 def test_rounds_keep_the_faster_run(built) -> None:

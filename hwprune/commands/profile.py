@@ -20,6 +20,7 @@ from hwprune.errors import ConfigError
 from hwprune.io import read_json
 from hwprune.latency.build import (
     BLOCK_WARMUP_S,
+    DEFAULT_BLOCK_ROUNDS,
     DEFAULT_FRACTIONS,
     DEFAULT_QUANTUM,
     TableSetting,
@@ -57,8 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="widest channel alignment the backend rewards: the grid sits on odd widths and each "
                         "alignment tier (2, 4, .. QUANTUM) gets a measured correction; 1 = one plain grid")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="times every block and calibration plan is timed, in separate passes; the faster "
-                        "run is kept (a shared or virtualised host has slow spells longer than one run)")
+                        help="times every calibration plan is timed, in separate passes (each right after the "
+                        "unpruned model); the faster run is kept")
+    parser.add_argument("--block-rounds", type=int, default=DEFAULT_BLOCK_ROUNDS,
+                        help="passes over the grid, each timing every block once; the faster run is kept (a "
+                        "block's runs last milliseconds, while a shared or virtualised host has slow spells of "
+                        "seconds: only separate passes see past them)")
     parser.add_argument("--calib-plans", type=int, default=13,
                         help="whole-model measurements (unpruned + random plans) to calibrate on; 0 = none")
     parser.add_argument("--calib-seed", type=int, default=1234, help="seed of the calibration plans")
@@ -94,7 +99,7 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
                                ("--warmup", args.warmup, 0),
                                ("--in-channels", in_channels, 1), ("--num-classes", num_classes, 1),
                                ("--calib-plans", args.calib_plans, 0), ("--quantum", args.quantum, 1),
-                               ("--rounds", args.rounds, 1)):
+                               ("--rounds", args.rounds, 1), ("--block-rounds", args.block_rounds, 1)):
         if value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     if args.threads is not None and args.threads < 1:
@@ -106,6 +111,7 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
         backend=args.backend, threads=args.threads or (os.cpu_count() or 1), repeats=args.repeats, runs=args.runs,
         warmup=args.warmup, warmup_s=args.warmup_s, grid=parse_grid(args.grid), quantum=args.quantum,
         calib_plans=args.calib_plans, calib_seed=args.calib_seed, rounds=args.rounds,
+        block_rounds=args.block_rounds,
     )
 
 

@@ -47,6 +47,17 @@ cost: at 0.1 s, 0.1 of the 0.11-0.12 s each block took. Timed paired against 0.1
 itself read 1.0006x, 1.0013x and 1.0003x; the warm-up runs alone read 1.0025x, 1.0077x and
 1.015x, biased slow on the smallest blocks. So 20 ms, at 0.03-0.04 s a block."""
 
+DEFAULT_BLOCK_ROUNDS = 4
+"""Passes over the grid (each point's fastest run is kept), chosen by measurement.
+
+A block's 5 runs of 10 samples last a few milliseconds, so all of them fall inside whatever
+speed state the host is in, and this VM spends a third of its time in slow spells of 0.1-1 s
+that make every block ~25 % slower (one block timed 12 times in 2 s: 0.240-0.314 ms, the slow
+readings in runs). Only passes seconds apart see a point at different speeds. Two ResNet-20
+tables (ONNX Runtime, batch 32) built back to back, their sums compared on 60 random plans: 2
+passes, 4.8-6.0 % median disagreement (whole signatures 9-20 % apart); 3 passes, 2.5 %; 4
+passes, 1.1-1.7 % (``benchmarks/table_repeatability.py``, benchmarks/LATENCY.md)."""
+
 
 @dataclass(frozen=True)
 class TableSetting:
@@ -70,6 +81,7 @@ class TableSetting:
     calib_form: str = "auto"
     rounds: int = 2
     runs: int = 5
+    block_rounds: int = DEFAULT_BLOCK_ROUNDS
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +90,7 @@ class TableSetting:
             "threads": self.threads, "repeats": self.repeats, "warmup": self.warmup,
             "warmup_s": self.warmup_s, "grid": list(self.grid), "quantum": self.quantum, "dtype": self.dtype,
             "calib_plans": self.calib_plans, "calib_seed": self.calib_seed, "calib_form": self.calib_form,
-            "rounds": self.rounds, "runs": self.runs,
+            "rounds": self.rounds, "runs": self.runs, "block_rounds": self.block_rounds,
         }
 
     @classmethod
@@ -92,6 +104,7 @@ class TableSetting:
                 str(data.get("dtype", "float32")),
                 int(data.get("calib_plans", 0)), int(data.get("calib_seed", 0)), str(data.get("calib_form", "sum")),
                 int(data.get("rounds", 1)), int(data.get("runs", 1)),
+                int(data.get("block_rounds", data.get("rounds", 1))),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise TableError(f"latency table settings are malformed ({exc!r}); re-profile") from None
@@ -204,7 +217,7 @@ def fill_table(table: LatencyTable, profiler: Profiler, out: Path | None, progre
     them alike is wrong by as much.
     """
     # Round r times every point that has fewer than r runs, so a point's runs are minutes apart.
-    todo = [p for r in range(1, table.required_rounds() + 1) for p in table.missing_points(r)]
+    todo = [p for r in range(1, table.block_rounds() + 1) for p in table.missing_points(r)]
     measure = measure or profiler.measure_block
     start = time.perf_counter()
     unstable = 0

@@ -9,8 +9,9 @@ measured point before it interpolates. The measurements land where the search go
 plan whose prediction moves over its target is searched again on the corrected table.
 
 The new points are timed minutes or hours after the grid, and this machine's speed drifts
-(whole-model latency 15 ms at one hour, 18 ms the next). Each round therefore also re-times one
-grid point per signature (the *anchor*, the measured point nearest the new ones) and scales the
+(whole-model latency 15 ms at one hour, 18 ms the next). Like the grid, every point is timed in
+:meth:`LatencyTable.block_rounds` passes, the faster run kept; and each densify round also re-times
+one grid point per signature (the *anchor*, the measured point nearest the new ones) and scales the
 new points by the median ratio of stored to current anchor times, so they are read on the
 grid's clock. The raw medians, anchors and scale are returned for the run's record, with each
 signature's ``off_grid_factor``: how far its measured widths sit from the interpolation, which
@@ -27,7 +28,7 @@ from typing import Any
 from hwprune.latency.load import timing_like
 from hwprune.latency.table import LatencyTable, Signature
 from hwprune.profilers.base import Profiler, counting_unstable
-from hwprune.profilers.measurement import Measurement
+from hwprune.profilers.measurement import Measurement, keep_faster
 from hwprune.pruning.graph import ModelGraph
 from hwprune.pruning.plan import PruningPlan
 
@@ -66,8 +67,6 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
         return {"points": [], "anchors": [], "scale": 1.0, "unstable_blocks": 0, "off_grid_factors": {}, "seconds": 0.0}
     start = time.perf_counter()
     profiler = timing_like(table.settings, profiler)
-    raw: dict[Point, Measurement] = {}
-    anchors = []
     unstable = 0
 
     def timed(sig: str, c_in: int, c_out: int) -> Measurement:
@@ -76,14 +75,21 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
         unstable += shaky
         return m
 
+    # Each signature's anchor first, then its new points; every one timed in the table's number of
+    # passes and its faster run kept, as the grid was (one pass reads a third of them in a slow spell).
+    order: list[Point] = []
+    anchor_of: dict[str, tuple[int, int]] = {}
     for sig in dict.fromkeys(p[0] for p in points):
         mine = [p for p in points if p[0] == sig]
-        a = _anchor(table, sig, mine)
-        now = timed(sig, *a)  # the anchor first, then its neighbours
-        anchors.append({"signature": sig, "c_in": a[0], "c_out": a[1],
-                        "stored_ms": table.value_ms(sig, *a), "now_ms": now.median_ms})
-        for p in mine:
-            raw[p] = timed(*p)
+        anchor_of[sig] = _anchor(table, sig, mine)
+        order += [(sig, *anchor_of[sig]), *mine]
+    runs: dict[Point, Measurement] = {}
+    for _ in range(table.block_rounds()):
+        for p in order:
+            runs[p] = keep_faster(runs.get(p), timed(*p))
+    anchors = [{"signature": sig, "c_in": a[0], "c_out": a[1], "stored_ms": table.value_ms(sig, *a),
+                "now_ms": runs[(sig, *a)].median_ms} for sig, a in anchor_of.items()]
+    raw = {p: runs[p] for p in points}
     ratios = [a["stored_ms"] / a["now_ms"] for a in anchors if a["now_ms"] > 0]
     scale = statistics.median(ratios) if ratios else 1.0
     for (sig, ci, co), m in raw.items():

@@ -78,7 +78,7 @@ class LatencyTable:
 
     ``grids[sig]`` lists the rectangular channel grids planned for that signature (one per
     distinct full width of the layers sharing it); ``entries[sig][(c_in, c_out)]`` holds what has
-    been measured so far, and ``rounds`` how many times: each point is timed ``settings["rounds"]``
+    been measured so far, and ``rounds`` how many times: each point is timed :meth:`block_rounds`
     times, in separate passes over the grid, and the run with the lowest median is kept (see
     ``keep_faster``). A table is *complete* when every planned point has all its rounds.
     ``calibration`` (optional) holds whole-model measurements and the fit made from them.
@@ -110,7 +110,17 @@ class LatencyTable:
         return out
 
     def required_rounds(self) -> int:
+        """Times each whole-model plan is measured (calibration, ``lut-check``), the faster kept."""
         return max(1, int(self.settings.get("rounds", 1)))
+
+    def block_rounds(self) -> int:
+        """Passes over the grid, each timing every point once; the faster run of a point is kept.
+
+        Separate from :meth:`required_rounds` (tables before it used one count for both): a block's
+        runs last milliseconds and all fall inside one of the host's slow spells, so only passes
+        seconds apart see it at different speeds (benchmarks/LATENCY.md).
+        """
+        return max(1, int(self.settings.get("block_rounds", self.settings.get("rounds", 1))))
 
     def rounds_done(self, sig: str, c_in: int, c_out: int) -> int:
         if (c_in, c_out) not in self.entries.get(sig, {}):
@@ -119,7 +129,7 @@ class LatencyTable:
 
     def missing_points(self, round_: int | None = None) -> list[tuple[str, int, int]]:
         """Points with fewer than ``round_`` rounds (default: all required rounds)."""
-        need = self.required_rounds() if round_ is None else round_
+        need = self.block_rounds() if round_ is None else round_
         return [p for p in self.planned_points() if self.rounds_done(*p) < need]
 
     def is_complete(self) -> bool:
