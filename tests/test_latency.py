@@ -405,23 +405,32 @@ def test_aligned_volume_counts_only_convolutions_in_blocked_widths(built, resnet
 
 
 class Drifting(FakeProfiler):
-    """A machine that changes speed every second whole-model measurement (a pair shares its state)."""
+    """A machine that changes speed state after every pruned model it runs, so a plan shares the state of the
+    unpruned readings before it; with ``spell_every``, every n-th unpruned reading alone runs 2x slow (a spell)."""
 
-    def __init__(self, speeds: tuple[float, ...] = (1.0, 1.5, 0.8, 1.3), **kwargs: Any) -> None:
+    def __init__(self, speeds: tuple[float, ...] = (1.0, 1.5, 0.8, 1.3), full_params: int = 0, spell_every: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.speeds, self.models = speeds, 0
+        self.speeds, self.full_params, self.spell_every = speeds, full_params, spell_every
+        self.state = self.unpruned = 0
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
-        speed = self.speeds[(self.models // 2) % len(self.speeds)]
-        self.models += 1
-        return super().measure_model(model, input_shape).scaled(speed)
+        m = super().measure_model(model, input_shape).scaled(self.speeds[self.state % len(self.speeds)])
+        if sum(p.numel() for p in model.parameters()) < self.full_params:
+            self.state += 1
+            return m
+        self.unpruned += 1
+        return m.scaled(2.0) if self.spell_every and self.unpruned % self.spell_every == 0 else m
 
 
-def test_calibration_is_paired_so_a_drifting_machine_does_not_bend_the_fit(resnet20) -> None:
-    """Each plan is read beside the unpruned model: the machine's speed states cancel, the plans' ratios stay."""
+@pytest.mark.parametrize("spell_every", [0, 3])
+def test_calibration_is_paired_so_a_drifting_machine_does_not_bend_the_fit(resnet20, spell_every: int) -> None:
+    """Each plan is read beside the unpruned model: the machine's speed states cancel, the plans' ratios stay;
+    an unpruned reading caught in a spell is taken again rather than scaling its plan down."""
     model, graph = resnet20
     truth = FakeProfiler(repeats=3)
-    table, _ = profile_model(setting(calib_plans=6), None, progress=False, profiler=Drifting(repeats=3), model=model)
+    machine = Drifting(full_params=sum(p.numel() for p in model.parameters()), spell_every=spell_every, repeats=3)
+    table, _ = profile_model(setting(calib_plans=6), None, progress=False, profiler=machine, model=model)
     cal = table.calibration
     ratios = [Measurement.from_dict(r["measurement"]).median_ms
               / truth.measure_model(apply_plan(model, _plan_of(r["keep"], graph), graph)[0], (2, 3, 16, 16)).median_ms
@@ -429,6 +438,8 @@ def test_calibration_is_paired_so_a_drifting_machine_does_not_bend_the_fit(resne
     assert max(ratios) / min(ratios) == pytest.approx(1.0)  # timed alone they would spread 0.8x-1.5x
     assert len(cal["alongside_ms"]) == 6 * table.required_rounds()
     assert cal["reference_ms"] == pytest.approx(statistics.median(cal["alongside_ms"]))
+    full_ms = truth.measure_model(model, (2, 3, 16, 16)).median_ms
+    assert {round(a / full_ms, 6) for a in cal["alongside_ms"]} <= set(machine.speeds)  # no spell was kept
 
 
 def _plan_of(keep: dict[str, int], graph: ModelGraph) -> PruningPlan:

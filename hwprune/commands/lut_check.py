@@ -91,7 +91,9 @@ def format_report(report: dict) -> str:
     paired = report.get("unpruned_alongside")
     if paired and paired["readings"]:
         lines.append(f"paired: each plan read at the calibration's speed (unpruned {paired['reference_ms']:.3f} ms); "
-                     f"the unpruned model read {paired['min_ms']:.3f}-{paired['max_ms']:.3f} ms beside the plans")
+                     f"the unpruned model read {paired['min_ms']:.3f}-{paired['max_ms']:.3f} ms beside the plans"
+                     + (f" ({paired['retaken']} reading(s) caught in a slow spell taken again)"
+                        if paired.get("retaken") else ""))
     if report.get("unstable_measurements"):
         lines.append(f"warning: {report['unstable_measurements']} measurements were unstable (busy machine?)")
     return "\n".join(lines)

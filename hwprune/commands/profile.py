@@ -142,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
                  f"error {fit['in_sample_median_abs_pct']:.1f}%, max {fit['in_sample_max_abs_pct']:.1f}%)")
         readings = table.calibration.get("alongside_ms") or []
         if readings:
+            retaken = table.calibration.get("retaken") or 0
             calib += (f", each timed right after the unpruned model ({min(readings):.3f}-{max(readings):.3f} ms, "
-                      f"median {table.calibration['reference_ms']:.3f})")
+                      f"median {table.calibration['reference_ms']:.3f}"
+                      + (f"; {retaken} reading(s) caught in a slow spell taken again" if retaken else "") + ")")
     print(f"{setting.model} on {table.device_key()} (batch {setting.batch}, {setting.input_size[0]}x"
           f"{setting.input_size[1]}): {table.num_entries()} blocks over {len(table.grids)} signatures in "
           f"{seconds['blocks_s']:.0f}s + {seconds['calibration_s']:.0f}s calibration{calib}; wrote {out}")
