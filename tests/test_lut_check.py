@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hwprune.checkpoint import save_checkpoint
 from hwprune.cli import main
 from hwprune.latency import LatencyTable
+from hwprune.models import ModelSpec
 
 TINY = ["--input-size", "16x16", "--batch", "4", "--threads", "1", "--repeats", "15", "--runs", "1", "--warmup", "1",
         "--warmup-s", "0", "--grid", "0.25,0.5,1", "--quantum", "1", "--rounds", "1", "--calib-plans", "3"]
@@ -64,7 +66,7 @@ def test_lut_check_end_to_end(lut: Path, tmp_path: Path, capsys) -> None:
 
 def test_lut_check_round_to_measures_aligned_plans(lut: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "check.json"
-    assert main(["lut-check", "--model", "resnet20", "--lut", str(lut), "--plans", "2", "--repeats", "3",
+    assert main(["lut-check", "--lut", str(lut), "--plans", "2", "--repeats", "3",  # the table names its model
                  "--round-to", "4", "--out", str(report_path), "--no-progress"]) == 0
     report = json.loads(report_path.read_text())
     assert report["round_to"] == 4
@@ -85,9 +87,15 @@ def test_lut_check_refuses_a_foreign_table(lut: Path, tmp_path: Path, capsys) ->
     assert main([*args, "--allow-foreign-table"]) == 0
 
 
-def test_lut_check_refuses_a_table_of_another_model(lut: Path, capsys) -> None:
+def test_lut_check_refuses_a_table_of_another_model(lut: Path, tmp_path: Path, capsys) -> None:
     assert main(["lut-check", "--model", "resnet56", "--lut", str(lut), "--plans", "1", "--no-progress"]) == 2
     assert "resnet20" in capsys.readouterr().err
+    spec = ModelSpec("mobilenetv2", 3, 10, (16, 16))
+    save_checkpoint(tmp_path / "ck", spec.build(), spec, {"data": "synthetic", "seed": 0})
+    assert main(["lut-check", "--checkpoint", str(tmp_path / "ck"), "--lut", str(lut), "--plans", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'resnet20', not 'mobilenetv2'" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

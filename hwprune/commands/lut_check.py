@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hwprune.commands.profile import checkpoint_spec
 from hwprune.errors import ConfigError
 from hwprune.io import write_json
 from hwprune.latency.load import load_table, model_for
@@ -26,7 +27,9 @@ HELP = "measure random pruned variants and report the latency table's prediction
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="the model the table was made for (a safety check)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="the model the table was made for, checked against it (default: the table's)")
+    which.add_argument("--checkpoint", help="or the checkpoint `profile --checkpoint` was given: its model is checked")
     parser.add_argument("--lut", required=True, help="latency table JSON from `hwprune profile`")
     parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
@@ -60,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     lut = Path(args.lut)
     table, profiler = load_table(lut, args.allow_foreign_table, repeats=args.repeats, runs=args.runs)
-    if table.settings.get("model") != args.model:
-        raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {args.model!r}")
+    expected = checkpoint_spec(Path(args.checkpoint)).name if args.checkpoint else args.model
+    if expected is not None and table.settings.get("model") != expected:
+        raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {expected!r}")
     model, graph = model_for(table)
     plans = heldout_plans(table, graph, args.plans, args.seed, round_to=args.round_to)
     measure = None if args.unpaired else paired_meter(table, model, graph, profiler)

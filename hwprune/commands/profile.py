@@ -88,7 +88,7 @@ def parse_input_size(text: str) -> tuple[int, int]:
 
 def setting_from_args(args: argparse.Namespace) -> TableSetting:
     """Validate every option before any file is touched or any block is timed."""
-    spec = _checkpoint_spec(Path(args.checkpoint)) if args.checkpoint else None
+    spec = checkpoint_spec(Path(args.checkpoint)) if args.checkpoint else None
     model = spec.name if spec else args.model
     input_size = parse_input_size(args.input_size) if args.input_size else (spec.input_size if spec else (32, 32))
     in_channels = args.in_channels or (spec.in_channels if spec else 3)
@@ -115,7 +115,8 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
     )
 
 
-def _checkpoint_spec(path: Path) -> ModelSpec:
+def checkpoint_spec(path: Path) -> ModelSpec:
+    """The model spec of a checkpoint (directory or its JSON), read without loading any weights."""
     from hwprune.checkpoint import JSON_NAME, KIND, SCHEMA_VERSION
 
     json_path = path / JSON_NAME if path.is_dir() else path
