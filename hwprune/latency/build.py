@@ -54,9 +54,10 @@ A block's 5 runs of 10 samples last a few milliseconds, so all of them fall insi
 speed state the host is in, and this VM spends a third of its time in slow spells of 0.1-1 s
 that make every block ~25 % slower (one block timed 12 times in 2 s: 0.240-0.314 ms, the slow
 readings in runs). Only passes seconds apart see a point at different speeds. Two ResNet-20
-tables (ONNX Runtime, batch 32) built back to back, their sums compared on 60 random plans: 2
-passes, 4.8-6.0 % median disagreement (whole signatures 9-20 % apart); 3 passes, 2.5 %; 4
-passes, 1.1-1.7 % (``benchmarks/table_repeatability.py``, benchmarks/LATENCY.md)."""
+tables (ONNX Runtime, batch 32) built back to back, their sums compared on 60 random plans: with
+2 passes 0.2-6.0 % median disagreement depending on the hour (whole signatures up to 21 % apart),
+3 passes 2.5 %, 4 passes 0.11-0.18 % in two runs of ``benchmarks/table_repeatability.py`` (1.1-1.7 %
+in a noisier hour's one-off pairs; benchmarks/LATENCY.md)."""
 
 
 @dataclass(frozen=True)

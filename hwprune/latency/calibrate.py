@@ -123,10 +123,10 @@ class PairedMeter:
     """
 
     def __init__(self, meter: Callable[[PruningPlan], Measurement], full: PruningPlan,
-                 reference_ms: float | None = None, alongside_ms: list[float] | None = None) -> None:
+                 reference_ms: float | None = None, alongside_ms: list[float] | None = None, retaken: int = 0) -> None:
         self.meter, self.full, self.reference_ms = meter, full, reference_ms
         self.alongside_ms = list(alongside_ms or [])  # every unpruned reading used: the machine's speed
-        self.retaken = 0  # unpruned readings taken again because they looked like a spell
+        self.retaken = retaken  # unpruned readings taken again because they looked like a spell
 
     def unpruned_now(self) -> float:
         """The unpruned model's median now, taken again while it sits a spell over the recent readings."""
@@ -194,8 +194,7 @@ def calibrate(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler
     done = [(Measurement.from_dict(r["measurement"]), int(r.get("rounds", 1))) if r else (None, 0) for r in rows]
     # plans[0] is the unpruned model; every row is stored at the speed of ``reference_ms``
     paired = PairedMeter(measure or PlanMeter.for_table(table, model, graph, profiler), plans[0],
-                         cal.get("reference_ms"), cal.get("alongside_ms"))
-    paired.retaken = int(cal.get("retaken", 0))  # counted over the calibration's life, resumes included
+                         cal.get("reference_ms"), cal.get("alongside_ms"), int(cal.get("retaken", 0)))
 
     def store(extra: dict[str, Any] | None = None) -> None:
         table.calibration = {"plans": [r for r in rows if r is not None], "reference_ms": paired.reference_ms,
