@@ -111,7 +111,12 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=0, help="held-out plans to grade every table's prediction on")
     p.add_argument("--out-dir", default="benchmarks/results")
     args = p.parse_args()
-    values = [int(v) for v in args.block_rounds.split(",")]
+    try:
+        values = [int(v) for v in args.block_rounds.split(",")]
+    except ValueError:
+        p.error(f"--block-rounds takes comma-separated counts like 2,4; got {args.block_rounds!r}")
+    if min(values) < 1 or args.tables < 1 or args.plans < 1:
+        p.error("--block-rounds values, --tables and --plans must be >= 1")
     load_before = load_average()
     built: dict[int, list[LatencyTable]] = {v: [] for v in values}
     seconds: dict[int, list[float]] = {v: [] for v in values}
