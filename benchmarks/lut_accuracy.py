@@ -107,7 +107,7 @@ def main() -> None:
         "signatures": len(table.grids), "blocks": table.num_entries(),
         "profile_seconds": {"total": round(profile_s, 1), "blocks": round(seconds["blocks_s"], 1),
                             "calibration": round(seconds["calibration_s"], 1)},
-        "unstable_blocks": seconds.get("unstable_blocks", 0),
+        "unstable_blocks": seconds.get("unstable_blocks", 0), "unstable_points": seconds.get("unstable_points", 0),
         "heldout_plans": report["plans"], "full_model_ms": round(report["full_model_measured_ms"], 3),
         "unstable_measurements": report["unstable_measurements"],
         "repeatability": {k: _r(v) for k, v in report["repeatability"].items()},

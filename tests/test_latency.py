@@ -11,6 +11,7 @@ import copy
 import itertools
 import json
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from hwprune.latency import (
     plan_grids,
     profile_model,
 )
+from hwprune.latency.build import new_table
 from hwprune.latency.calibrate import calibration_plans, fit
 from hwprune.latency.interp import tier, tier_probes
 from hwprune.latency.predictor import TableSum
@@ -376,6 +378,28 @@ def test_blocks_and_calibration_plans_count_their_rounds_apart(resnet20) -> None
     assert TableSetting.from_dict(old).block_rounds == 3
     table.settings = old
     assert table.block_rounds() == 3 and table.is_complete()
+
+
+@pytest.mark.parametrize("spell_passes", [1, 3])
+def test_a_profile_reports_points_whose_kept_run_is_unstable_not_every_unstable_run(resnet20, spell_passes) -> None:
+    """A slow, unstable pass is what the passes are for: only a point unstable in every pass is reported."""
+    from hwprune.profilers.base import UnstableMeasurementWarning
+
+    class Spells(FakeProfiler):
+        def measure_block(self, spec: BlockSpec) -> Measurement:
+            m = super().measure_block(spec)
+            if self.blocks > spell_passes * points:
+                return m
+            warnings.warn("unstable timing of a block", UnstableMeasurementWarning, stacklevel=2)
+            b = m.median_ms
+            return Measurement([1.2 * b, 2.4 * b, 0.6 * b])  # slower median, wide spread
+
+    model, _ = resnet20
+    plan = setting(calib_plans=0, block_rounds=3)
+    points = len(new_table(plan, ModelGraph(model, plan.input_shape), FakeProfiler()).planned_points())
+    _, seconds = profile_model(plan, None, progress=False, profiler=Spells(repeats=3), model=model)
+    assert seconds["unstable_blocks"] == spell_passes * points and seconds["points"] == points
+    assert seconds["unstable_points"] == (points if spell_passes == 3 else 0)
 
 
 def test_rounds_keep_the_faster_run(built) -> None:

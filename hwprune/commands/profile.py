@@ -152,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
           f"{seconds['blocks_s']:.0f}s + {seconds['calibration_s']:.0f}s calibration{calib}; wrote {out}")
     if fit and fit.get("fallback"):
         print(f"note: calibration: {fit['fallback']}")
-    if seconds.get("unstable_blocks"):
-        print(f"note: {seconds['unstable_blocks']:.0f} of {seconds['blocks_timed']:.0f} blocks timed unstably "
-              "(a busy machine?); re-profile on a quiet machine for trustworthy numbers")
+    if seconds.get("unstable_points"):
+        print(f"note: {seconds['unstable_points']:.0f} of {seconds['points']:.0f} grid points kept an unstable timing "
+              f"even as the fastest of {setting.block_rounds} passes ({seconds['unstable_blocks']:.0f} of "
+              f"{seconds['blocks_timed']:.0f} runs were unstable): a busy machine? Re-profile on a quiet one for "
+              "trustworthy numbers")
     return 0
