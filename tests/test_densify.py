@@ -291,6 +291,24 @@ def test_a_missed_plan_is_not_admitted_again_by_the_tightened_target() -> None:
     assert next_target(10.0, 10.04, budget_ms=10.0, measured_ms=12.0, margin=0.05) == pytest.approx(10.0 * 9.5 / 12)
 
 
+def test_a_relative_budget_s_first_target_takes_the_lower_of_the_table_s_unpruned_prediction_and_reference() -> None:
+    """The numbers are the 1-thread demo table's: it predicted the unpruned ResNet-20 at 25.13 ms, 6.6 % over
+    the readings its calibration was paired with (23.57), and the first plan found at half of 25.13 missed.
+    An absolute budget, and a table without calibration, keep the budget as it is."""
+    from types import SimpleNamespace
+
+    from hwprune.agents import Budget
+    from hwprune.search_job import first_target
+
+    paired = SimpleNamespace(calibration={"reference_ms": 23.573})
+    half = Budget("0.5x", 11.48, 0.5)
+    assert first_target(half, 25.127, paired, margin=0.05) == pytest.approx(0.5 * 23.573 * 0.95)
+    assert first_target(half, 22.0, paired, margin=0.05) == pytest.approx(0.5 * 22.0 * 0.95)  # the fit lower
+    bare = SimpleNamespace(calibration=None)
+    assert first_target(half, 25.127, bare, margin=0.05) == pytest.approx(0.5 * 25.127 * 0.95)
+    assert first_target(Budget("10ms", 10.0), 25.127, paired, margin=0.05) == pytest.approx(9.5)
+
+
 def test_slack_searches_wider_only_when_the_loosened_target_can_find_a_wider_plan() -> None:
     """Far under the budget with a target that grows: search wider. Within the slack, with slack off, or
     when the loosened target is not over the old one (MobileNetV2 uniform 0.3x, which measured the same
