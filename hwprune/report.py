@@ -110,7 +110,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                               "searched for a wider one against a looser target.", ""]
             taken = search.get("taken_try", len(search["tries"]))
             if taken != len(search["tries"]):
-                if "final" in search["tries"][-1]:
+                if "same_plan_as" in search["tries"][-1]:
+                    why = "The looser target found the same plan again"
+                elif "final" in search["tries"][-1]:
                     why = "The wider plan's fine-tuned model measured over the budget on the last try"
                 else:
                     why = "The wider plan was not under the budget by half the margin"

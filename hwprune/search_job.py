@@ -156,8 +156,14 @@ def budgeted_search(
         else:
             previous = _as_result(tries[-1]) if tries else None  # NetAdapt continues the last try's path
             ctx, result, densified = _search(cfg, loaded, run, ctx, table, target, i + 1, previous)
-            pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
-            judged = measure_judged(loaded, pruned, cfg, budget)
+            # A looser target can find the kept plan again (uniform 0.5x at 1 thread: its next ratios are
+            # unaligned and priced over it): its judgement stands, and there is nothing wider to try.
+            same = kept is not None and result.plan.key() == _as_result(tries[kept]).plan.key()
+            if same:
+                judged = _judged(tries[kept], budget)
+            else:
+                pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
+                judged = measure_judged(loaded, pruned, cfg, budget)
             done = {
                 "target_ms": target,
                 "predicted_ms": ctx.predict_ms(result.plan),
@@ -166,14 +172,21 @@ def budgeted_search(
                 "history": result.history,
                 "cost": result.cost,
                 "densified": densified,
-            } | ({"lineage": [p.to_dict() for p in result.lineage]} if result.lineage else {})
+            } | ({"lineage": [p.to_dict() for p in result.lineage]} if result.lineage else {}) | (
+                {"same_plan_as": kept + 1} if same else {})
             tries.append(done)
             _save_tries(tries_path, tries)
         judged = _judged(done, budget)
-        print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}")
+        if "same_plan_as" in done:
+            print(f"search {i + 1}: against {target:.3f} ms the search found search {done['same_plan_as']}'s plan "
+                  "again; it is not measured again, and taken")
+        else:
+            print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
+                  f"{judged.describe()}")
         used = judged.measured.median_ms / judged.budget_ms
         last = i == cfg.max_tries - 1
-        looser = wider_target(target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
+        looser = None if "same_plan_as" in done else wider_target(
+            target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
         if looser is not None and not last:
             done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
             kept, target = i, looser
@@ -181,11 +194,14 @@ def budgeted_search(
                   f"{target:.3f} ms (this plan is kept in case that one misses)")
             continue
         take = i if used <= 1 - cfg.margin / 2 or (last and kept is None and judged.met) else kept
+        if "same_plan_as" in done:
+            take = done["same_plan_as"] - 1
         if take is not None:
             if take != i:
                 kept = None
-                print(f"search {i + 1}: the wider plan is not under the budget by half the margin; taking search "
-                      f"{take + 1}'s plan, which was")
+                if "same_plan_as" not in done:
+                    print(f"search {i + 1}: the wider plan is not under the budget by half the margin; taking "
+                          f"search {take + 1}'s plan, which was")
             # The last try's wider plan may still miss once fine-tuned; the plan kept for its slack is the fallback.
             fallback = kept if last and kept is not None and kept != take else None
             outcome = _finish_try(cfg, loaded, evaluator, ctx, tries, tries_path, take, budget,

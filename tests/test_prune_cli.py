@@ -254,6 +254,35 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
     assert ("wider plan was not under the budget by half the margin" in text) == (wider_misses == "measured")
 
 
+def test_a_slack_search_that_finds_the_kept_plan_again_takes_it_without_measuring_it_again(
+    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Uniform 0.5x at 1 thread measured its r = 0.5 plan three times: each looser target still found no
+    wider uniform plan. Here every search returns the first one's plan; the second search's is taken as
+    the kept plan, with its judgement, and no third search is run."""
+    from test_latency import FakeProfiler
+
+    class FastPlans(FakeProfiler):  # every pruned model reads at half what the table expects: slack
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            m = super().measure_model(model, input_shape)
+            return m if model is self.unpruned else type(m)([s * 0.5 for s in m.samples_ms])
+
+    real_search, first = UniformAgent.search, {}
+
+    def same_target(self, ctx, budget_ms, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return real_search(self, ctx, first.setdefault("ms", budget_ms), *args, **kwargs)
+
+    monkeypatch.setattr(UniformAgent, "search", same_target)
+    report, met = _half_budget_on(FastPlans(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
+    tries = report["search"]["tries"]
+    assert len(tries) == 2 and tries[0].get("slack_used") and tries[1]["same_plan_as"] == 1
+    assert tries[1]["plan"] == tries[0]["plan"] and tries[1]["measured"] == tries[0]["measured"]
+    assert met and report["search"]["taken_try"] == 1
+    assert "found search 1's plan again; it is not measured again" in capsys.readouterr().out
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "The looser target found the same plan again, so try 1's plan" in markdown
+
+
 def _slow_after_first_finetune(monkeypatch):  # noqa: ANN001, ANN202
     """A fake device on which the first long fine-tuned model reads 1.6x slower than any other pruned model."""
     from test_latency import FakeProfiler
