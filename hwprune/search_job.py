@@ -177,16 +177,16 @@ def budgeted_search(
             tries.append(done)
             _save_tries(tries_path, tries)
         judged = _judged(done, budget)
-        if "same_plan_as" in done:
-            print(f"search {i + 1}: against {target:.3f} ms the search found search {done['same_plan_as']}'s plan "
+        again = done.get("same_plan_as")  # the try whose kept plan this search found again: taken as it is
+        if again:
+            print(f"search {i + 1}: against {target:.3f} ms the search found search {again}'s plan "
                   "again; it is not measured again, and taken")
         else:
             print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
                   f"{judged.describe()}")
         used = judged.measured.median_ms / judged.budget_ms
         last = i == cfg.max_tries - 1
-        looser = None if "same_plan_as" in done else wider_target(
-            target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
+        looser = None if again else wider_target(target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
         if looser is not None and not last:
             done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
             kept, target = i, looser
@@ -194,12 +194,11 @@ def budgeted_search(
                   f"{target:.3f} ms (this plan is kept in case that one misses)")
             continue
         take = i if used <= 1 - cfg.margin / 2 or (last and kept is None and judged.met) else kept
-        if "same_plan_as" in done:
-            take = done["same_plan_as"] - 1
+        take = again - 1 if again else take
         if take is not None:
             if take != i:
                 kept = None
-                if "same_plan_as" not in done:
+                if not again:
                     print(f"search {i + 1}: the wider plan is not under the budget by half the margin; taking "
                           f"search {take + 1}'s plan, which was")
             # The last try's wider plan may still miss once fine-tuned; the plan kept for its slack is the fallback.
