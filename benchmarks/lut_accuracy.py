@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--backend", default="torch-cpu")
     p.add_argument("--batch", type=int, default=32, help="the batch the demo deploys at (32 for the zoo)")
     p.add_argument("--input-size", default="32x32")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="inference threads (the demo's 1, see README)")
     p.add_argument("--repeats", type=int, default=10, help="timed samples per run")
     p.add_argument("--runs", type=int, default=5, help="runs per measurement, the quietest kept")
     p.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
