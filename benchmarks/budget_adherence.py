@@ -97,6 +97,11 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
     }
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``; argparse turns the ValueError of a bad entry into one usage line."""
+    return [int(s) for s in text.split(",")]
+
+
 def compare(rows: list[dict]) -> list[dict]:
     """NetAdapt against uniform per model and budget: mean test accuracy over the seeds both agents
     finished (a failed run counts as 0), each seed's pair, and on how many seeds NetAdapt was >= uniform."""
@@ -125,7 +130,7 @@ def main() -> None:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="inference threads (the demo's 1, see README)")
-    p.add_argument("--seeds", default="0",
+    p.add_argument("--seeds", type=seed_list, default=[0],
                    help="comma-separated seeds: every run once per seed; agents compared on the mean")
     p.add_argument("--search-finetune-steps", type=int, default=10, help="fine-tune steps per candidate")
     p.add_argument("--val-samples", type=int, default=1000)
@@ -143,7 +148,7 @@ def main() -> None:
     args = p.parse_args()
     args.netadapt_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.netadapt_option)}
 
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     start, rows = time.perf_counter(), []
     for model in args.models.split(","):
         lut = table_for(model, args)
