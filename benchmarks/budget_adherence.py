@@ -148,12 +148,11 @@ def main() -> None:
     args = p.parse_args()
     args.netadapt_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.netadapt_option)}
 
-    seeds = args.seeds
     start, rows = time.perf_counter(), []
     for model in args.models.split(","):
         lut = table_for(model, args)
         for budget in (float(b) for b in args.budgets.split(",")):
-            for seed in seeds:
+            for seed in args.seeds:
                 for agent in args.agents.split(","):
                     rows.append(run_one(model, budget, agent, seed, lut, args))
                     print(json.dumps(rows[-1]), file=sys.stderr)
@@ -161,7 +160,7 @@ def main() -> None:
     emit({
         "benchmark": "budget_adherence",
         "command": "python " + " ".join(sys.argv),
-        "setting": {"backend": args.backend, "batch": args.batch, "threads": args.threads, "seeds": seeds,
+        "setting": {"backend": args.backend, "batch": args.batch, "threads": args.threads, "seeds": args.seeds,
                     "finetune_steps": args.finetune_steps, "search_finetune_steps": args.search_finetune_steps,
                     "val_samples": args.val_samples, "batch_size": args.batch_size, "round_to": args.round_to,
                     "slack": args.slack, "netadapt_options": args.netadapt_options},
