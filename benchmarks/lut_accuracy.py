@@ -27,7 +27,7 @@ from _common import _r, emit, load_average, run  # noqa: E402
 from hwprune.commands.profile import parse_input_size  # noqa: E402
 from hwprune.io import write_json  # noqa: E402
 from hwprune.latency import TableSetting, check, heldout_plans, model_for, parse_grid, profile_model  # noqa: E402
-from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_BLOCK_ROUNDS, DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
+from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_BLOCK_ROUNDS, DEFAULT_FRACTIONS  # noqa: E402
 from hwprune.latency.calibrate import PlanMeter, measure_rounds  # noqa: E402
 from hwprune.latency.load import profiler_for  # noqa: E402
 from hwprune.latency.validate import calibrated_full_ms, compare_forms, paired_meter  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed samples per run")
     p.add_argument("--runs", type=int, default=5, help="runs per measurement, the quietest kept")
     p.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
-    p.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM)
+    p.add_argument("--quantum", type=int, default=None, help="unset: the host's SIMD width in floats")
     p.add_argument("--rounds", type=int, default=2, help="times each whole-model plan is measured")
     p.add_argument("--block-rounds", type=int, default=DEFAULT_BLOCK_ROUNDS, help="passes over the grid")
     p.add_argument("--calib-plans", type=int, default=13)

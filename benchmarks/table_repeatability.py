@@ -44,7 +44,7 @@ from hwprune.latency import (  # noqa: E402
     profile_model,
     profiler_for,
 )
-from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_FRACTIONS, DEFAULT_QUANTUM  # noqa: E402
+from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_FRACTIONS  # noqa: E402
 from hwprune.latency.calibrate import calibrate, fit  # noqa: E402
 from hwprune.latency.validate import paired_meter  # noqa: E402
 from hwprune.pruning.graph import ModelGraph  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> None:
                 model=args.model, in_channels=args.in_channels, num_classes=10 if ":" not in args.model else 1000,
                 input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend,
                 threads=args.threads, repeats=10, runs=args.runs, warmup=10, warmup_s=BLOCK_WARMUP_S,
-                grid=DEFAULT_FRACTIONS, quantum=DEFAULT_QUANTUM, calib_plans=0, block_rounds=v)
+                grid=DEFAULT_FRACTIONS, calib_plans=0, block_rounds=v)
             start = time.perf_counter()
             table, _ = profile_model(setting, Path(tmp) / f"lut_{v}_{i}.json", progress=False)
             seconds[v].append(round(time.perf_counter() - start, 1))

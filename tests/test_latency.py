@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from hwprune.errors import ConfigError, TableError
@@ -77,8 +78,18 @@ class FakeProfiler(Profiler):
 
 def setting(**overrides: Any) -> TableSetting:
     base = dict(model="resnet20", in_channels=3, num_classes=10, input_size=(16, 16), batch=2, backend="fake",
-                threads=1, repeats=3, warmup=0, warmup_s=0.0, grid=(0.25, 0.5, 1.0), calib_plans=4, calib_seed=7)
+                threads=1, repeats=3, warmup=0, warmup_s=0.0, grid=(0.25, 0.5, 1.0), calib_plans=4, calib_seed=7,
+                quantum=8)  # fixed: the default follows the host's SIMD width
     return TableSetting(**(base | overrides))
+
+
+@pytest.mark.parametrize(("backend", "isa", "quantum"), [("onnxruntime", "AVX512", 16), ("torch-cpu", "AVX2", 8),
+                                                         ("tensorrt", "AVX512", 8)])
+def test_default_quantum_follows_the_simd_width(monkeypatch: pytest.MonkeyPatch, backend: str, isa: str,
+                                                quantum: int) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    assert setting(backend=backend, quantum=None).quantum == quantum
+    assert setting(backend=backend, quantum=4).quantum == 4  # an explicit choice stands
 
 
 @pytest.fixture(scope="module")

@@ -288,6 +288,7 @@ def test_fingerprint_and_device_key() -> None:
     assert "onnxruntime" in key and "threads=2" in key and fp["cpu_model"] in key
     assert device_key(fp | {"python": "0.0", "torch": "0.0"}) == key  # versions do not make another device
     assert device_key(fp | {"threads": 4}) != key
+    assert fp["cpu_isa"] and device_key(fp | {"cpu_isa": "AVX2" if fp["cpu_isa"] != "AVX2" else "AVX512"}) != key
     assert device_key(quiet_profiler("torch-cpu", threads=2).fingerprint()) != key
 
 

@@ -22,7 +22,6 @@ from hwprune.latency.build import (
     BLOCK_WARMUP_S,
     DEFAULT_BLOCK_ROUNDS,
     DEFAULT_FRACTIONS,
-    DEFAULT_QUANTUM,
     TableSetting,
     parse_grid,
     profile_model,
@@ -54,9 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="warm-up seconds before sampling (at least)")
     parser.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
                         help="grid widths as fractions of each layer's width (e.g. 0.25,0.5,1), or a count N")
-    parser.add_argument("--quantum", type=int, default=DEFAULT_QUANTUM,
+    parser.add_argument("--quantum", type=int, default=None,
                         help="widest channel alignment the backend rewards: the grid sits on odd widths and each "
-                        "alignment tier (2, 4, .. QUANTUM) gets a measured correction; 1 = one plain grid")
+                        "alignment tier (2, 4, .. QUANTUM) gets a measured correction; 1 = one plain grid. "
+                        "Unset: the CPU's SIMD width in floats (16 with AVX-512, 8 otherwise), 8 on a GPU")
     parser.add_argument("--rounds", type=int, default=2,
                         help="times every calibration plan is timed, in separate passes (each right after the "
                         "unpruned model); the faster run is kept")
@@ -98,7 +98,8 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
     for flag, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 3), ("--runs", args.runs, 1),
                                ("--warmup", args.warmup, 0),
                                ("--in-channels", in_channels, 1), ("--num-classes", num_classes, 1),
-                               ("--calib-plans", args.calib_plans, 0), ("--quantum", args.quantum, 1),
+                               ("--calib-plans", args.calib_plans, 0),
+                               ("--quantum", 1 if args.quantum is None else args.quantum, 1),
                                ("--rounds", args.rounds, 1), ("--block-rounds", args.block_rounds, 1)):
         if value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")

@@ -34,8 +34,24 @@ rewriting a 500-entry JSON after every 5 ms block would cost more than the block
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
 """Grid widths as fractions of each layer's full width; chosen by measurement (benchmarks/LATENCY.md)."""
 
-DEFAULT_QUANTUM = 8
-"""Channel alignment the CPU backends reward (AVX2: 8 floats); aligned and unaligned widths get their own points."""
+GPU_QUANTUM = 8
+"""Channel alignment NVIDIA GPUs reward: tensor-core tiles are multiples of 8 channels (FP16/TF32)."""
+
+
+def default_quantum(backend: str) -> int:
+    """The widest channel alignment ``backend`` rewards here: the host's SIMD width in floats on CPUs.
+
+    ONNX Runtime's blocked (NCHWc) convolutions and oneDNN's blocked layouts use one SIMD register
+    of floats per channel block: 16 with AVX-512, 8 with AVX2. A table built for 8 on an AVX-512
+    host lumps widths 40 and 48 into one tier while ORT runs a 16x16 3x3 conv on batch 32 at 48
+    channels 1.45x faster per MAC than at 40 (and at 40 only 1.25x faster than at 39);
+    benchmarks/LATENCY.md.
+    """
+    if backend in ("torch-cuda", "tensorrt"):
+        return GPU_QUANTUM
+    import torch
+
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 BLOCK_WARMUP_S = 0.02
 """Warm-up seconds before a block's samples (besides ``warmup`` runs), chosen by measurement.
@@ -75,7 +91,7 @@ class TableSetting:
     warmup: int
     warmup_s: float
     grid: tuple[float, ...] = DEFAULT_FRACTIONS
-    quantum: int = DEFAULT_QUANTUM
+    quantum: int | None = None  # None: default_quantum(backend)
     dtype: str = "float32"
     calib_plans: int = 13
     calib_seed: int = 1234
@@ -83,6 +99,10 @@ class TableSetting:
     rounds: int = 2
     runs: int = 5
     block_rounds: int = DEFAULT_BLOCK_ROUNDS
+
+    def __post_init__(self) -> None:
+        if self.quantum is None:
+            object.__setattr__(self, "quantum", default_quantum(self.backend))
 
     def to_dict(self) -> dict[str, Any]:
         return {

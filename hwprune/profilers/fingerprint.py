@@ -82,6 +82,7 @@ def device_fingerprint(
         "device": device,
         "precision": precision,
         "cpu_model": cpu_model(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "threads": threads,
@@ -105,7 +106,10 @@ def device_key(fp: dict[str, Any]) -> str:
     """The fields that must be equal for two latency tables to describe the same device + backend.
 
     On CPU the thread count is part of the device (2 threads and 16 threads are different
-    machines as far as latency goes); on a GPU the board is, and host threads are not.
+    machines as far as latency goes), and so is the vector ISA the kernels use: cloud VMs of
+    different hosts share a name like "Intel(R) Xeon(R) Processor", and the runtimes' blocked kernels
+    reward multiples of 16 channels on an AVX-512 host but of 8 on an AVX2 one. On a GPU the board is part of
+    the key, and host threads are not.
     """
     backend = str(fp.get("backend", "unknown"))
     if fp.get("provider"):
@@ -115,6 +119,8 @@ def device_key(fp: dict[str, Any]) -> str:
         parts.append(f"gpu={fp.get('gpu_name', 'unknown')}")
     else:
         parts.append(f"cpu={fp.get('cpu_model', 'unknown')}")
+        if fp.get("cpu_isa"):
+            parts.append(f"isa={fp['cpu_isa']}")
         parts.append(f"threads={fp.get('threads', 'unknown')}")
     parts.append(str(fp.get("precision", "fp32")))
     return "|".join(parts)
