@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
     parser.add_argument("--round-to", type=int, default=1,
-                        help="round every width of the random plans to this multiple (8: the aligned widths "
-                        "`prune --round-to 8` and uniform plans produce, which ONNX Runtime runs much faster)")
+                        help="round every width of the random plans to this multiple (the table's quantum, 16 on "
+                        "AVX-512 and 8 on AVX2: the aligned widths `prune --round-to` and uniform plans produce, "
+                        "which ONNX Runtime runs much faster)")
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per run (default: the table's)")
     parser.add_argument("--runs", type=int, default=None,
                         help="runs per measurement, the quietest kept (default: the table's)")

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--round-to",
         type=int,
         default=1,
-        help="keep channel counts at multiples of this (8 suits CPU SIMD widths; a full width is always allowed)",
+        help="keep channel counts at multiples of this (the CPU's SIMD width in floats suits it: 16 with "
+        "AVX-512, 8 with AVX2; a full width is always allowed)",
     )
     goal.add_argument(
         "--min-keep-ratio", type=float, default=0.1, help="no group keeps fewer than this fraction of its channels"

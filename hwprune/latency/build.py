@@ -44,7 +44,7 @@ def default_quantum(backend: str) -> int:
     ONNX Runtime's blocked (NCHWc) convolutions and oneDNN's blocked layouts use one SIMD register
     of floats per channel block: 16 with AVX-512, 8 with AVX2. A table built for 8 on an AVX-512
     host lumps widths 40 and 48 into one tier while ORT runs a 16x16 3x3 conv on batch 32 at 48
-    channels 1.45x faster per MAC than at 40 (and at 40 only 1.25x faster than at 39);
+    channels 1.45x faster per MAC than at 40 (and at 40 only 1.4x faster than at 39);
     benchmarks/LATENCY.md.
     """
     if backend in ("torch-cuda", "tensorrt"):
