@@ -417,6 +417,21 @@ def test_netadapt_candidate_share_keeps_a_real_choice_among_groups(resnet_graph)
     assert get_agent("netadapt", progress=False).search(ctx, budget).predicted_ms <= budget
 
 
+def test_netadapt_share_cap_never_asks_below_the_schedule_floor(resnet_graph) -> None:
+    """Half the groups planted nearly free: the share cap would ask for what they can give (0.1 % of the
+    model an iteration, 79 iterations to 0.5x); it stops at ``min_reduction`` (1 %) instead."""
+    model, graph = resnet_graph
+    cheap = {s.name: 1e-3 for s in graph.layer_shapes(PruningPlan.full("resnet20", graph).keep)
+             if s.name.startswith(("conv1", "layer1", "layer2"))}
+    ctx = SearchContext("resnet20", model, graph, MacsPredictor(graph, cheap), ProxyEvaluator(graph))
+    full_ms = ctx.predict_ms(ctx.full_plan())
+    result = get_agent("netadapt", progress=False).search(ctx, 0.5 * full_ms)
+    assert result.predicted_ms <= 0.5 * full_ms
+    for row in result.history:
+        assert row["asked_ms"] >= min(0.01 * full_ms, row["requested_ms"]) * (1 - 1e-9), row
+    assert len(result.history) < 50
+
+
 class _NoBar:
     def set_postfix_str(self, *_: object) -> None:
         return None
