@@ -167,8 +167,7 @@ class NetAdaptAgent(SearchAgent):
                     )
                 bar.set_postfix(predicted=f"{current_ms:.3f}ms", budget=f"{budget_ms:.3f}ms")
                 want = min(self.reduction_fraction(iteration) * full_ms, current_ms - budget_ms)
-                floor = min(self.min_reduction * full_ms, want)
-                row = self.iterate(ctx, plan, current_ms, want, iteration, bar, lineage, floor)
+                row = self.iterate(ctx, plan, current_ms, want, iteration, bar, lineage, self.min_reduction * full_ms)
                 plan = plan.with_keep({row["group"]: row["keep"]})
                 lineage += (plan,) if self.weights == "carried" else ()
                 current_ms = row["predicted_ms"]
