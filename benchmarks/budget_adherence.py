@@ -37,6 +37,7 @@ from hwprune.errors import HwpruneError  # noqa: E402
 from hwprune.job import JobConfig, run_job  # noqa: E402
 from hwprune.latency import TableSetting, profile_model  # noqa: E402
 from hwprune.latency.build import BLOCK_WARMUP_S  # noqa: E402
+from hwprune.train import resolve_precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,7 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
             search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,
             finetune_steps=args.finetune_steps, batch_size=args.batch_size, round_to=args.round_to, slack=args.slack,
             agent_options=args.netadapt_options if agent == "netadapt" else {}, densify=args.densify,
+            precision=args.precision,
         )
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the job's progress lines; stdout is the JSON
@@ -89,6 +91,7 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
         "unpruned_test_accuracy": round(report["unpruned"]["test_accuracy"], 4),
         "search_s": round(report["search"]["cost"]["wall_s"], 1),
         "evaluations": report["search"]["cost"]["evaluations"],
+        "precision": report["finetune"].get("precision", "fp32"),
         "tries": len(report["search"]["tries"]),
         "taken_try": report["search"].get("taken_try", len(report["search"]["tries"])),
         "densified_points": sum(len(r["points"]) for t in report["search"]["tries"] for r in t.get("densified", [])),
@@ -136,6 +139,8 @@ def main() -> None:
     p.add_argument("--val-samples", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=128, help="fine-tune batch size")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="fine-tune and candidate-score arithmetic (hwprune prune --precision)")
     p.add_argument("--slack", type=float,
                    help="search once more for a wider plan when one measures this far under the budget "
                    "(default: the job's, twice its margin; 0: off)")
@@ -163,7 +168,8 @@ def main() -> None:
         "setting": {"backend": args.backend, "batch": args.batch, "threads": args.threads, "seeds": args.seeds,
                     "finetune_steps": args.finetune_steps, "search_finetune_steps": args.search_finetune_steps,
                     "val_samples": args.val_samples, "batch_size": args.batch_size, "round_to": args.round_to,
-                    "slack": args.slack, "netadapt_options": args.netadapt_options},
+                    "slack": args.slack, "netadapt_options": args.netadapt_options,
+                    "precision": resolve_precision(args.precision)},
         "adherence": sum(r["met"] for r in rows) / len(rows),
         "runs": rows,
         "netadapt_vs_uniform": versus,

@@ -41,6 +41,8 @@ class Evaluator:
     hundreds of candidates, and ranking them needs far fewer samples than reporting a final number.
     ``augment`` is off by default: a short fine-tune mostly re-fits BN statistics and the
     remaining filters; augmentation regularises long training and only adds noise here.
+    ``precision`` ("fp32" or "bf16", see :func:`hwprune.train.resolve_precision`) is the arithmetic
+    of the short fine-tune and the score; part of what a cached score means, so fixed per evaluator.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class Evaluator:
         seed: int = 0,
         val_samples: int | None = None,
         augment: bool = False,
+        precision: str = "fp32",
     ) -> None:
         if finetune_steps < 0:
             raise ConfigError(f"fine-tune steps must be >= 0, got {finetune_steps}")
@@ -68,6 +71,7 @@ class Evaluator:
         self.seed = seed
         self.val_samples = val_samples
         self.augment = augment
+        self.precision = precision
         self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._models: OrderedDict[Lineage, Held] = OrderedDict()
         self._parent_graph: tuple[Lineage, ModelGraph] = ((), graph)  # the last parent's, for its candidates
@@ -90,7 +94,7 @@ class Evaluator:
         start = time.perf_counter()
         try:
             pruned, _ = self._trained(self._parent(lineage), plan, (*steps, plan.key()))
-            result = train.score(pruned, self.data.val, max_samples=self.val_samples)
+            result = train.score(pruned, self.data.val, max_samples=self.val_samples, precision=self.precision)
         finally:
             self.seconds += time.perf_counter() - start
         self.evaluations += 1
@@ -141,7 +145,7 @@ class Evaluator:
         if self.finetune_steps:
             train.fine_tune(
                 pruned, self.data.train, self.finetune_steps, lr=self.lr, batch_size=self.batch_size,
-                seed=self.seed, augment=self.data.augment if self.augment else None,
+                seed=self.seed, augment=self.data.augment if self.augment else None, precision=self.precision,
             )
             self.finetune_steps_done += self.finetune_steps
         chosen = {n: g.kept_indices or () for n, g in applied.groups.items()}

@@ -31,7 +31,7 @@ from hwprune.models import ModelSpec
 from hwprune.profilers import Measurement, Profiler, get_profiler, keep_faster
 from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, save_pruned
 from hwprune.report import write_report
-from hwprune.train import evaluate, fine_tune
+from hwprune.train import evaluate, fine_tune, resolve_precision
 
 JOB_KIND = "prune-job"
 JOB_SCHEMA = 1
@@ -60,6 +60,7 @@ class JobConfig:
     finetune_steps: int = 400
     finetune_lr: float = 0.01
     batch_size: int = 128
+    precision: str = "auto"  # of fine-tunes and candidate scores; resolved to fp32/bf16 when the run starts
     margin: float = 0.05
     slack: float | None = None  # None: twice the margin
     max_tries: int = 3
@@ -120,6 +121,7 @@ def validate_config(cfg: JobConfig) -> None:
         raise ConfigError(f"--val-samples must be >= 1, got {cfg.val_samples}")
     if not cfg.finetune_lr > 0:
         raise ConfigError(f"--finetune-lr must be > 0, got {cfg.finetune_lr}")
+    resolve_precision(cfg.precision)  # refuses an unknown one
     if cfg.lut is None:
         check_plan_count(cfg.calibration_plans, "--calibration-plans")
     if cfg.budget is not None:
@@ -280,6 +282,7 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
         seed=cfg.seed,
         progress=True,
         augment=loaded.data.augment,
+        precision=cfg.precision,
     )
 
 
@@ -309,12 +312,13 @@ def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
 def resume_config(run_dir: str | Path) -> JobConfig:
     """The job a run directory holds, with the defaults it ran under where they have changed since.
 
-    A run from before ``--slack`` replays without it; a NetAdapt run from before carried weights
-    (its job.json names no ``weights``: later runs store every agent option) with original ones.
+    A run from before ``--slack`` replays without it, one from before ``--precision`` in fp32; a
+    NetAdapt run from before carried weights (its job.json names no ``weights``: later runs store
+    every agent option) with original ones.
     """
     data = read_json(Path(run_dir) / "job.json", JOB_KIND, JOB_SCHEMA)
     try:
-        config = {"slack": 0.0} | data["config"]
+        config = {"slack": 0.0, "precision": "fp32"} | data["config"]
         if config.get("agent") == "netadapt":
             config["agent_options"] = {"weights": "original"} | config.get("agent_options", {})
         return JobConfig(**config)
@@ -341,6 +345,7 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     while an interrupted one stays for ``--resume``.
     """
     validate_config(cfg)
+    cfg.precision = resolve_precision(cfg.precision)  # job.json and the report record what ran
     if not resume:
         check_fresh_out(cfg.out)
     if cfg.budget is not None:
@@ -430,7 +435,8 @@ def _run_stages(
         "pruned": summarize_model(loaded, pruned, applied, final_m),
         "pruned_measured_before_finetune": pruned_m.to_dict(),
         "final_measurements": final_measurements,
-        "finetune": {"steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.batch_size},
+        "finetune": {"steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.batch_size,
+                     "precision": cfg.precision},
         "fingerprint": loaded.profiler.fingerprint(),
         "plan_keep_ratio": applied.keep_ratio(),
         "search": search,

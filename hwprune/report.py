@@ -79,7 +79,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"({tries + again} searches), "
             f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
             f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
-            f"{report['finetune']['steps']} steps{start}.",
+            f"{report['finetune']['steps']} steps{start}."
+            + (" Fine-tunes and candidate scores ran in bf16 mixed precision (fp32 weights; the model timed "
+               "and tested is fp32)." if report["finetune"].get("precision") == "bf16" else ""),
             "",
         ]
         if rounds:

@@ -123,6 +123,7 @@ def budgeted_search(
         finetune_steps=cfg.search_finetune_steps,
         seed=cfg.seed,
         val_samples=cfg.val_samples,
+        precision=cfg.precision,
     )
     ctx = SearchContext(
         loaded.spec.name,

@@ -44,6 +44,7 @@ def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: P
     assert main(["prune", "--checkpoint", str(checkpoint), "--ratio", "0.5", "--out", str(out), *FAST]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["kind"] == "prune-report"
+    assert report["finetune"]["precision"] in ("fp32", "bf16")  # "auto" resolved, as it ran
     assert report["pruned"]["params"] < report["unpruned"]["params"]
     assert report["pruned"]["macs"] < report["unpruned"]["macs"]
     assert report["pruned"]["measured"]["summary"]["median_ms"] > 0
@@ -403,7 +404,7 @@ def test_a_carried_lineage_s_final_model_is_fine_tuned_from_the_model_the_search
     assert "steps, from the model the search reached (2 pruning steps" in (tmp_path / "run" / "report.md").read_text()
     loaded = load_inputs(JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "x"), backend="torch-cpu"))
     replayed, plan = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=1, seed=0,
-                               val_samples=64).carried(lineage)
+                               val_samples=64, precision=report["finetune"]["precision"]).carried(lineage)
     exported, _, exported_plan = load_pruned(tmp_path / "run" / "model")
     assert exported_plan.to_dict() == plan.to_dict()
     assert _same_weights(exported, replayed)
@@ -472,5 +473,7 @@ def test_a_resumed_run_searches_with_the_agent_options_it_started_with(tmp_path:
     assert stored["decay"] == 0.8 and stored["weights"] == "carried" and "initial_reduction" in stored
     data = read_json(run / "job.json", JOB_KIND, JOB_SCHEMA)
     data["config"]["agent_options"] = {"decay": 0.8}  # as a run from before carried weights saved it
+    del data["config"]["precision"]  # and from before --precision
     write_json(run / "job.json", data)
     assert resume_config(run).agent_options == {"weights": "original", "decay": 0.8}
+    assert resume_config(run).precision == "fp32"  # a run from before --precision fine-tuned in fp32

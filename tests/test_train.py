@@ -13,9 +13,9 @@ from torch import nn
 from hwprune import cli
 from hwprune.checkpoint import load_checkpoint, save_checkpoint
 from hwprune.data import load_data
-from hwprune.errors import ArtifactError
+from hwprune.errors import ArtifactError, ConfigError
 from hwprune.models import ModelSpec
-from hwprune.train import evaluate, fine_tune, train
+from hwprune.train import evaluate, fine_tune, resolve_precision, score, train
 
 
 def _tiny() -> nn.Module:
@@ -56,6 +56,36 @@ def test_fine_tune_same_seed_gives_identical_weights(bundle) -> None:
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], v) for k, v in start.state_dict().items())
+
+
+def test_bf16_fine_tune_is_seeded_mixed_precision(bundle) -> None:
+    """bf16 autocast changes the arithmetic (weights differ from fp32's), not the weights' dtype,
+    and the same seed still gives bit-identical weights."""
+    start = _tiny()
+    runs = {}
+    for name, precision in (("bf16", "bf16"), ("bf16 again", "bf16"), ("fp32", "fp32")):
+        model = copy.deepcopy(start)
+        fine_tune(model, bundle.train, steps=6, batch_size=32, seed=3, precision=precision)
+        runs[name] = model.state_dict()
+    assert all(v.dtype != torch.bfloat16 for v in runs["bf16"].values())
+    assert all(torch.equal(runs["bf16"][k], runs["bf16 again"][k]) for k in runs["bf16"])
+    assert not all(torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["bf16"])
+
+
+def test_bf16_score_agrees_with_fp32(bundle) -> None:
+    model = _tiny()
+    train(model, bundle, epochs=2, lr=0.05, batch_size=32, progress=False)
+    (acc32, loss32), (acc16, loss16) = score(model, bundle.test), score(model, bundle.test, precision="bf16")
+    assert abs(acc16 - acc32) <= 0.03 and loss16 == pytest.approx(loss32, rel=0.05)
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native, raising=False)
+        assert resolve_precision("auto") == expected
+    assert resolve_precision("bf16") == "bf16" and resolve_precision("fp32") == "fp32"
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        resolve_precision("fp16")
 
 
 def _saved_resnet(tmp_path: Path) -> tuple[nn.Module, Path]:
