@@ -18,7 +18,7 @@ $HW profile --checkpoint "$CHECKPOINT" --backend onnxruntime --batch 32 --thread
 
 echo "== 2/2 prune to $BUDGET of the measured latency with NetAdapt -> $RUN/prune"
 # Candidates are scored after 10 short fine-tune steps on 1000 validation images (the budget benchmark's
-# setting), which keeps the NetAdapt search to 2-3 minutes on 2 cores.
+# setting), which keeps the NetAdapt search to 1-2 minutes on 2 cores (bf16 where the CPU has it).
 $HW prune --checkpoint "$CHECKPOINT" --lut "$RUN/lut.json" --budget "$BUDGET" --agent netadapt \
     --search-finetune-steps 10 --val-samples 1000 --out "$RUN/prune"
 
