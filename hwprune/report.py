@@ -110,6 +110,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                     used = t["measured"]["summary"]["median_ms"] / t["budget_ms"]
                     lines += [f"Try {i + 1}'s plan used {used:.0%} of the budget, so it was kept and try {i + 2} "
                               "searched for a wider one against a looser target.", ""]
+                if t.get("searched_between"):
+                    lines += [f"Try {i + 1}'s wider plan was not under the budget by half the margin, so try "
+                              f"{i + 2} searched between it and the kept plan.", ""]
             taken = search.get("taken_try", len(search["tries"]))
             if taken != len(search["tries"]):
                 if "same_plan_as" in search["tries"][-1]:

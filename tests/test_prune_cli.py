@@ -255,6 +255,41 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
     assert ("wider plan was not under the budget by half the margin" in text) == (wider_misses == "measured")
 
 
+def test_a_wider_plan_that_misses_is_followed_by_a_search_between_it_and_the_kept_plan(
+    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Uniform MobileNetV2 0.3x kept a plan at 61 % of its budget when the one wider plan missed, the table
+    over-pricing narrow plans more than wide ones. Here, once the search starts, the first plan reads at
+    half its price and every wider one at 0.8: with a try left, the job searches between the two, against
+    a target over the kept plan's prediction and under the missed one's, and takes that plan."""
+    from test_latency import FakeProfiler
+
+    from hwprune import search_job
+
+    class NarrowCheap(FakeProfiler):
+        first: int | None = None  # the parameters of the first plan the search measured
+
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            m = super().measure_model(model, input_shape)
+            if model is self.unpruned or not searching:
+                return m  # the table and its calibration see the plain device
+            params = sum(p.numel() for p in model.parameters())
+            self.first = self.first or params
+            return m.scaled(0.5 if params <= self.first else 0.8)
+
+    searching, real_check = [], search_job.check_budget
+    monkeypatch.setattr(search_job, "check_budget", lambda *a: searching.append(True) or real_check(*a))
+    report, met = _half_budget_on(NarrowCheap(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
+    kept, wider, between = report["search"]["tries"]
+    assert kept.get("slack_used") and wider.get("searched_between")
+    assert wider["measured"]["summary"]["median_ms"] > wider["budget_ms"] * 0.95  # the wider plan missed
+    assert kept["predicted_ms"] < between["target_ms"] < wider["predicted_ms"]
+    assert between["measured"]["summary"]["median_ms"] <= between["budget_ms"] * 0.95
+    assert met and report["search"]["taken_try"] == 3
+    assert "searching between it and search 1's plan" in capsys.readouterr().out
+    assert "so try 3 searched between it and the kept plan" in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_a_slack_search_that_finds_the_kept_plan_again_takes_it_without_measuring_it_again(
     checkpoint: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
