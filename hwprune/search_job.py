@@ -209,8 +209,9 @@ def budgeted_search(
             if take != i:
                 kept = None
                 if not again:
-                    print(f"search {i + 1}: the wider plan is not under the budget by half the margin; taking "
-                          f"search {take + 1}'s plan, which was")
+                    why = "this was the last try" if last else f"no plan lies between it and search {take + 1}'s"
+                    print(f"search {i + 1}: the wider plan is not under the budget by half the margin and {why}; "
+                          f"taking search {take + 1}'s plan")
             # The last try's wider plan may still miss once fine-tuned; the plan kept for its slack is the fallback.
             fallback = kept if last and kept is not None and kept != take else None
             outcome = _finish_try(cfg, loaded, evaluator, ctx, tries, tries_path, take, budget,

@@ -208,7 +208,7 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
 
 @pytest.mark.parametrize("wider_misses", ["no", "measured", "fine-tuned"])
 def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
-    checkpoint: Path, tmp_path: Path, monkeypatch, wider_misses: str
+    checkpoint: Path, tmp_path: Path, monkeypatch, capsys, wider_misses: str
 ) -> None:
     """The first plan measures at half what the table expects, far under the budget: the job keeps it and
     searches again against a looser target. The wider plan is taken when it meets the budget; when it
@@ -253,6 +253,8 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
     assert ("try 1's plan is the one fine-tuned and reported" in text) == (wider_misses != "no")
     assert ("wider plan's fine-tuned model measured over the budget" in text) == (wider_misses == "fine-tuned")
     assert ("wider plan was not under the budget by half the margin" in text) == (wider_misses == "measured")
+    said = "this was the last try; taking search 1's plan" in capsys.readouterr().out
+    assert said == (wider_misses == "measured")
 
 
 def test_a_wider_plan_that_misses_is_followed_by_a_search_between_it_and_the_kept_plan(

@@ -61,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--slack",
         type=float,
         help="when a plan measures more than this fraction under the budget, keep it and search once more for a "
-        "wider (more accurate) one against a looser target, taking the kept plan if the wider one misses "
-        "(default: twice --margin; 0 for off)",
+        "wider (more accurate) one against a looser target; if that one misses, search between the two while "
+        "tries remain, and take the kept plan if nothing wider fits (default: twice --margin; 0 for off)",
     )
     goal.add_argument(
         "--max-tries",
