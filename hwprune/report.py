@@ -107,8 +107,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append("")
             for i, t in enumerate(search["tries"]):
                 if t.get("slack_used"):
-                    used = t["measured"]["summary"]["median_ms"] / t["budget_ms"]
-                    lines += [f"Try {i + 1}'s plan used {used:.0%} of the budget, so it was kept and try {i + 2} "
+                    # Truncated, not rounded: a plan kept for using under 90 % must not read "90%".
+                    used = int(100 * t["measured"]["summary"]["median_ms"] / t["budget_ms"])
+                    lines += [f"Try {i + 1}'s plan used {used}% of the budget, so it was kept and try {i + 2} "
                               "searched for a wider one against a looser target.", ""]
                 if t.get("searched_between"):
                     lines += [f"Try {i + 1}'s wider plan was not under the budget by half the margin, so try "

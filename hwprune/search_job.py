@@ -192,7 +192,7 @@ def budgeted_search(
         if looser is not None and not last:
             done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
             kept, target = i, looser
-            print(f"search {i + 1}: the plan uses {used:.0%} of the budget; searching for a wider one against "
+            print(f"search {i + 1}: the plan uses {int(used * 100)}% of the budget; searching for a wider one against "
                   f"{target:.3f} ms (this plan is kept in case that one misses)")
             continue
         take = i if used <= 1 - cfg.margin / 2 or (last and kept is None and judged.met) else kept
