@@ -12,9 +12,10 @@ is kept aside while the agent searches again against a looser target, and taken 
 plan misses (on the last try, also if the wider plan's fine-tuned model misses: the ResNet-20
 uniform 0.5x cell at 75254df ended "not met" at 1.08x its budget with a plan measured at 79 % of
 it kept aside); while tries remain, a wider plan that misses is first followed by a search between
-the two. Each try is recorded in ``tries.json`` as it completes (a final miss under
-``final``), so a resumed run replays the same targets and the agents' own state files continue
-mid-search.
+the two. No looser target reaches over where an earlier miss puts the budget (:func:`under_misses`),
+so a plan that missed is not searched for again. Each try is recorded in ``tries.json`` as it
+completes (a final miss under ``final``), so a resumed run replays the same targets and the
+agents' own state files continue mid-search.
 
 The first target of a relative budget is the fraction of the unpruned latency as the table sees it
 (:func:`first_target`), not as the job measured it: the table does not move with the machine's
@@ -190,6 +191,11 @@ def budgeted_search(
         last = i == cfg.max_tries - 1
         looser = None if again else wider_target(target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
         if looser is not None and not last:
+            looser = under_misses(target, looser, tries, budget, cfg.margin, reserve=0.0)
+            if looser is None:
+                print(f"search {i + 1}: the plan uses {int(used * 100)}% of the budget, but a wider one would be "
+                      "priced over where an earlier miss puts the budget; taking it")
+        if looser is not None and not last:
             done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
             kept, target = i, looser
             print(f"search {i + 1}: the plan uses {int(used * 100)}% of the budget; searching for a wider one against "
@@ -197,8 +203,8 @@ def budgeted_search(
             continue
         take = i if used <= 1 - cfg.margin / 2 or (last and kept is None and judged.met) else kept
         take = again - 1 if again else take
-        between = None if last or again or take is None or take == i else _between_target(tries[take], done, judged,
-                                                                                              cfg.margin)
+        between = None if last or again or take is None or take == i else under_misses(
+            tries[take]["target_ms"], float("inf"), tries, budget, cfg.margin, reserve=cfg.margin)
         if between is not None:
             done["searched_between"] = True  # for the report
             target = between
@@ -313,17 +319,26 @@ def wider_target(target_ms: float, predicted_ms: float, judged: Judged, margin: 
     return looser if looser > target_ms else None
 
 
-def _between_target(kept: dict[str, Any], missed: dict[str, Any], judged: Judged, margin: float) -> float | None:
-    """The target between a kept plan and the wider plan that missed, or None when there is no room.
+def under_misses(kept_target: float, target: float, tries: list[dict[str, Any]], budget: Budget, margin: float,
+               reserve: float) -> float | None:
+    """``target`` held under every recorded miss, or None when that leaves it not over ``kept_target``.
 
-    The missed plan's error carries over (:func:`next_target`); a target not over the kept plan's
-    prediction can only find that plan or a narrower one. Uniform MobileNetV2 0.3x at 8e6b628 kept
-    its quarter-width plan at 61 % of the budget (predicted 14.611 ms, measured 9.685) when the one
-    wider plan measured 17.723 against 15.313, where a plan between them would have fit.
+    A miss is a try not under its budget by half the margin. Its error carries over
+    (:func:`next_target`, less ``reserve``): a search between a kept plan and a wider one that
+    missed aims as any search after a miss does; a looser target for a plan's slack (``reserve``
+    0) stops where the miss's error puts the budget, so it cannot find the missed plan again but
+    can find one between. A target not over the one that found the kept plan can only find that
+    plan or a narrower one. Uniform MobileNetV2 0.3x at 8e6b628 kept its quarter-width plan at
+    61 % of the budget when the one wider plan missed, where a plan between fit (88 % at c2ea06c);
+    uniform ResNet-20 0.5x at 305f679 kept a plan at 76 %, and its looser target found the plan
+    its first try had missed with, which missed again.
     """
-    tightened = next_target(missed["target_ms"], missed["predicted_ms"], judged.budget_ms,
-                            judged.measured.median_ms, margin)
-    return tightened if tightened > kept["predicted_ms"] else None
+    for t in tries:
+        judged = _judged(t, budget)
+        if judged.measured.median_ms > judged.budget_ms * (1 - margin / 2):
+            target = min(target, next_target(t["target_ms"], t["predicted_ms"], judged.budget_ms,
+                                             judged.measured.median_ms, reserve))
+    return target if target > kept_target else None
 
 
 def next_target(target_ms: float, predicted_ms: float, budget_ms: float, measured_ms: float, margin: float) -> float:

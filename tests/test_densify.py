@@ -328,6 +328,32 @@ def test_slack_searches_wider_only_when_the_loosened_target_can_find_a_wider_pla
     assert wider_target(11.192, 9.776, judged(10.531, 12.370), margin=0.05, slack=0.1) is None  # 10.91 < 11.19
 
 
+def test_targets_after_a_miss_are_held_under_where_the_miss_puts_the_budget() -> None:
+    """ResNet-20 0.5x at 305f679. Uniform: try 1 (6.612 ms predicted) measured 7.314 against 7.238, try 2
+    used 76 %, and its looser target, 7.092, found try 1's plan again. Held under the miss, the target
+    stops at 6.543, under that plan's prediction and over try 2's target. NetAdapt's looser 6.130 lay
+    under its own miss (6.344) and stands. A search between aims with the margin, as after any miss."""
+    from hwprune.agents import Budget
+    from hwprune.profilers import Measurement
+    from hwprune.search_job import under_misses
+
+    def tried(target_ms: float, predicted_ms: float, measured_ms: float, unpruned_ms: float) -> dict:
+        return {"target_ms": target_ms, "predicted_ms": predicted_ms,
+                "measured": Measurement([measured_ms] * 3).to_dict(),
+                "unpruned_measured": Measurement([unpruned_ms] * 3).to_dict()}
+
+    half = Budget("0.5x", 7.24, 0.5)
+    uniform = [tried(7.317, 6.612, 7.314, 14.476), tried(6.216, 5.734, 5.974, 15.556)]
+    held = under_misses(6.216, 7.092, uniform, half, margin=0.05, reserve=0.0)
+    assert held == pytest.approx(6.612 * 7.238 / 7.314) and 6.216 < held < 6.612
+    assert under_misses(6.6, 7.092, uniform, half, margin=0.05, reserve=0.0) is None  # no room over 6.6
+    between = under_misses(6.0, float("inf"), uniform, half, margin=0.05, reserve=0.05)
+    assert between == pytest.approx(6.612 * 7.238 * 0.95 / 7.314)
+    netadapt = [tried(7.317, 6.820, 8.281, 15.406), tried(6.026, 5.713, 6.475, 14.628)]
+    assert under_misses(6.026, 6.130, netadapt, half, margin=0.05, reserve=0.0) == pytest.approx(6.130)
+    assert under_misses(6.026, 6.130, netadapt[1:], half, margin=0.05, reserve=0.0) == pytest.approx(6.130)
+
+
 def test_each_search_of_a_try_is_handed_the_one_before_to_continue(tmp_path: Path, monkeypatch) -> None:
     """The first search gets the last try's result, each later one the search before it (NetAdapt continues them)."""
     from types import SimpleNamespace

@@ -292,6 +292,40 @@ def test_a_wider_plan_that_misses_is_followed_by_a_search_between_it_and_the_kep
     assert "so try 3 searched between it and the kept plan" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_a_wider_search_after_a_miss_stays_under_where_the_miss_puts_the_budget(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Uniform ResNet-20 0.5x: try 1 missed, try 2 read 76 % of the budget, and the looser target found
+    try 1's plan again, which missed again. Here the first plan reads 1.15x its price and every narrower
+    one half: the third search aims under where try 1's miss puts the budget, so it finds a plan between
+    try 2's and try 1's, and that one is taken."""
+    from test_latency import FakeProfiler
+
+    from hwprune import search_job
+
+    class WideSlow(FakeProfiler):
+        first: int | None = None  # the parameters of the first plan the search measured
+
+        def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
+            m = super().measure_model(model, input_shape)
+            if model is self.unpruned or not searching:
+                return m
+            params = sum(p.numel() for p in model.parameters())
+            self.first = self.first or params
+            return m.scaled(1.15 if params >= self.first else 0.5)
+
+    searching, real_check = [], search_job.check_budget
+    monkeypatch.setattr(search_job, "check_budget", lambda *a: searching.append(True) or real_check(*a))
+    report, met = _half_budget_on(WideSlow(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
+    missed, kept, wider = report["search"]["tries"]
+    first_ms = missed["measured"]["summary"]["median_ms"]
+    assert first_ms > missed["budget_ms"] and kept.get("slack_used")
+    held = min(missed["target_ms"], missed["predicted_ms"]) * missed["budget_ms"] / first_ms
+    assert kept["target_ms"] < wider["target_ms"] <= held + 1e-9
+    assert wider["predicted_ms"] < missed["predicted_ms"] and wider["plan"] != missed["plan"]
+    assert met and report["search"]["taken_try"] == 3
+
+
 def test_a_slack_search_that_finds_the_kept_plan_again_takes_it_without_measuring_it_again(
     checkpoint: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
