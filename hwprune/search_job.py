@@ -319,8 +319,9 @@ def wider_target(target_ms: float, predicted_ms: float, judged: Judged, margin: 
     return looser if looser > target_ms else None
 
 
-def under_misses(kept_target: float, target: float, tries: list[dict[str, Any]], budget: Budget, margin: float,
-               reserve: float) -> float | None:
+def under_misses(
+    kept_target: float, target: float, tries: list[dict[str, Any]], budget: Budget, margin: float, reserve: float
+) -> float | None:
     """``target`` held under every recorded miss, or None when that leaves it not over ``kept_target``.
 
     A miss is a try not under its budget by half the margin. Its error carries over
