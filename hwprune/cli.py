@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 import warnings
+from typing import NoReturn
 
 from hwprune import __version__
 from hwprune.errors import HwpruneError
@@ -33,8 +34,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the problem and where to look, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hwprune",
         description="Hardware-aware structured pruning: profile a device, prune a CNN to a latency "
         "budget measured on it, fine-tune, measure and report.",

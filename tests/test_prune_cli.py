@@ -87,6 +87,17 @@ def test_bad_options_refused_without_output(checkpoint: Path, tmp_path: Path, ca
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args", [["--precision", "fp16"], ["--budget"], ["--no-such-option"]])
+def test_usage_errors_are_one_line(tmp_path: Path, capsys, args) -> None:
+    """argparse's own errors (unknown choice, missing value, unknown option) read as one line, not a usage dump."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["prune", "--out", str(tmp_path / "run"), *args])
+    assert exit_.value.code == 2
+    line = _one_error_line(capsys)
+    assert re.fullmatch(r"(hwprune(?: prune)?): error: .+ \(see \1 --help\)", line), line  # unknown: top level
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_plans_refused_without_output(checkpoint: Path, tmp_path: Path, capsys) -> None:
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"kind": "pruning-plan", "schema_')
