@@ -192,6 +192,10 @@ class Judged:
     def met(self) -> bool:
         return self.measured.median_ms <= self.budget_ms
 
+    def clears(self, margin: float) -> bool:
+        """Under the budget by half ``margin``: the reserve kept for the re-measurement after the fine-tune."""
+        return self.measured.median_ms <= self.budget_ms * (1 - margin / 2)
+
     def merge(self, again: Judged) -> Judged:
         """Two judgements of the same model: the faster of each measurement (the budget follows the unpruned one)."""
         unpruned = keep_faster(self.unpruned, again.unpruned) if again.unpruned is not None else self.unpruned

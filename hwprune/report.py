@@ -28,6 +28,12 @@ def _num(x: float | int | None, fmt: str = ",") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def percent_used(measured_ms: float, budget_ms: float) -> int:
+    """The share of a budget a model used, in whole percent, truncated rather than rounded: a plan
+    kept for its slack (under 90 % of the budget) must not read "90%"."""
+    return int(100 * measured_ms / budget_ms)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pruned = report["unpruned"], report["pruned"]
     setting = report["deployment"]
@@ -107,8 +113,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append("")
             for i, t in enumerate(search["tries"]):
                 if t.get("slack_used"):
-                    # Truncated, not rounded: a plan kept for using under 90 % must not read "90%".
-                    used = int(100 * t["measured"]["summary"]["median_ms"] / t["budget_ms"])
+                    used = percent_used(t["measured"]["summary"]["median_ms"], t["budget_ms"])
                     lines += [f"Try {i + 1}'s plan used {used}% of the budget, so it was kept and try {i + 2} "
                               "searched for a wider one against a looser target.", ""]
                 if t.get("searched_between"):

@@ -42,6 +42,7 @@ from hwprune.latency.build import BLOCK_WARMUP_S
 from hwprune.latency.densify import densify
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
+from hwprune.report import percent_used
 
 TRIES_KIND = "search-tries"
 ROUND_KIND = "densify-round"
@@ -187,21 +188,21 @@ def budgeted_search(
         else:
             print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
                   f"{judged.describe()}")
-        used = judged.measured.median_ms / judged.budget_ms
+        used = percent_used(judged.measured.median_ms, judged.budget_ms)
         last = i == cfg.max_tries - 1
         looser = None if again else wider_target(target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
         if looser is not None and not last:
             looser = under_misses(target, looser, tries, budget, cfg.margin, reserve=0.0)
             if looser is None:
-                print(f"search {i + 1}: the plan uses {int(used * 100)}% of the budget, but a wider one would be "
+                print(f"search {i + 1}: the plan uses {used}% of the budget, but a wider one would be "
                       "priced over where an earlier miss puts the budget; taking it")
-        if looser is not None and not last:
-            done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
-            kept, target = i, looser
-            print(f"search {i + 1}: the plan uses {int(used * 100)}% of the budget; searching for a wider one against "
-                  f"{target:.3f} ms (this plan is kept in case that one misses)")
-            continue
-        take = i if used <= 1 - cfg.margin / 2 or (last and kept is None and judged.met) else kept
+            else:
+                done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
+                kept, target = i, looser
+                print(f"search {i + 1}: the plan uses {used}% of the budget; searching for a wider one against "
+                      f"{target:.3f} ms (this plan is kept in case that one misses)")
+                continue
+        take = i if judged.clears(cfg.margin) or (last and kept is None and judged.met) else kept
         take = again - 1 if again else take
         between = None if last or again or take is None or take == i else under_misses(
             tries[take]["target_ms"], float("inf"), tries, budget, cfg.margin, reserve=cfg.margin)
@@ -336,7 +337,7 @@ def under_misses(
     """
     for t in tries:
         judged = _judged(t, budget)
-        if judged.measured.median_ms > judged.budget_ms * (1 - margin / 2):
+        if not judged.clears(margin):
             target = min(target, next_target(t["target_ms"], t["predicted_ms"], judged.budget_ms,
                                              judged.measured.median_ms, reserve))
     return target if target > kept_target else None
