@@ -36,9 +36,11 @@ def _timed(profiler: Profiler, block: BlockSpec) -> tuple[float, float]:
 
 def _ratio_summary(ratios: list[float]) -> dict[str, object]:
     """Median, deciles and median distance from 1 (in %) of per-block timing ratios."""
-    return {"median": round(statistics.median(ratios), 4),
-            "deciles": [round(v, 4) for v in statistics.quantiles(ratios, n=10)],
-            "median_abs_pct": round(statistics.median(abs(r - 1) for r in ratios) * 100, 2)}
+    return {
+        "median": round(statistics.median(ratios), 4),
+        "deciles": [round(v, 4) for v in statistics.quantiles(ratios, n=10)],
+        "median_abs_pct": round(statistics.median(abs(r - 1) for r in ratios) * 100, 2),
+    }
 
 
 def main() -> None:
@@ -73,17 +75,26 @@ def main() -> None:
         noise.append(a2[0] / a[0])
         seconds_a += [a[1], a2[1]]
         seconds_b.append(b[1])
-    emit({
-        "command": "python benchmarks/block_warmup.py " + " ".join(sys.argv[1:]),
-        "backend": table.backend, "device_key": table.device_key(), "model": table.settings["model"],
-        "batch": table.settings["batch"], "blocks": len(points), "warmup_runs": timed_a.warmup,
-        "warmup_s": args.warmup_s, "short_s": args.short_s,
-        "short_over_long": _ratio_summary(ratios),
-        "long_again_over_long": _ratio_summary(noise),
-        "seconds_per_block": {"long": round(statistics.fmean(seconds_a), 4),
-                              "short": round(statistics.fmean(seconds_b), 4)},
-        "load_average": {"before": load_before, "after": load_average()},
-    })
+    emit(
+        {
+            "command": "python benchmarks/block_warmup.py " + " ".join(sys.argv[1:]),
+            "backend": table.backend,
+            "device_key": table.device_key(),
+            "model": table.settings["model"],
+            "batch": table.settings["batch"],
+            "blocks": len(points),
+            "warmup_runs": timed_a.warmup,
+            "warmup_s": args.warmup_s,
+            "short_s": args.short_s,
+            "short_over_long": _ratio_summary(ratios),
+            "long_again_over_long": _ratio_summary(noise),
+            "seconds_per_block": {
+                "long": round(statistics.fmean(seconds_a), 4),
+                "short": round(statistics.fmean(seconds_b), 4),
+            },
+            "load_average": {"before": load_before, "after": load_average()},
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,16 @@ def table_for(model: str, args: argparse.Namespace) -> Path:
     _, spec, _ = load_checkpoint(ckpt)
     out = Path(args.out_dir) / model / "lut.json"
     setting = TableSetting(
-        model=spec.name, in_channels=spec.in_channels, num_classes=spec.num_classes, input_size=spec.input_size,
-        batch=args.batch, backend=args.backend, threads=args.threads, repeats=10, runs=5, warmup=10,
+        model=spec.name,
+        in_channels=spec.in_channels,
+        num_classes=spec.num_classes,
+        input_size=spec.input_size,
+        batch=args.batch,
+        backend=args.backend,
+        threads=args.threads,
+        repeats=10,
+        runs=5,
+        warmup=10,
         warmup_s=BLOCK_WARMUP_S,  # the table `hwprune profile` makes
     )
     profile_model(setting, out, resume=out.exists(), progress=False)
@@ -60,11 +68,23 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
     out = Path(args.out_dir) / model / (f"{agent}-{budget}x" + (f"-seed{seed}" if seed else ""))
     if not (out / "report.json").exists():
         cfg = JobConfig(
-            checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"), out=str(out), budget=f"{budget}x", agent=agent,
-            backend=args.backend, threads=args.threads, batch=args.batch, lut=str(lut), seed=seed,
-            search_finetune_steps=args.search_finetune_steps, val_samples=args.val_samples,
-            finetune_steps=args.finetune_steps, batch_size=args.batch_size, round_to=args.round_to, slack=args.slack,
-            agent_options=args.netadapt_options if agent == "netadapt" else {}, densify=args.densify,
+            checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"),
+            out=str(out),
+            budget=f"{budget}x",
+            agent=agent,
+            backend=args.backend,
+            threads=args.threads,
+            batch=args.batch,
+            lut=str(lut),
+            seed=seed,
+            search_finetune_steps=args.search_finetune_steps,
+            val_samples=args.val_samples,
+            finetune_steps=args.finetune_steps,
+            batch_size=args.batch_size,
+            round_to=args.round_to,
+            slack=args.slack,
+            agent_options=args.netadapt_options if agent == "netadapt" else {},
+            densify=args.densify,
             precision=args.precision,
         )
         try:
@@ -95,8 +115,9 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
         "tries": len(report["search"]["tries"]),
         "taken_try": report["search"].get("taken_try", len(report["search"]["tries"])),
         "densified_points": sum(len(r["points"]) for t in report["search"]["tries"] for r in t.get("densified", [])),
-        "searched_again_after_densify": sum(r["searched_again"] for t in report["search"]["tries"]
-                                            for r in t.get("densified", [])),
+        "searched_again_after_densify": sum(
+            r["searched_again"] for t in report["search"]["tries"] for r in t.get("densified", [])
+        ),
     }
 
 
@@ -116,12 +137,17 @@ def compare(rows: list[dict]) -> list[dict]:
         if not seeds:
             continue
         net, uni = [acc[m, b, "netadapt", s] for s in seeds], [acc[m, b, "uniform", s] for s in seeds]
-        versus.append({
-            "model": m, "budget": b, "seeds": seeds,
-            "netadapt": round(statistics.fmean(net), 4), "uniform": round(statistics.fmean(uni), 4),
-            "per_seed": [{"seed": s, "netadapt": n, "uniform": u} for s, n, u in zip(seeds, net, uni, strict=True)],
-            "netadapt_at_least_uniform_seeds": sum(n >= u for n, u in zip(net, uni, strict=True)),
-        })
+        versus.append(
+            {
+                "model": m,
+                "budget": b,
+                "seeds": seeds,
+                "netadapt": round(statistics.fmean(net), 4),
+                "uniform": round(statistics.fmean(uni), 4),
+                "per_seed": [{"seed": s, "netadapt": n, "uniform": u} for s, n, u in zip(seeds, net, uni, strict=True)],
+                "netadapt_at_least_uniform_seeds": sum(n >= u for n, u in zip(net, uni, strict=True)),
+            }
+        )
     return versus
 
 
@@ -133,22 +159,42 @@ def main() -> None:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="inference threads (the demo's 1, see README)")
-    p.add_argument("--seeds", type=seed_list, default=[0],
-                   help="comma-separated seeds: every run once per seed; agents compared on the mean")
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=[0],
+        help="comma-separated seeds: every run once per seed; agents compared on the mean",
+    )
     p.add_argument("--search-finetune-steps", type=int, default=10, help="fine-tune steps per candidate")
     p.add_argument("--val-samples", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=128, help="fine-tune batch size")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="fine-tune and candidate-score arithmetic (hwprune prune --precision)")
-    p.add_argument("--slack", type=float,
-                   help="search once more for a wider plan when one measures this far under the budget "
-                   "(default: the job's, twice its margin; 0: off)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="fine-tune and candidate-score arithmetic (hwprune prune --precision)",
+    )
+    p.add_argument(
+        "--slack",
+        type=float,
+        help="search once more for a wider plan when one measures this far under the budget "
+        "(default: the job's, twice its margin; 0: off)",
+    )
     p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (every agent)")
-    p.add_argument("--netadapt-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="NetAdapt option (value parsed as JSON), repeatable, e.g. initial_reduction=0.2")
-    p.add_argument("--no-densify", dest="densify", action="store_false",
-                   help="searches do not time their plans' off-grid widths (hwprune prune --no-densify)")
+    p.add_argument(
+        "--netadapt-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="NetAdapt option (value parsed as JSON), repeatable, e.g. initial_reduction=0.2",
+    )
+    p.add_argument(
+        "--no-densify",
+        dest="densify",
+        action="store_false",
+        help="searches do not time their plans' off-grid widths (hwprune prune --no-densify)",
+    )
     p.add_argument("--out-dir", default="runs/bench-budget")
     args = p.parse_args()
     args.netadapt_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.netadapt_option)}
@@ -162,21 +208,32 @@ def main() -> None:
                     rows.append(run_one(model, budget, agent, seed, lut, args))
                     print(json.dumps(rows[-1]), file=sys.stderr)
     versus = compare(rows)
-    emit({
-        "benchmark": "budget_adherence",
-        "command": "python " + " ".join(sys.argv),
-        "setting": {"backend": args.backend, "batch": args.batch, "threads": args.threads, "seeds": args.seeds,
-                    "finetune_steps": args.finetune_steps, "search_finetune_steps": args.search_finetune_steps,
-                    "val_samples": args.val_samples, "batch_size": args.batch_size, "round_to": args.round_to,
-                    "slack": args.slack, "netadapt_options": args.netadapt_options,
-                    "precision": resolve_precision(args.precision)},
-        "adherence": sum(r["met"] for r in rows) / len(rows),
-        "runs": rows,
-        "netadapt_vs_uniform": versus,
-        "netadapt_at_least_uniform": all(v["netadapt"] >= v["uniform"] for v in versus),
-        "wall_s": round(time.perf_counter() - start, 1),
-        "load_average": load_average(),
-    })
+    emit(
+        {
+            "benchmark": "budget_adherence",
+            "command": "python " + " ".join(sys.argv),
+            "setting": {
+                "backend": args.backend,
+                "batch": args.batch,
+                "threads": args.threads,
+                "seeds": args.seeds,
+                "finetune_steps": args.finetune_steps,
+                "search_finetune_steps": args.search_finetune_steps,
+                "val_samples": args.val_samples,
+                "batch_size": args.batch_size,
+                "round_to": args.round_to,
+                "slack": args.slack,
+                "netadapt_options": args.netadapt_options,
+                "precision": resolve_precision(args.precision),
+            },
+            "adherence": sum(r["met"] for r in rows) / len(rows),
+            "runs": rows,
+            "netadapt_vs_uniform": versus,
+            "netadapt_at_least_uniform": all(v["netadapt"] >= v["uniform"] for v in versus),
+            "wall_s": round(time.perf_counter() - start, 1),
+            "load_average": load_average(),
+        }
+    )
 
 
 if __name__ == "__main__":

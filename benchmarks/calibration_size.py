@@ -43,8 +43,11 @@ def grade(errors: np.ndarray) -> dict[str, float]:
 
 def spread(values: list[float]) -> dict[str, Any]:
     """Median and the 10th/90th percentiles over subsets: what a size gives typically and at its unluckiest."""
-    return {"median": _r(float(np.median(values))), "p10": _r(float(np.percentile(values, 10))),
-            "p90": _r(float(np.percentile(values, 90)))}
+    return {
+        "median": _r(float(np.median(values))),
+        "p10": _r(float(np.percentile(values, 10))),
+        "p90": _r(float(np.percentile(values, 90))),
+    }
 
 
 def main() -> None:
@@ -76,11 +79,24 @@ def main() -> None:
             medians.append(g["median_abs_pct"])
             within.append(g["within_10pct"])
             chosen[f["form"]] = chosen.get(f["form"], 0) + 1
-        out[str(k)] = {"subsets": len(medians), "median_abs_pct": spread(medians), "within_10pct": spread(within),
-                       "forms_chosen": chosen}
-    emit({"benchmark": "calibration_size", "command": "python " + " ".join(sys.argv), "table": args.lut,
-          "model": table.settings["model"], "backend": table.backend, "calibration_plans": len(rows),
-          "heldout_plans": len(held), "sizes": out})
+        out[str(k)] = {
+            "subsets": len(medians),
+            "median_abs_pct": spread(medians),
+            "within_10pct": spread(within),
+            "forms_chosen": chosen,
+        }
+    emit(
+        {
+            "benchmark": "calibration_size",
+            "command": "python " + " ".join(sys.argv),
+            "table": args.lut,
+            "model": table.settings["model"],
+            "backend": table.backend,
+            "calibration_plans": len(rows),
+            "heldout_plans": len(held),
+            "sizes": out,
+        }
+    )
 
 
 if __name__ == "__main__":

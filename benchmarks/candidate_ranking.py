@@ -38,7 +38,7 @@ from hwprune.pruning import PruningPlan  # noqa: E402
 
 
 def setting(text: str) -> tuple[int, int | None]:
-    """"STEPS/SAMPLES" (SAMPLES "all" for the whole validation split)."""
+    """ "STEPS/SAMPLES" (SAMPLES "all" for the whole validation split)."""
     try:
         steps, samples = text.split("/")
         return int(steps), None if samples == "all" else int(samples)
@@ -82,8 +82,9 @@ def main() -> None:
     seconds: dict[str, float] = {}
     for name in names:
         steps, samples = parsed[name]
-        ev = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=steps, seed=cfg.seed,
-                       val_samples=samples)
+        ev = Evaluator(
+            loaded.model, loaded.graph, loaded.data, finetune_steps=steps, seed=cfg.seed, val_samples=samples
+        )
         start = time.perf_counter()
         losses[name] = []
         with tqdm(total=sum(map(len, iters)), desc=f"scoring at {name}", unit="plan", leave=False) as bar:
@@ -103,9 +104,17 @@ def main() -> None:
             "mean_regret_loss": round(statistics.fmean(r[p] - r[b] for p, b, r in picks), 4),
             "mean_spearman": round(statistics.fmean(spearman(x, r) for x, r in rows), 3),
         }
-    emit({"run": str(args.run), "iterations": len(iters), "candidates": sum(len(c) for c in iters),
-          "reference": args.reference, "reference_s_per_evaluation": round(seconds[args.reference], 3),
-          "settings": graded, "load_average": load_average()})
+    emit(
+        {
+            "run": str(args.run),
+            "iterations": len(iters),
+            "candidates": sum(len(c) for c in iters),
+            "reference": args.reference,
+            "reference_s_per_evaluation": round(seconds[args.reference], 3),
+            "settings": graded,
+            "load_average": load_average(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ def control(out_dir: Path, model: str, budget: str) -> dict:
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON summary alone
         long_finetune(cfg, loaded, pruned)
     return {
-        "model": model, "budget": float(budget), "netadapt_pruning_steps": steps, "extra_steps": extra,
+        "model": model,
+        "budget": float(budget),
+        "netadapt_pruning_steps": steps,
+        "extra_steps": extra,
         "netadapt_test_accuracy": netadapt["pruned"]["test_accuracy"],
         "uniform_test_accuracy": uniform["pruned"]["test_accuracy"],
         "uniform_equal_steps_test_accuracy": round(evaluate(pruned, loaded.data.test), 4),

@@ -56,9 +56,18 @@ def main() -> None:
 
     load_before = load_average()
     base = TableSetting(
-        model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
-        input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=BLOCK_WARMUP_S, calib_plans=args.calib_plans,
+        model=args.model,
+        in_channels=3,
+        num_classes=10 if ":" not in args.model else 1000,
+        input_size=parse_input_size(args.input_size),
+        batch=args.batch,
+        backend=args.backend,
+        threads=args.threads,
+        repeats=args.repeats,
+        runs=args.runs,
+        warmup=10,
+        warmup_s=BLOCK_WARMUP_S,
+        calib_plans=args.calib_plans,
         rounds=args.rounds,
     )
     model = create_model(base.model, base.in_channels, base.num_classes)
@@ -95,8 +104,11 @@ def main() -> None:
     for layer in graph.layer_shapes():
         sig = Signature.of(layer, base.batch)
         for _ in range(args.probes):
-            ci = layer.c_in if layer.name == graph.layer_shapes()[0].name else int(rng.integers(
-                max(1, layer.c_in // 5), layer.c_in + 1))
+            ci = (
+                layer.c_in
+                if layer.name == graph.layer_shapes()[0].name
+                else int(rng.integers(max(1, layer.c_in // 5), layer.c_in + 1))
+            )
             co = int(rng.integers(max(1, layer.c_out // 5), layer.c_out + 1))
             if layer.depthwise:
                 ci = co
@@ -124,24 +136,42 @@ def main() -> None:
         fill_table(table, profiler, None, progress=False, measure=block)
         calibrate(table, model, graph, profiler, None, progress=False, measure=plan_ms)
         report = check(table, model, graph, profiler, heldout, progress=False, measure=plan_ms)
-        errs = [abs(table.lookup_ms(s.key(), ci, co, full=full) - probe_values[(s.key(), ci, co)])
-                / probe_values[(s.key(), ci, co)] * 100 for s, ci, co, full in probes]
-        cost = sum(sec for k, ci, co in table.planned_points()
-                   for _, sec in runs[table.signatures[k].block(ci, co)][: base.rounds])
-        rows.append({
-            "grid": list(setting.grid), "quantum": setting.quantum, "blocks": table.num_entries(),
-            "block_seconds": round(cost, 1),
-            "probe_median_abs_pct": round(float(np.median(errs)), 2),
-            "probe_p95_abs_pct": round(float(np.percentile(errs, 95)), 2),
-            "model": {k: {m: _r(v) for m, v in st.items()} for k, st in report["predictors"].items()
-                      if k != "flops"},
-        })
+        errs = [
+            abs(table.lookup_ms(s.key(), ci, co, full=full) - probe_values[(s.key(), ci, co)])
+            / probe_values[(s.key(), ci, co)]
+            * 100
+            for s, ci, co, full in probes
+        ]
+        cost = sum(
+            sec
+            for k, ci, co in table.planned_points()
+            for _, sec in runs[table.signatures[k].block(ci, co)][: base.rounds]
+        )
+        rows.append(
+            {
+                "grid": list(setting.grid),
+                "quantum": setting.quantum,
+                "blocks": table.num_entries(),
+                "block_seconds": round(cost, 1),
+                "probe_median_abs_pct": round(float(np.median(errs)), 2),
+                "probe_p95_abs_pct": round(float(np.percentile(errs, 95)), 2),
+                "model": {
+                    k: {m: _r(v) for m, v in st.items()} for k, st in report["predictors"].items() if k != "flops"
+                },
+            }
+        )
     summary = {
         "command": "python benchmarks/grid_density.py " + " ".join(sys.argv[1:]),
-        "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
-        "threads": args.threads, "device_key": profiler.device_key(), "heldout_plans": len(heldout),
+        "model": args.model,
+        "backend": args.backend,
+        "batch": args.batch,
+        "input_size": args.input_size,
+        "threads": args.threads,
+        "device_key": profiler.device_key(),
+        "heldout_plans": len(heldout),
         "rounds": base.rounds,
-        "probes": len(probes), "candidates": rows,
+        "probes": len(probes),
+        "candidates": rows,
         "load_average": {"before": load_before, "after": load_average()},
     }
     stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"

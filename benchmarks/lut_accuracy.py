@@ -50,8 +50,12 @@ def main() -> None:
     p.add_argument("--calib-form", default="auto")
     p.add_argument("--plans", type=int, default=40, help="held-out plans to measure")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--aligned-plans", type=int, default=10,
-                   help="further held-out plans with every width a multiple of the quantum, scored on their own")
+    p.add_argument(
+        "--aligned-plans",
+        type=int,
+        default=10,
+        help="further held-out plans with every width a multiple of the quantum, scored on their own",
+    )
     p.add_argument("--repeat-check", type=int, default=10, help="held-out plans measured a second time")
     p.add_argument("--unpaired", action="store_true", help="time each held-out plan alone (see above)")
     p.add_argument("--out-dir", default="benchmarks/results")
@@ -60,10 +64,22 @@ def main() -> None:
 
     load_before = load_average()
     setting = TableSetting(
-        model=args.model, in_channels=3, num_classes=10 if ":" not in args.model else 1000,
-        input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend, threads=args.threads,
-        repeats=args.repeats, runs=args.runs, warmup=10, warmup_s=BLOCK_WARMUP_S, grid=parse_grid(args.grid),
-        calib_plans=args.calib_plans, calib_form=args.calib_form, quantum=args.quantum, rounds=args.rounds,
+        model=args.model,
+        in_channels=3,
+        num_classes=10 if ":" not in args.model else 1000,
+        input_size=parse_input_size(args.input_size),
+        batch=args.batch,
+        backend=args.backend,
+        threads=args.threads,
+        repeats=args.repeats,
+        runs=args.runs,
+        warmup=10,
+        warmup_s=BLOCK_WARMUP_S,
+        grid=parse_grid(args.grid),
+        calib_plans=args.calib_plans,
+        calib_form=args.calib_form,
+        quantum=args.quantum,
+        rounds=args.rounds,
         block_rounds=args.block_rounds,
     )
     stem = f"{args.model.replace(':', '-')}_{args.backend}_b{args.batch}_{args.input_size}"
@@ -84,8 +100,10 @@ def main() -> None:
     report["calibration_forms"] = compare_forms(table, graph, report)
     # The noise floor: the same plans measured again now (same protocol and rounds) vs. before.
     again = measure_rounds(plans[: args.repeat_check], meter, setting.rounds, "again", progress=False)
-    drift = [abs(m.median_ms - r["measured_ms"]) / r["measured_ms"] * 100
-             for (m, _, _), r in zip(again, report["rows"], strict=False)]
+    drift = [
+        abs(m.median_ms - r["measured_ms"]) / r["measured_ms"] * 100
+        for (m, _, _), r in zip(again, report["rows"], strict=False)
+    ]
     aligned = heldout_plans(table, graph, args.aligned_plans, args.seed + 1, round_to=setting.quantum)
     random_keys = {q.key() for q in plans}
     aligned = [a for a in aligned if a.key() not in random_keys]
@@ -94,31 +112,52 @@ def main() -> None:
         report["aligned"] = check(table, model, graph, profiler, aligned, progress=False, measure=meter)
     if report["aligned"] is not None:
         report["aligned"]["calibration_forms"] = compare_forms(table, graph, report["aligned"])
-    report["repeatability"] = {"plans": len(drift), "median_abs_pct": float(np.median(drift)) if drift else None,
-                               "max_abs_pct": float(np.max(drift)) if drift else None}
+    report["repeatability"] = {
+        "plans": len(drift),
+        "median_abs_pct": float(np.median(drift)) if drift else None,
+        "max_abs_pct": float(np.max(drift)) if drift else None,
+    }
     summary = {
         "command": "python benchmarks/lut_accuracy.py " + " ".join(sys.argv[1:]),
         "protocol": "calibration paired; held-out plans " + ("alone" if args.unpaired else "paired"),
         "unpruned_alongside": {k: _r(v) for k, v in (report["unpruned_alongside"] or {}).items()} or None,
         "calibration_reference_ms": _r(calibrated_full_ms(table, graph)),
-        "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
-        "threads": args.threads, "device_key": table.device_key(), "grid": list(setting.grid),
-        "quantum": setting.quantum, "rounds": setting.rounds, "block_rounds": setting.block_rounds,
-        "signatures": len(table.grids), "blocks": table.num_entries(),
-        "profile_seconds": {"total": round(profile_s, 1), "blocks": round(seconds["blocks_s"], 1),
-                            "calibration": round(seconds["calibration_s"], 1)},
-        "unstable_blocks": seconds.get("unstable_blocks", 0), "unstable_points": seconds.get("unstable_points", 0),
-        "heldout_plans": report["plans"], "full_model_ms": round(report["full_model_measured_ms"], 3),
+        "model": args.model,
+        "backend": args.backend,
+        "batch": args.batch,
+        "input_size": args.input_size,
+        "threads": args.threads,
+        "device_key": table.device_key(),
+        "grid": list(setting.grid),
+        "quantum": setting.quantum,
+        "rounds": setting.rounds,
+        "block_rounds": setting.block_rounds,
+        "signatures": len(table.grids),
+        "blocks": table.num_entries(),
+        "profile_seconds": {
+            "total": round(profile_s, 1),
+            "blocks": round(seconds["blocks_s"], 1),
+            "calibration": round(seconds["calibration_s"], 1),
+        },
+        "unstable_blocks": seconds.get("unstable_blocks", 0),
+        "unstable_points": seconds.get("unstable_points", 0),
+        "heldout_plans": report["plans"],
+        "full_model_ms": round(report["full_model_measured_ms"], 3),
         "unstable_measurements": report["unstable_measurements"],
         "repeatability": {k: _r(v) for k, v in report["repeatability"].items()},
         "predictors": {k: {m: round(v, 4) for m, v in st.items()} for k, st in report["predictors"].items()},
-        "aligned_predictors": None if report["aligned"] is None else {
-            k: {m: round(v, 4) for m, v in st.items()} for k, st in report["aligned"]["predictors"].items()},
-        "aligned_calibration_forms": None if report["aligned"] is None else {
+        "aligned_predictors": None
+        if report["aligned"] is None
+        else {k: {m: round(v, 4) for m, v in st.items()} for k, st in report["aligned"]["predictors"].items()},
+        "aligned_calibration_forms": None
+        if report["aligned"] is None
+        else {
             k: {m: _r(v) for m, v in st.items() if m != "coef"}
-            for k, st in report["aligned"]["calibration_forms"].items()},
-        "calibration_forms": {k: {m: _r(v) for m, v in st.items() if m != "coef"}
-                              for k, st in report["calibration_forms"].items()},
+            for k, st in report["aligned"]["calibration_forms"].items()
+        },
+        "calibration_forms": {
+            k: {m: _r(v) for m, v in st.items() if m != "coef"} for k, st in report["calibration_forms"].items()
+        },
         "load_average": {"before": load_before, "after": load_average()},
     }
     report["summary"] = summary

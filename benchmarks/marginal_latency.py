@@ -49,21 +49,43 @@ def main() -> None:
     ratio = predictor.predict_ms(plan) / predictor.predict_ms(full)
     uniform = PruningPlan.uniform(plan.model, loaded.graph, ratio)
     variants = {"plan": plan, "unpruned": full, f"uniform r={ratio:.2f}": uniform}
-    variants |= {f"{g.name} -> {g.channels}": plan.with_keep({g.name: g.channels})
-                 for g in loaded.graph.groups if plan.keep[g.name] != g.channels}
-    deployed = {k: loaded.profiler.deploy(apply_plan(loaded.model, v, loaded.graph)[0].eval(), loaded.input_shape)
-                for k, v in variants.items()}
+    variants |= {
+        f"{g.name} -> {g.channels}": plan.with_keep({g.name: g.channels})
+        for g in loaded.graph.groups
+        if plan.keep[g.name] != g.channels
+    }
+    deployed = {
+        k: loaded.profiler.deploy(apply_plan(loaded.model, v, loaded.graph)[0].eval(), loaded.input_shape)
+        for k, v in variants.items()
+    }
     measured = {k: float("inf") for k in variants}
     for _ in range(args.rounds):
         for k, measure in deployed.items():
             measured[k] = min(measured[k], measure().median_ms)
     p0, m0 = predictor.predict_ms(plan), measured["plan"]
-    rows = [{"variant": k, "keep": v.keep, "predicted_ms": _r(predictor.predict_ms(v)), "measured_ms": _r(measured[k]),
-             "measured_over_predicted": _r(measured[k] / predictor.predict_ms(v)),
-             "predicted_change_ms": _r(predictor.predict_ms(v) - p0), "measured_change_ms": _r(measured[k] - m0)}
-            for k, v in variants.items()]
-    emit({"benchmark": "marginal_latency", "command": "python " + " ".join(sys.argv), "run_dir": str(run_dir),
-          "try": args.try_no, "rounds": args.rounds, "fingerprint": loaded.profiler.fingerprint(), "rows": rows})
+    rows = [
+        {
+            "variant": k,
+            "keep": v.keep,
+            "predicted_ms": _r(predictor.predict_ms(v)),
+            "measured_ms": _r(measured[k]),
+            "measured_over_predicted": _r(measured[k] / predictor.predict_ms(v)),
+            "predicted_change_ms": _r(predictor.predict_ms(v) - p0),
+            "measured_change_ms": _r(measured[k] - m0),
+        }
+        for k, v in variants.items()
+    ]
+    emit(
+        {
+            "benchmark": "marginal_latency",
+            "command": "python " + " ".join(sys.argv),
+            "run_dir": str(run_dir),
+            "try": args.try_no,
+            "rounds": args.rounds,
+            "fingerprint": loaded.profiler.fingerprint(),
+            "rows": rows,
+        }
+    )
 
 
 if __name__ == "__main__":

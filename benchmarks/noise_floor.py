@@ -42,11 +42,14 @@ def drift(medians: np.ndarray) -> dict[str, float]:
     spread = (medians.max(axis=0) - medians.min(axis=0)) / medians.min(axis=0) * 100
     steps = np.abs(np.diff(medians, axis=0)) / medians[:-1] * 100
     ratios = medians[:, 1:] / medians[:, :1]
-    return {"max_min_spread_pct_median": float(np.median(spread)), "max_min_spread_pct_max": float(spread.max()),
-            "round_to_round_abs_pct_median": float(np.median(steps)),
-            "cv_pct_median": float(np.median(_cv(medians)) * 100),
-            "ratio_to_unpruned_cv_pct_median": float(np.median(_cv(ratios)) * 100),
-            "ratio_to_unpruned_cv_pct_max": float(_cv(ratios).max() * 100)}
+    return {
+        "max_min_spread_pct_median": float(np.median(spread)),
+        "max_min_spread_pct_max": float(spread.max()),
+        "round_to_round_abs_pct_median": float(np.median(steps)),
+        "cv_pct_median": float(np.median(_cv(medians)) * 100),
+        "ratio_to_unpruned_cv_pct_median": float(np.median(_cv(ratios)) * 100),
+        "ratio_to_unpruned_cv_pct_max": float(_cv(ratios).max() * 100),
+    }
 
 
 def _cv(values: np.ndarray) -> np.ndarray:
@@ -59,7 +62,8 @@ def summary(medians: np.ndarray) -> dict:
         **drift(medians),
         "round_speed_factor": [round(float(v), 4) for v in shared.mean(axis=1)],
         "residual_after_round_factor_pct_median": float(
-            np.median(np.abs(shared / shared.mean(axis=1, keepdims=True) - 1)) * 100),
+            np.median(np.abs(shared / shared.mean(axis=1, keepdims=True) - 1)) * 100
+        ),
         "medians_ms": [[round(float(v), 3) for v in r] for r in medians],
     }
 
@@ -95,23 +99,36 @@ def main() -> None:
         f"best_of_{args.runs}x{args.repeats}": {"repeats": args.repeats, "runs": args.runs},
         f"single_run_{3 * args.repeats}": {"repeats": 3 * args.repeats, "runs": 1},
     }
-    meters = {(name, t): PlanMeter(model, graph, get_profiler(args.backend, threads=t, **kw), shape)
-              for name, kw in protocols.items() for t in thread_counts}
+    meters = {
+        (name, t): PlanMeter(model, graph, get_profiler(args.backend, threads=t, **kw), shape)
+        for name, kw in protocols.items()
+        for t in thread_counts
+    }
     load_before, start = load_average(), time.perf_counter()
     rows: dict[tuple[str, int], list[list[float]]] = {key: [] for key in meters}
     for _ in range(args.rounds):  # every setting once per round: all of them see the same hour
         for key, meter in meters.items():
             rows[key].append([meter(plan).median_ms for plan in plans])
     by_threads = {str(t): {name: summary(np.array(rows[(name, t)])) for name in protocols} for t in thread_counts}
-    emit({
-        "benchmark": "noise_floor",
-        "command": "python benchmarks/noise_floor.py " + " ".join(sys.argv[1:]),
-        "model": args.model, "backend": args.backend, "batch": args.batch, "threads": thread_counts,
-        "plans": args.plans, "rounds": args.rounds,
-        **({"protocols": by_threads[str(thread_counts[0])]} if len(thread_counts) == 1 else {"by_threads": by_threads}),
-        "wall_s": round(time.perf_counter() - start, 1),
-        "load_average": {"before": load_before, "after": load_average()},
-    })
+    emit(
+        {
+            "benchmark": "noise_floor",
+            "command": "python benchmarks/noise_floor.py " + " ".join(sys.argv[1:]),
+            "model": args.model,
+            "backend": args.backend,
+            "batch": args.batch,
+            "threads": thread_counts,
+            "plans": args.plans,
+            "rounds": args.rounds,
+            **(
+                {"protocols": by_threads[str(thread_counts[0])]}
+                if len(thread_counts) == 1
+                else {"by_threads": by_threads}
+            ),
+            "wall_s": round(time.perf_counter() - start, 1),
+            "load_average": {"before": load_before, "after": load_average()},
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,11 @@ def held_out(table: LatencyTable) -> list[tuple[float, float, float]]:
 def grade(pairs: list[tuple[float, float]]) -> dict[str, float]:
     logs = [math.log(m / p) for m, p in pairs]
     errors = [abs(p - m) / m * 100 for m, p in pairs]
-    return {"mean_log_ratio": round(statistics.fmean(logs), 4),
-            "median_abs_pct": round(statistics.median(errors), 2),
-            "within_10pct": round(sum(e <= 10 for e in errors) / len(errors), 3)}
+    return {
+        "mean_log_ratio": round(statistics.fmean(logs), 4),
+        "median_abs_pct": round(statistics.median(errors), 2),
+        "within_10pct": round(sum(e <= 10 for e in errors) / len(errors), 3),
+    }
 
 
 def main() -> None:
@@ -64,10 +66,15 @@ def main() -> None:
             used.append(str(f))
     if not rows:
         raise SystemExit("no densified widths in these tables: point it at prune run directories")
-    emit({"tables": len(used), "widths": len(rows),
-          "interpolated": grade([(m, p) for m, p, _ in rows]),
-          "with_off_grid_factor": grade([(m, c) for m, _, c in rows]),
-          "sources": used})
+    emit(
+        {
+            "tables": len(used),
+            "widths": len(rows),
+            "interpolated": grade([(m, p) for m, p, _ in rows]),
+            "with_off_grid_factor": grade([(m, c) for m, _, c in rows]),
+            "sources": used,
+        }
+    )
 
 
 if __name__ == "__main__":

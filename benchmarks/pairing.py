@@ -54,25 +54,46 @@ def main() -> None:
         for i, plan in enumerate(plans):
             pairs[i].append((meter(full).median_ms, meter(plan).median_ms))
     reference = statistics.median(a for pr in pairs for a, _ in pr)
-    readings = {"alone": [min(b for _, b in pr) for pr in pairs],
-                "paired": [reference * min(b / a for a, b in pr) for pr in pairs]}
+    readings = {
+        "alone": [min(b for _, b in pr) for pr in pairs],
+        "paired": [reference * min(b / a for a, b in pr) for pr in pairs],
+    }
     sums = TableSum(table, graph, corrected=False)
-    features = [sums.features(plan) for plan in plans[len(calib):]]
+    features = [sums.features(plan) for plan in plans[len(calib) :]]
     out = {}
     for protocol, ys in readings.items():
-        rows = [{"keep": plan.keep, "measurement": Measurement([y]).to_dict()}
-                for plan, y in zip(calib, ys, strict=False)]
+        rows = [
+            {"keep": plan.keep, "measurement": Measurement([y]).to_dict()} for plan, y in zip(calib, ys, strict=False)
+        ]
         f = fit(table, graph, rows, str(s.get("calib_form", "auto")))
         predicted = [apply_fit(f["coef"], f["offset_ms"], x) for x in features]
-        out[protocol] = {"form": f["form"], **{k: _r(v) for k, v in error_stats(predicted, ys[len(calib):]).items()},
-                         "round_to_round_median_pct": _r(statistics.median(
-                             abs(_ratio(pr, 1, protocol) / _ratio(pr, 0, protocol) - 1) * 100 for pr in pairs))}
-    emit({"command": "python benchmarks/pairing.py " + " ".join(sys.argv[1:]), "lut": args.lut,
-          "model": s["model"], "backend": table.backend, "batch": s["batch"], "calibration_plans": len(calib),
-          "heldout_plans": args.plans, "rounds": args.rounds, "seconds": _r(time.perf_counter() - start, 1),
-          "unpruned_readings_ms": {"min": _r(min(a for pr in pairs for a, _ in pr)), "median": _r(reference),
-                                   "max": _r(max(a for pr in pairs for a, _ in pr))},
-          "load_average": {"before": load_before, "after": load_average()}, **out})
+        out[protocol] = {
+            "form": f["form"],
+            **{k: _r(v) for k, v in error_stats(predicted, ys[len(calib) :]).items()},
+            "round_to_round_median_pct": _r(
+                statistics.median(abs(_ratio(pr, 1, protocol) / _ratio(pr, 0, protocol) - 1) * 100 for pr in pairs)
+            ),
+        }
+    emit(
+        {
+            "command": "python benchmarks/pairing.py " + " ".join(sys.argv[1:]),
+            "lut": args.lut,
+            "model": s["model"],
+            "backend": table.backend,
+            "batch": s["batch"],
+            "calibration_plans": len(calib),
+            "heldout_plans": args.plans,
+            "rounds": args.rounds,
+            "seconds": _r(time.perf_counter() - start, 1),
+            "unpruned_readings_ms": {
+                "min": _r(min(a for pr in pairs for a, _ in pr)),
+                "median": _r(reference),
+                "max": _r(max(a for pr in pairs for a, _ in pr)),
+            },
+            "load_average": {"before": load_before, "after": load_average()},
+            **out,
+        }
+    )
 
 
 def _ratio(pair: list[tuple[float, float]], i: int, protocol: str) -> float:

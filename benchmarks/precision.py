@@ -47,29 +47,59 @@ def main() -> None:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for precision in ("fp32", train.resolve_precision("bf16")):
-            ev = Evaluator(model, graph, data, finetune_steps=args.search_finetune_steps, seed=seed,
-                           val_samples=args.val_samples, precision=precision)
+            ev = Evaluator(
+                model,
+                graph,
+                data,
+                finetune_steps=args.search_finetune_steps,
+                seed=seed,
+                val_samples=args.val_samples,
+                precision=precision,
+            )
             start = time.perf_counter()
             val_acc, val_loss = ev.score(plan)
             score_s = time.perf_counter() - start
             pruned, _ = apply_plan(model, plan, graph)
             start = time.perf_counter()
-            train.fine_tune(pruned, data.train, args.finetune_steps, batch_size=args.batch_size, seed=seed,
-                            augment=data.augment, precision=precision)
-            rows.append({"seed": seed, "precision": precision, "finetune_s": _r(time.perf_counter() - start, 1),
-                         "test_accuracy": round(train.evaluate(pruned, data.test), 4),
-                         "candidate_score_s": _r(score_s, 2), "candidate_val_loss": _r(val_loss, 4),
-                         "candidate_val_acc": val_acc})
+            train.fine_tune(
+                pruned,
+                data.train,
+                args.finetune_steps,
+                batch_size=args.batch_size,
+                seed=seed,
+                augment=data.augment,
+                precision=precision,
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "precision": precision,
+                    "finetune_s": _r(time.perf_counter() - start, 1),
+                    "test_accuracy": round(train.evaluate(pruned, data.test), 4),
+                    "candidate_score_s": _r(score_s, 2),
+                    "candidate_val_loss": _r(val_loss, 4),
+                    "candidate_val_acc": val_acc,
+                }
+            )
             print(rows[-1], file=sys.stderr)
 
     def mean(precision: str, key: str) -> float:
         return _r(statistics.fmean(r[key] for r in rows if r["precision"] == precision), 4)
 
-    emit({"benchmark": "precision", "command": "python " + " ".join(sys.argv), "bf16_native": train.native_bf16(),
-          "plan_keep": plan.keep, "rows": rows,
-          "mean": {prec: {k: mean(prec, k) for k in ("finetune_s", "test_accuracy", "candidate_score_s")}
-                   for prec in ("fp32", "bf16")},
-          "load_average": load_average()})
+    emit(
+        {
+            "benchmark": "precision",
+            "command": "python " + " ".join(sys.argv),
+            "bf16_native": train.native_bf16(),
+            "plan_keep": plan.keep,
+            "rows": rows,
+            "mean": {
+                prec: {k: mean(prec, k) for k in ("finetune_s", "test_accuracy", "candidate_score_s")}
+                for prec in ("fp32", "bf16")
+            },
+            "load_average": load_average(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def compare(a: LatencyTable, b: LatencyTable, plans: list[PruningPlan]) -> dict[
     _, graph = model_for(a)
     sa, sb = TableSum(a, graph, corrected=False), TableSum(b, graph, corrected=False)
     sums = np.array([sa.features(p)["lut_sum_ms"] / sb.features(p)["lut_sum_ms"] for p in plans])
-    points = {sig: np.array([m.median_ms / b.entries[sig][k].median_ms for k, m in pts.items()])
-              for sig, pts in a.entries.items()}
+    points = {
+        sig: np.array([m.median_ms / b.entries[sig][k].median_ms for k, m in pts.items()])
+        for sig, pts in a.entries.items()
+    }
     every = np.concatenate(list(points.values()))
     dev = np.abs(sums / np.median(sums) - 1) * 100
     pdev = np.abs(every / np.median(every) - 1) * 100
@@ -71,8 +73,9 @@ def compare(a: LatencyTable, b: LatencyTable, plans: list[PruningPlan]) -> dict[
     }
 
 
-def grade(built: dict[int, list[LatencyTable]], model: nn.Module, graph: ModelGraph, count: int,
-          seed: int) -> dict[str, object]:
+def grade(
+    built: dict[int, list[LatencyTable]], model: nn.Module, graph: ModelGraph, count: int, seed: int
+) -> dict[str, object]:
     """Calibrate one table, fit every table on its whole-model measurements, grade all on the same held-out plans."""
     tables = [t for ts in built.values() for t in ts]
     for t in tables:
@@ -83,16 +86,21 @@ def grade(built: dict[int, list[LatencyTable]], model: nn.Module, graph: ModelGr
     for t in tables[:-1]:
         t.calibration = dict(first.calibration) | {"fit": fit(t, graph, first.calibration["plans"])}
     plans = heldout_plans(first, graph, count, seed + 1)
-    report = check(first, model, graph, profiler, plans, progress=False,
-                   measure=paired_meter(first, model, graph, profiler))
+    report = check(
+        first, model, graph, profiler, plans, progress=False, measure=paired_meter(first, model, graph, profiler)
+    )
     measured = [r["measured_ms"] for r in report["rows"]]
 
     def score(t: LatencyTable) -> dict[str, object]:
         stats = error_stats([Predictor(t, graph).predict_ms(q) for q in plans], measured)
         return {"form": t.calibration["fit"]["form"]} | {k: round(x, 3) for k, x in stats.items()}
 
-    return {"plans": len(plans), "by_block_rounds": {str(v): [score(t) for t in ts] for v, ts in built.items()},
-            "calibration": first.calibration, "rows": report["rows"]}
+    return {
+        "plans": len(plans),
+        "by_block_rounds": {str(v): [score(t) for t in ts] for v, ts in built.items()},
+        "calibration": first.calibration,
+        "rows": report["rows"],
+    }
 
 
 def main() -> None:
@@ -123,10 +131,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, v in itertools.product(range(args.tables), values):
             setting = TableSetting(
-                model=args.model, in_channels=args.in_channels, num_classes=10 if ":" not in args.model else 1000,
-                input_size=parse_input_size(args.input_size), batch=args.batch, backend=args.backend,
-                threads=args.threads, repeats=10, runs=args.runs, warmup=10, warmup_s=BLOCK_WARMUP_S,
-                grid=DEFAULT_FRACTIONS, calib_plans=0, block_rounds=v)
+                model=args.model,
+                in_channels=args.in_channels,
+                num_classes=10 if ":" not in args.model else 1000,
+                input_size=parse_input_size(args.input_size),
+                batch=args.batch,
+                backend=args.backend,
+                threads=args.threads,
+                repeats=10,
+                runs=args.runs,
+                warmup=10,
+                warmup_s=BLOCK_WARMUP_S,
+                grid=DEFAULT_FRACTIONS,
+                calib_plans=0,
+                block_rounds=v,
+            )
             start = time.perf_counter()
             table, _ = profile_model(setting, Path(tmp) / f"lut_{v}_{i}.json", progress=False)
             seconds[v].append(round(time.perf_counter() - start, 1))
@@ -136,12 +155,21 @@ def main() -> None:
     plans = [PruningPlan.random(args.model, graph, rng, low=0.2, high=1.0) for _ in range(args.plans)]
     summary = {
         "command": "python benchmarks/table_repeatability.py " + " ".join(sys.argv[1:]),
-        "model": args.model, "backend": args.backend, "batch": args.batch, "input_size": args.input_size,
-        "device_key": built[values[0]][0].device_key(), "grid": list(DEFAULT_FRACTIONS),
-        "runs": args.runs, "plans": args.plans,
-        "by_block_rounds": {str(v): {"build_seconds": seconds[v],
-                                     "pairs": [compare(a, b, plans) for a, b in itertools.combinations(built[v], 2)]}
-                            for v in values},
+        "model": args.model,
+        "backend": args.backend,
+        "batch": args.batch,
+        "input_size": args.input_size,
+        "device_key": built[values[0]][0].device_key(),
+        "grid": list(DEFAULT_FRACTIONS),
+        "runs": args.runs,
+        "plans": args.plans,
+        "by_block_rounds": {
+            str(v): {
+                "build_seconds": seconds[v],
+                "pairs": [compare(a, b, plans) for a, b in itertools.combinations(built[v], 2)],
+            }
+            for v in values
+        },
         "heldout": grade(built, model, graph, args.heldout, args.seed) if args.heldout else None,
         "load_average": {"before": load_before, "after": load_average()},
     }

@@ -144,8 +144,14 @@ class Evaluator:
         pruned, applied = apply_plan(model, plan, graph)
         if self.finetune_steps:
             train.fine_tune(
-                pruned, self.data.train, self.finetune_steps, lr=self.lr, batch_size=self.batch_size,
-                seed=self.seed, augment=self.data.augment if self.augment else None, precision=self.precision,
+                pruned,
+                self.data.train,
+                self.finetune_steps,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                augment=self.data.augment if self.augment else None,
+                precision=self.precision,
             )
             self.finetune_steps_done += self.finetune_steps
         chosen = {n: g.kept_indices or () for n, g in applied.groups.items()}

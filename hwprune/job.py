@@ -140,8 +140,7 @@ def load_inputs(cfg: JobConfig) -> Loaded:
         )
     graph = ModelGraph(model, (spec.in_channels, *spec.input_size))
     pin_allocator()  # tables are measured under it; the job's own timings must be too (see allocator.py)
-    profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs,
-                            warmup_s=cfg.warmup_s)
+    profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s)
     return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
 
 
@@ -307,8 +306,12 @@ def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
     options = get_agent(cfg.agent, **cfg.agent_options).options() if cfg.budget is not None else cfg.agent_options
     write_json(
         run / "job.json",
-        {"kind": JOB_KIND, "schema_version": JOB_SCHEMA, "config": asdict(cfg) | {"agent_options": options},
-         "budget_ms": budget_ms},
+        {
+            "kind": JOB_KIND,
+            "schema_version": JOB_SCHEMA,
+            "config": asdict(cfg) | {"agent_options": options},
+            "budget_ms": budget_ms,
+        },
     )
     return run
 
@@ -439,13 +442,22 @@ def _run_stages(
         "pruned": summarize_model(loaded, pruned, applied, final_m),
         "pruned_measured_before_finetune": pruned_m.to_dict(),
         "final_measurements": final_measurements,
-        "finetune": {"steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.batch_size,
-                     "precision": cfg.precision},
+        "finetune": {
+            "steps": cfg.finetune_steps,
+            "lr": cfg.finetune_lr,
+            "batch_size": cfg.batch_size,
+            "precision": cfg.precision,
+        },
         "fingerprint": loaded.profiler.fingerprint(),
         "plan_keep_ratio": applied.keep_ratio(),
         "search": search,
-        "budget": None if judged is None else {
-            "text": budget.text, "ms": judged.budget_ms, "fraction": budget.fraction, "ms_at_start": budget.ms,
+        "budget": None
+        if judged is None
+        else {
+            "text": budget.text,
+            "ms": judged.budget_ms,
+            "fraction": budget.fraction,
+            "ms_at_start": budget.ms,
         },
         "wall_s": time.perf_counter() - t0,
         "artifacts": {"plan": str(plan_path), "model": str(model_dir)},

@@ -78,22 +78,31 @@ def render_markdown(report: dict[str, Any]) -> str:
         rounds = [r for t in search["tries"] for r in t.get("densified", [])]
         tries, again = len(search["tries"]), sum(r["searched_again"] for r in rounds)
         steps = len(search["tries"][search.get("taken_try", tries) - 1].get("lineage", []))
-        start = (f", from the model the search reached ({steps} pruning steps, each short-term fine-tuned)"
-                 if steps else ", from the original weights")
+        start = (
+            f", from the model the search reached ({steps} pruning steps, each short-term fine-tuned)"
+            if steps
+            else ", from the original weights"
+        )
         lines += [
             f"Search: agent `{search['agent']}`, {tries} {'try' if tries == 1 else 'tries'} "
             f"({tries + again} searches), "
             f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
             f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
             f"{report['finetune']['steps']} steps{start}."
-            + (" Fine-tunes and candidate scores ran in bf16 mixed precision (fp32 weights; the model timed "
-               "and tested is fp32)." if report["finetune"].get("precision") == "bf16" else ""),
+            + (
+                " Fine-tunes and candidate scores ran in bf16 mixed precision (fp32 weights; the model timed "
+                "and tested is fp32)."
+                if report["finetune"].get("precision") == "bf16"
+                else ""
+            ),
             "",
         ]
         if rounds:
             repeated = {0: "no search was", 1: "1 search was"}.get(again, f"{again} searches were")
-            later = (" A later search read the still-unmeasured widths of each layer kind scaled by how far "
-                     f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)}).")
+            later = (
+                " A later search read the still-unmeasured widths of each layer kind scaled by how far "
+                f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)})."
+            )
             lines += [
                 f"Before each plan was measured, the layer widths it chose that the table had not measured were "
                 f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
@@ -114,11 +123,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             for i, t in enumerate(search["tries"]):
                 if t.get("slack_used"):
                     used = percent_used(t["measured"]["summary"]["median_ms"], t["budget_ms"])
-                    lines += [f"Try {i + 1}'s plan used {used}% of the budget, so it was kept and try {i + 2} "
-                              "searched for a wider one against a looser target.", ""]
+                    lines += [
+                        f"Try {i + 1}'s plan used {used}% of the budget, so it was kept and try {i + 2} "
+                        "searched for a wider one against a looser target.",
+                        "",
+                    ]
                 if t.get("searched_between"):
-                    lines += [f"Try {i + 1}'s wider plan was not under the budget by half the margin, so try "
-                              f"{i + 2} searched between it and the kept plan.", ""]
+                    lines += [
+                        f"Try {i + 1}'s wider plan was not under the budget by half the margin, so try "
+                        f"{i + 2} searched between it and the kept plan.",
+                        "",
+                    ]
             taken = search.get("taken_try", len(search["tries"]))
             if taken != len(search["tries"]):
                 if "same_plan_as" in search["tries"][-1]:

@@ -101,8 +101,9 @@ def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> La
         calib_plans=cfg.calibration_plans,
     )
     print(f"profiling {loaded.spec.name} blocks on {cfg.backend} into {run / 'lut.json'}")
-    table, _ = profile_model(setting, run / "lut.json", resume=resume, model=loaded.model,
-                             profiler=timing_like(setting.to_dict(), fp))
+    table, _ = profile_model(
+        setting, run / "lut.json", resume=resume, model=loaded.model, profiler=timing_like(setting.to_dict(), fp)
+    )
     return table
 
 
@@ -168,73 +169,95 @@ def budgeted_search(
             else:
                 pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
                 judged = measure_judged(loaded, pruned, cfg, budget)
-            done = {
-                "target_ms": target,
-                "predicted_ms": ctx.predict_ms(result.plan),
-                **_record(judged),
-                "plan": result.plan.to_dict(),
-                "history": result.history,
-                "cost": result.cost,
-                "densified": densified,
-            } | ({"lineage": [p.to_dict() for p in result.lineage]} if result.lineage else {}) | (
-                {"same_plan_as": kept + 1} if same else {})
+            done = (
+                {
+                    "target_ms": target,
+                    "predicted_ms": ctx.predict_ms(result.plan),
+                    **_record(judged),
+                    "plan": result.plan.to_dict(),
+                    "history": result.history,
+                    "cost": result.cost,
+                    "densified": densified,
+                }
+                | ({"lineage": [p.to_dict() for p in result.lineage]} if result.lineage else {})
+                | ({"same_plan_as": kept + 1} if same else {})
+            )
             tries.append(done)
             _save_tries(tries_path, tries)
         judged = _judged(done, budget)
         again = done.get("same_plan_as")  # the try whose kept plan this search found again: taken as it is
         if again:
-            print(f"search {i + 1}: against {target:.3f} ms the search found search {again}'s plan "
-                  "again; it is not measured again, and taken")
+            print(
+                f"search {i + 1}: against {target:.3f} ms the search found search {again}'s plan "
+                "again; it is not measured again, and taken"
+            )
         else:
-            print(f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
-                  f"{judged.describe()}")
+            print(
+                f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}"
+            )
         used = percent_used(judged.measured.median_ms, judged.budget_ms)
         last = i == cfg.max_tries - 1
         looser = None if again else wider_target(target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
         if looser is not None and not last:
             looser = under_misses(target, looser, tries, budget, cfg.margin, reserve=0.0)
             if looser is None:
-                print(f"search {i + 1}: the plan uses {used}% of the budget, but a wider one would be "
-                      "priced over where an earlier miss puts the budget; taking it")
+                print(
+                    f"search {i + 1}: the plan uses {used}% of the budget, but a wider one would be "
+                    "priced over where an earlier miss puts the budget; taking it"
+                )
             else:
                 done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
                 kept, target = i, looser
-                print(f"search {i + 1}: the plan uses {used}% of the budget; searching for a wider one against "
-                      f"{target:.3f} ms (this plan is kept in case that one misses)")
+                print(
+                    f"search {i + 1}: the plan uses {used}% of the budget; searching for a wider one against "
+                    f"{target:.3f} ms (this plan is kept in case that one misses)"
+                )
                 continue
         take = i if judged.clears(cfg.margin) or (last and kept is None and judged.met) else kept
         take = again - 1 if again else take
-        between = None if last or again or take is None or take == i else under_misses(
-            tries[take]["target_ms"], float("inf"), tries, budget, cfg.margin, reserve=cfg.margin)
+        between = (
+            None
+            if last or again or take is None or take == i
+            else under_misses(tries[take]["target_ms"], float("inf"), tries, budget, cfg.margin, reserve=cfg.margin)
+        )
         if between is not None:
             done["searched_between"] = True  # for the report
             target = between
-            print(f"search {i + 1}: the wider plan is not under the budget by half the margin; searching between it "
-                  f"and search {take + 1}'s plan against {target:.3f} ms (that plan is still kept)")
+            print(
+                f"search {i + 1}: the wider plan is not under the budget by half the margin; searching between it "
+                f"and search {take + 1}'s plan against {target:.3f} ms (that plan is still kept)"
+            )
             continue
         if take is not None:
             if take != i:
                 kept = None
                 if not again:
                     why = "this was the last try" if last else f"no plan lies between it and search {take + 1}'s"
-                    print(f"search {i + 1}: the wider plan is not under the budget by half the margin and {why}; "
-                          f"taking search {take + 1}'s plan")
+                    print(
+                        f"search {i + 1}: the wider plan is not under the budget by half the margin and {why}; "
+                        f"taking search {take + 1}'s plan"
+                    )
             # The last try's wider plan may still miss once fine-tuned; the plan kept for its slack is the fallback.
             fallback = kept if last and kept is not None and kept != take else None
-            outcome = _finish_try(cfg, loaded, evaluator, ctx, tries, tries_path, take, budget,
-                                  accept_miss=last and fallback is None)
+            outcome = _finish_try(
+                cfg, loaded, evaluator, ctx, tries, tries_path, take, budget, accept_miss=last and fallback is None
+            )
             if outcome is None and fallback is not None:
                 missed = _judged(tries[take]["final"], budget)
-                print(f"search {take + 1}: its fine-tuned model {missed.describe()}; on the last try, taking search "
-                      f"{fallback + 1}'s plan, kept for this")
-                outcome = _finish_try(cfg, loaded, evaluator, ctx, tries, tries_path, fallback, budget,
-                                      accept_miss=True)
+                print(
+                    f"search {take + 1}: its fine-tuned model {missed.describe()}; on the last try, taking search "
+                    f"{fallback + 1}'s plan, kept for this"
+                )
+                outcome = _finish_try(
+                    cfg, loaded, evaluator, ctx, tries, tries_path, fallback, budget, accept_miss=True
+                )
             if outcome is not None:
                 return outcome
             done = tries[take]
             judged = _judged(done["final"], budget)
-            print(f"search {take + 1}: its fine-tuned model {judged.describe()}; searching again against a tighter "
-                  "target")
+            print(
+                f"search {take + 1}: its fine-tuned model {judged.describe()}; searching again against a tighter target"
+            )
         target = next_target(target, done["predicted_ms"], judged.budget_ms, judged.measured.median_ms, cfg.margin)
     raise BudgetError(
         f"no plan met the {budget.text} budget on the device after {cfg.max_tries} searches (measured "
@@ -243,9 +266,17 @@ def budgeted_search(
     )
 
 
-def _finish_try(cfg: JobConfig, loaded: Loaded, evaluator: Evaluator, ctx: SearchContext,
-                tries: list[dict[str, Any]], tries_path: Path, take: int, budget: Budget, accept_miss: bool,
-                ) -> SearchOutcome | None:
+def _finish_try(
+    cfg: JobConfig,
+    loaded: Loaded,
+    evaluator: Evaluator,
+    ctx: SearchContext,
+    tries: list[dict[str, Any]],
+    tries_path: Path,
+    take: int,
+    budget: Budget,
+    accept_miss: bool,
+) -> SearchOutcome | None:
     """Long fine-tune try ``take``'s plan and judge it: the job's outcome if it met the budget (or
     ``accept_miss``), else None, with the miss recorded in tries.json so a resumed run does not fine-tune
     it again (a try that already has such a record returns None at once)."""
@@ -275,16 +306,22 @@ def _final_start(loaded: Loaded, evaluator: Evaluator, done: dict[str, Any]) -> 
     carried its weights (NetAdapt's default), else its plan cut from the original weights."""
     tried = _as_result(done)
     if tried.lineage and tried.lineage[-1].key() == tried.plan.key():
-        print(f"the final model continues from the search's model ({len(tried.lineage)} pruning steps, each "
-              "short-term fine-tuned)")
+        print(
+            f"the final model continues from the search's model ({len(tried.lineage)} pruning steps, each "
+            "short-term fine-tuned)"
+        )
         return evaluator.carried(tried.lineage)
     return apply_plan(loaded.model, tried.plan, loaded.graph)
 
 
 def _as_result(done: dict[str, Any]) -> SearchResult:
     """A recorded try as the search result it kept: what the next try's agent may continue from."""
-    return SearchResult(PruningPlan.from_dict(done["plan"]), done["history"], done["cost"],
-                        lineage=tuple(PruningPlan.from_dict(p) for p in done.get("lineage", ())))
+    return SearchResult(
+        PruningPlan.from_dict(done["plan"]),
+        done["history"],
+        done["cost"],
+        lineage=tuple(PruningPlan.from_dict(p) for p in done.get("lineage", ())),
+    )
 
 
 def first_target(budget: Budget, predicted_full_ms: float, table: LatencyTable, margin: float) -> float:
@@ -338,8 +375,10 @@ def under_misses(
     for t in tries:
         judged = _judged(t, budget)
         if not judged.clears(margin):
-            target = min(target, next_target(t["target_ms"], t["predicted_ms"], judged.budget_ms,
-                                             judged.measured.median_ms, reserve))
+            target = min(
+                target,
+                next_target(t["target_ms"], t["predicted_ms"], judged.budget_ms, judged.measured.median_ms, reserve),
+            )
     return target if target > kept_target else None
 
 
@@ -358,9 +397,16 @@ def next_target(target_ms: float, predicted_ms: float, budget_ms: float, measure
     return min(target_ms, predicted_ms) * budget_ms * (1 - margin) / measured_ms
 
 
-def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table: LatencyTable,
-            target: float, try_no: int, start: SearchResult | None = None,
-            ) -> tuple[SearchContext, SearchResult, list[dict[str, Any]]]:
+def _search(
+    cfg: JobConfig,
+    loaded: Loaded,
+    run: Path,
+    ctx: SearchContext,
+    table: LatencyTable,
+    target: float,
+    try_no: int,
+    start: SearchResult | None = None,
+) -> tuple[SearchContext, SearchResult, list[dict[str, Any]]]:
     """One try's search, searched again while timing the plan's own widths moves its prediction off ``target``.
 
     Over the target, the plan would likely miss the budget; more than ``--margin`` under it, the
@@ -397,21 +443,32 @@ def _search(cfg: JobConfig, loaded: Loaded, run: Path, ctx: SearchContext, table
         off = after > target * (1 + DENSIFY_TOLERANCE) or after < target * (1 - cfg.margin)
         again = off and bool(record["points"]) and k < MAX_SEARCHES_PER_TRY  # on an unchanged table: the same plan
         if record["points"]:
-            rounds.append(record | {"search": path.name, "predicted_before_ms": before, "predicted_after_ms": after,
-                                    "searched_again": again})
+            rounds.append(
+                record
+                | {
+                    "search": path.name,
+                    "predicted_before_ms": before,
+                    "predicted_after_ms": after,
+                    "searched_again": again,
+                }
+            )
             write_json(_round_path(run, try_no, k), {"kind": ROUND_KIND, "schema_version": 1, "round": rounds[-1]})
             shaky = f" ({record['unstable_blocks']} timed unstably)" if record.get("unstable_blocks") else ""
-            print(f"search {try_no}: timed {len(record['points'])} layer widths the table had not measured{shaky}; "
-                  f"the plan now predicts {after:.3f} ms (was {before:.3f}, target {target:.3f})"
-                  + ("; searching again on the corrected table" if again else ""))
+            print(
+                f"search {try_no}: timed {len(record['points'])} layer widths the table had not measured{shaky}; "
+                f"the plan now predicts {after:.3f} ms (was {before:.3f}, target {target:.3f})"
+                + ("; searching again on the corrected table" if again else "")
+            )
         if not again:
             break
         k += 1
     chosen = _fitting(results, ctx, target * (1 + DENSIFY_TOLERANCE)) if cfg.densify else result
     if chosen is not result:
-        print(f"search {try_no}: on the final table search {results.index(chosen) + 1}'s plan "
-              f"({ctx.predict_ms(chosen.plan):.3f} ms) fits the target {target:.3f} ms best (the last plan: "
-              f"{ctx.predict_ms(result.plan):.3f} ms); measuring it")
+        print(
+            f"search {try_no}: on the final table search {results.index(chosen) + 1}'s plan "
+            f"({ctx.predict_ms(chosen.plan):.3f} ms) fits the target {target:.3f} ms best (the last plan: "
+            f"{ctx.predict_ms(result.plan):.3f} ms); measuring it"
+        )
     cost = _summed([r.cost for r in results], list(results[-1].cost)) | {"densify_s": sum(r["seconds"] for r in rounds)}
     return ctx, SearchResult(chosen.plan, chosen.history, cost, lineage=chosen.lineage), rounds
 

@@ -26,8 +26,13 @@ def _block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
 def tiny_net() -> nn.Module:
     """Four prunable groups, named '0', '3', '6', '9' after their convs."""
     return nn.Sequential(
-        *_block(1, 8, 2), *_block(8, 16, 2), *_block(16, 16), *_block(16, 32, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        *_block(1, 8, 2),
+        *_block(8, 16, 2),
+        *_block(16, 16),
+        *_block(16, 32, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
 
 
@@ -167,7 +172,7 @@ def test_uniform_is_largest_ratio_and_respects_rounding(resnet_graph) -> None:
     assert result.predicted_ms <= budget
     assert all(k % 4 == 0 or k == graph.group_by_name[g].channels for g, k in result.plan.keep.items())
     ladder = [plan for _, plan in UniformAgent.ladder(ctx)]
-    wider = ladder[ladder.index(result.plan) + 1:]
+    wider = ladder[ladder.index(result.plan) + 1 :]
     assert wider and all(ctx.predict_ms(p) > budget for p in wider)  # every wider uniform plan misses
     assert ctx.predict_ms(UniformAgent.plan_at(ctx, result.history[-1]["ratio"])) == result.predicted_ms
     assert result.cost["evaluations"] == 0 and result.cost["predictor_calls"] > 0
@@ -406,8 +411,9 @@ def test_netadapt_candidate_share_keeps_a_real_choice_among_groups(resnet_graph)
     def first(share: float) -> dict:
         ctx = SearchContext("resnet20", model, graph, MacsPredictor(graph), ProxyEvaluator(graph))
         agent = get_agent("netadapt", initial_reduction=0.2, candidate_share=share, progress=False)
-        return agent.iterate(ctx, ctx.full_plan(), ctx.predict_ms(ctx.full_plan()),
-                             0.2 * ctx.predict_ms(ctx.full_plan()), 0, _NoBar())
+        return agent.iterate(
+            ctx, ctx.full_plan(), ctx.predict_ms(ctx.full_plan()), 0.2 * ctx.predict_ms(ctx.full_plan()), 0, _NoBar()
+        )
 
     coarse, shared = first(0.0), first(0.5)
     assert len(shared["candidates"]) >= len(graph.groups) / 2 > len(coarse["candidates"])
@@ -421,8 +427,11 @@ def test_netadapt_share_cap_never_asks_below_the_schedule_floor(resnet_graph) ->
     """Half the groups planted nearly free: the share cap would ask for what they can give (0.1 % of the
     model an iteration, 79 iterations to 0.5x); it stops at ``min_reduction`` (1 %) instead."""
     model, graph = resnet_graph
-    cheap = {s.name: 1e-3 for s in graph.layer_shapes(PruningPlan.full("resnet20", graph).keep)
-             if s.name.startswith(("conv1", "layer1", "layer2"))}
+    cheap = {
+        s.name: 1e-3
+        for s in graph.layer_shapes(PruningPlan.full("resnet20", graph).keep)
+        if s.name.startswith(("conv1", "layer1", "layer2"))
+    }
     ctx = SearchContext("resnet20", model, graph, MacsPredictor(graph, cheap), ProxyEvaluator(graph))
     full_ms = ctx.predict_ms(ctx.full_plan())
     result = get_agent("netadapt", progress=False).search(ctx, 0.5 * full_ms)
@@ -454,8 +463,11 @@ def test_netadapt_finds_aligned_cuts_when_latency_is_not_monotone_in_width(tiny)
     # Cutting any group to an odd width (its minimum included) costs more than it saves; cutting it
     # to another multiple of 4 saves. A search that only priced the minimum keep would stop at once.
     assert any(ctx.min_keep(g.name) % 4 for g in graph.groups)
-    assert all(predictor.predict_ms(ctx.full_plan().with_keep({g.name: ctx.min_keep(g.name)})) > full_ms
-               for g in graph.groups if ctx.min_keep(g.name) % 4)
+    assert all(
+        predictor.predict_ms(ctx.full_plan().with_keep({g.name: ctx.min_keep(g.name)})) > full_ms
+        for g in graph.groups
+        if ctx.min_keep(g.name) % 4
+    )
     result = get_agent("netadapt", **NETADAPT_FAST).search(ctx, 0.6 * full_ms)
     assert result.predicted_ms <= 0.6 * full_ms
     assert all(k % 4 == 0 for k in result.plan.keep.values())

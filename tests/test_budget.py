@@ -60,8 +60,10 @@ def test_reasonable_budget_passes() -> None:
     check_budget(parse_budget("0.5x", 10.0), measured_full_ms=10.0, predicted_min_ms=1.0)
 
 
-@pytest.mark.parametrize(("channels", "ratio", "round_to", "expected"),
-                         [(16, 0.1, 1, 2), (8, 0.1, 1, 1), (64, 0.25, 1, 16), (16, 0.1, 8, 8), (6, 0.5, 8, 6)])
+@pytest.mark.parametrize(
+    ("channels", "ratio", "round_to", "expected"),
+    [(16, 0.1, 1, 2), (8, 0.1, 1, 1), (64, 0.25, 1, 16), (16, 0.1, 8, 8), (6, 0.5, 8, 6)],
+)
 def test_min_keep_count(channels: int, ratio: float, round_to: int, expected: int) -> None:
     assert min_keep_count(channels, ratio, round_to) == expected
 
@@ -89,8 +91,9 @@ def _loaded(profiler: _Readings):  # noqa: ANN202
     from torch import nn
 
     unpruned, shape = nn.Identity(), (1, 1, 8, 8)
-    return SimpleNamespace(profiler=profiler, model=unpruned, input_shape=shape,
-                           timed_unpruned=profiler.deploy(unpruned, shape))  # as Loaded does, once per job
+    return SimpleNamespace(
+        profiler=profiler, model=unpruned, input_shape=shape, timed_unpruned=profiler.deploy(unpruned, shape)
+    )  # as Loaded does, once per job
 
 
 def test_a_final_miss_is_measured_again_and_the_faster_kept() -> None:
@@ -138,8 +141,9 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     judged = measure_judged(_loaded(readings), nn.Identity(), cfg, Budget.parse("10ms", None))
     assert (readings.calls, judged.unpruned, judged.budget_ms, judged.met) == (2, None, 10.0, False)
     # A miss measured again keeps the faster of each model and recomputes the budget from the faster unpruned.
-    again = measure_judged(_loaded(_Readings(26.0, 13.4, 29.0, 13.0, 28.0, 13.9, 30.0, 13.6)), nn.Identity(), cfg,
-                           budget)
+    again = measure_judged(
+        _loaded(_Readings(26.0, 13.4, 29.0, 13.0, 28.0, 13.9, 30.0, 13.6)), nn.Identity(), cfg, budget
+    )
     merged = measure_judged(_loaded(_Readings(*[30.0, 14.0] * 4)), nn.Identity(), cfg, budget).merge(again)
     assert (merged.unpruned.median_ms, merged.measured.median_ms, merged.budget_ms) == (26.0, 13.0, 13.0)
 

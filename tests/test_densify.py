@@ -39,8 +39,9 @@ def _grid_points(table: LatencyTable) -> set[tuple[int, int]]:
 def test_a_plans_off_grid_widths_are_measured_once_and_read_on_the_grids_clock(tmp_path: Path) -> None:
     model = create_model("resnet20", 3, 10)
     graph = ModelGraph(model, (3, 16, 16))
-    table, _ = profile_model(setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3),
-                             model=model)
+    table, _ = profile_model(
+        setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3), model=model
+    )
     plan = PruningPlan.full("resnet20", graph).with_keep({g.name: g.channels - 3 for g in graph.groups})
     points = unmeasured_points(table, graph, plan)
     assert points and all((ci, co) not in table.entries[sig] for sig, ci, co in points)
@@ -74,8 +75,9 @@ def test_unstable_blocks_are_counted_not_warned_one_by_one() -> None:
 
     model = create_model("resnet20", 3, 10)
     graph = ModelGraph(model, (3, 16, 16))
-    table, _ = profile_model(setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3),
-                             model=model)
+    table, _ = profile_model(
+        setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3), model=model
+    )
     plan = PruningPlan.full("resnet20", graph).with_keep({g.name: g.channels - 3 for g in graph.groups})
     with warnings.catch_warnings(record=True) as escaped:
         warnings.simplefilter("always")
@@ -91,8 +93,9 @@ def test_a_slow_spell_during_one_pass_does_not_reach_the_table() -> None:
     widths, not the others: no anchor scale can undo that) stores what it reads once the spell is over."""
     model = create_model("resnet20", 3, 10)
     graph = ModelGraph(model, (3, 16, 16))
-    table, _ = profile_model(setting(calib_plans=0, block_rounds=3), None, progress=False,
-                             profiler=FakeProfiler(repeats=3), model=model)
+    table, _ = profile_model(
+        setting(calib_plans=0, block_rounds=3), None, progress=False, profiler=FakeProfiler(repeats=3), model=model
+    )
     plan = PruningPlan.full("resnet20", graph).with_keep({g.name: g.channels - 3 for g in graph.groups})
     points = unmeasured_points(table, graph, plan)
     per_pass = len(points) + len({sig for sig, _, _ in points})  # the new widths and one anchor per signature
@@ -119,10 +122,12 @@ def test_the_next_search_reads_unmeasured_off_grid_widths_scaled_by_what_densify
     the evidence is thin, while grid points, measured widths and untouched signatures read as before."""
     model = create_model("resnet20", 3, 10)
     graph = ModelGraph(model, (3, 16, 16))
-    table, _ = profile_model(setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3),
-                             model=model)
+    table, _ = profile_model(
+        setting(calib_plans=0), None, progress=False, profiler=FakeProfiler(repeats=3), model=model
+    )
     plan = PruningPlan.full("resnet20", graph).with_keep(  # stage 1 and the stem stay full: on the grid
-        {g.name: g.channels - 3 for g in graph.groups if g.name.startswith(("layer2", "layer3"))})
+        {g.name: g.channels - 3 for g in graph.groups if g.name.startswith(("layer2", "layer3"))}
+    )
     points = unmeasured_points(table, graph, plan)
     sig, ci, co = next(p for p in points if table.grids[p[0]][0].c_in[0] + 1 < p[1] and len(table.grids[p[0]]) == 1)
     assert table.off_grid_factor(sig) == 1.0
@@ -135,8 +140,12 @@ def test_the_next_search_reads_unmeasured_off_grid_widths_scaled_by_what_densify
     assert 1.0 < expected < 3.0
 
     grid = table.grids[sig][0]
-    probe = next((i, o) for i in range(grid.c_in[0], grid.c_in[-1]) for o in range(grid.c_out[0], grid.c_out[-1])
-                 if (i, o) not in table.entries[sig])
+    probe = next(
+        (i, o)
+        for i in range(grid.c_in[0], grid.c_in[-1])
+        for o in range(grid.c_out[0], grid.c_out[-1])
+        if (i, o) not in table.entries[sig]
+    )
     plain = table.lookup_ms(sig, *probe, corrected=False)
     assert plain == pytest.approx(FakeProfiler(repeats=3).measure_block(table.signatures[sig].block(*probe)).median_ms)
     assert table.lookup_ms(sig, *probe) == pytest.approx(plain * expected)
@@ -179,9 +188,23 @@ def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
             return Measurement([sum(BlindSpots.measure_block(self, b).median_ms for b in blocks)] * 3)
 
     monkeypatch.setattr(job, "get_profiler", lambda name, **kw: Device(on_grid, off=off, **kw))
-    cfg = JobConfig(checkpoint=str(tmp_path / "ck"), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
-                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
-                    search_finetune_steps=0, val_samples=64, calibration_plans=0, max_tries=3, margin=0.2)
+    cfg = JobConfig(
+        checkpoint=str(tmp_path / "ck"),
+        out=str(tmp_path / "run"),
+        budget="0.5x",
+        agent="uniform",
+        backend="fake",
+        batch=2,
+        rounds=1,
+        settle_s=0.0,
+        finetune_steps=2,
+        batch_size=16,
+        search_finetune_steps=0,
+        val_samples=64,
+        calibration_plans=0,
+        max_tries=3,
+        margin=0.2,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the uncalibrated table sum is not the fake's whole-model law
         _, met = run_job(cfg)
@@ -206,8 +229,9 @@ def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
     assert saved.settings["warmup_s"] == BLOCK_WARMUP_S < cfg.warmup_s
 
 
-@pytest.mark.parametrize(("predicted", "measured"), [((11.0, 9.0, 12.0), 1), ((11.0, 10.4, 12.0), 1),
-                                                     ((11.0, 9.0, 9.9), 2)])
+@pytest.mark.parametrize(
+    ("predicted", "measured"), [((11.0, 9.0, 12.0), 1), ((11.0, 10.4, 12.0), 1), ((11.0, 9.0, 9.9), 2)]
+)
 def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
     tmp_path: Path, monkeypatch, predicted: tuple[float, ...], measured: int
 ) -> None:
@@ -221,8 +245,9 @@ def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
 
     plans = [SimpleNamespace(ms=ms) for ms in predicted]
     found = iter(plans)
-    cfg, loaded, ctx = _fake_search(monkeypatch, lambda ctx, target, path, start=None: SearchResult(
-        next(found), [], {"wall_s": 1.0}))
+    cfg, loaded, ctx = _fake_search(
+        monkeypatch, lambda ctx, target, path, start=None: SearchResult(next(found), [], {"wall_s": 1.0})
+    )
 
     _, result, _ = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
 
@@ -230,9 +255,7 @@ def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
     assert result.cost["wall_s"] == 3.0  # every search's cost counts
 
 
-def test_a_resumed_try_still_reports_the_densify_round_it_did_before_the_interrupt(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_a_resumed_try_still_reports_the_densify_round_it_did_before_the_interrupt(tmp_path: Path, monkeypatch) -> None:
     """Search 1 is densified and searched again; Ctrl-C during search 2; the resumed try's record keeps round 1."""
     from types import SimpleNamespace
 
@@ -338,9 +361,12 @@ def test_targets_after_a_miss_are_held_under_where_the_miss_puts_the_budget() ->
     from hwprune.search_job import under_misses
 
     def tried(target_ms: float, predicted_ms: float, measured_ms: float, unpruned_ms: float) -> dict:
-        return {"target_ms": target_ms, "predicted_ms": predicted_ms,
-                "measured": Measurement([measured_ms] * 3).to_dict(),
-                "unpruned_measured": Measurement([unpruned_ms] * 3).to_dict()}
+        return {
+            "target_ms": target_ms,
+            "predicted_ms": predicted_ms,
+            "measured": Measurement([measured_ms] * 3).to_dict(),
+            "unpruned_measured": Measurement([unpruned_ms] * 3).to_dict(),
+        }
 
     half = Budget("0.5x", 7.24, 0.5)
     uniform = [tried(7.317, 6.612, 7.314, 14.476), tried(6.216, 5.734, 5.974, 15.556)]
@@ -397,6 +423,7 @@ def test_a_search_far_under_its_target_is_not_repeated_when_nothing_new_was_time
     _, result, rounds = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
 
     assert paths == ["search-1.json"] and rounds == [] and result.plan.ms == 8.0
+
 
 def _fake_search(monkeypatch, search):  # noqa: ANN001, ANN202
     """``search_job._search``'s collaborators faked: ``search`` as the agent's, a densify that times one new

@@ -72,21 +72,41 @@ class FakeProfiler(Profiler):
         return Measurement([0.5 + params * 1e-5] * 3)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"backend": "fake", "device": "cpu", "cpu_model": "test-cpu", "threads": self.threads,
-                "precision": "fp32"}
+        return {
+            "backend": "fake",
+            "device": "cpu",
+            "cpu_model": "test-cpu",
+            "threads": self.threads,
+            "precision": "fp32",
+        }
 
 
 def setting(**overrides: Any) -> TableSetting:
-    base = dict(model="resnet20", in_channels=3, num_classes=10, input_size=(16, 16), batch=2, backend="fake",
-                threads=1, repeats=3, warmup=0, warmup_s=0.0, grid=(0.25, 0.5, 1.0), calib_plans=4, calib_seed=7,
-                quantum=8)  # fixed: the default follows the host's SIMD width
+    base = dict(
+        model="resnet20",
+        in_channels=3,
+        num_classes=10,
+        input_size=(16, 16),
+        batch=2,
+        backend="fake",
+        threads=1,
+        repeats=3,
+        warmup=0,
+        warmup_s=0.0,
+        grid=(0.25, 0.5, 1.0),
+        calib_plans=4,
+        calib_seed=7,
+        quantum=8,
+    )  # fixed: the default follows the host's SIMD width
     return TableSetting(**(base | overrides))
 
 
-@pytest.mark.parametrize(("backend", "isa", "quantum"), [("onnxruntime", "AVX512", 16), ("torch-cpu", "AVX2", 8),
-                                                         ("tensorrt", "AVX512", 8)])
-def test_default_quantum_follows_the_simd_width(monkeypatch: pytest.MonkeyPatch, backend: str, isa: str,
-                                                quantum: int) -> None:
+@pytest.mark.parametrize(
+    ("backend", "isa", "quantum"), [("onnxruntime", "AVX512", 16), ("torch-cpu", "AVX2", 8), ("tensorrt", "AVX512", 8)]
+)
+def test_default_quantum_follows_the_simd_width(
+    monkeypatch: pytest.MonkeyPatch, backend: str, isa: str, quantum: int
+) -> None:
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
     assert setting(backend=backend, quantum=None).quantum == quantum
     assert setting(backend=backend, quantum=4).quantum == 4  # an explicit choice stands
@@ -112,6 +132,7 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 # ---- interpolation ------------------------------------------------------------------------
+
 
 def test_axis_points_are_fractions_of_the_full_width() -> None:
     assert axis_points(64, (0.125, 0.25, 0.5, 1.0)) == (8, 16, 32, 64)
@@ -220,6 +241,7 @@ def test_parse_grid() -> None:
 
 # ---- planning -----------------------------------------------------------------------------
 
+
 def test_plan_dedupes_signatures_and_freezes_unprunable_axes(resnet20) -> None:
     _, graph = resnet20
     sigs, grids = plan_grids(graph, batch=2, fractions=(0.5, 1.0), quantum=1)
@@ -233,6 +255,7 @@ def test_plan_dedupes_signatures_and_freezes_unprunable_axes(resnet20) -> None:
 
 
 # ---- JSON, corruption, foreign tables ------------------------------------------------------
+
 
 def test_table_round_trip(built) -> None:
     table, out = built
@@ -283,6 +306,7 @@ def test_foreign_table_refused_unless_allowed(built, tmp_path) -> None:
 
 # ---- building and resuming -----------------------------------------------------------------
 
+
 def test_resume_after_interruption_gives_the_same_entries(resnet20, built, tmp_path) -> None:
     model, _ = resnet20
     reference, _ = built
@@ -306,12 +330,14 @@ def test_resume_after_interruption_gives_the_same_entries(resnet20, built, tmp_p
 def test_resume_refuses_a_different_setting(resnet20, built) -> None:
     _, out = built
     with pytest.raises(TableError) as exc:
-        profile_model(setting(batch=4), out, resume=True, progress=False, profiler=FakeProfiler(repeats=3),
-                      model=resnet20[0])
+        profile_model(
+            setting(batch=4), out, resume=True, progress=False, profiler=FakeProfiler(repeats=3), model=resnet20[0]
+        )
     assert "batch=2" in one_line(exc)
 
 
 # ---- predictors ----------------------------------------------------------------------------
+
 
 def test_calibration_is_stored_with_its_plans(built, resnet20) -> None:
     table, _ = built
@@ -443,8 +469,13 @@ class Drifting(FakeProfiler):
     """A machine that changes speed state after every pruned model it runs, so a plan shares the state of the
     unpruned readings before it; the unpruned readings numbered in ``spells`` (from 1) alone run 2x slow."""
 
-    def __init__(self, speeds: tuple[float, ...] = (1.0, 1.5, 0.8, 1.3), full_params: int = 0,
-                 spells: frozenset[int] = frozenset(), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        speeds: tuple[float, ...] = (1.0, 1.5, 0.8, 1.3),
+        full_params: int = 0,
+        spells: frozenset[int] = frozenset(),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.speeds, self.full_params, self.spells = speeds, full_params, spells
         self.state = self.unpruned = 0
@@ -458,8 +489,11 @@ class Drifting(FakeProfiler):
         return m.scaled(2.0) if self.unpruned in self.spells else m
 
 
-@pytest.mark.parametrize("spells", [frozenset(), frozenset({1}), frozenset(range(3, 40, 3))],
-                         ids=["no spell", "the first reading", "every third reading"])
+@pytest.mark.parametrize(
+    "spells",
+    [frozenset(), frozenset({1}), frozenset(range(3, 40, 3))],
+    ids=["no spell", "the first reading", "every third reading"],
+)
 def test_calibration_is_paired_so_a_drifting_machine_does_not_bend_the_fit(resnet20, spells) -> None:
     """Each plan is read beside the unpruned model: the machine's speed states cancel, the plans' ratios stay;
     an unpruned reading caught in a spell is taken again rather than scaling its plan down."""
@@ -468,9 +502,11 @@ def test_calibration_is_paired_so_a_drifting_machine_does_not_bend_the_fit(resne
     machine = Drifting(full_params=sum(p.numel() for p in model.parameters()), spells=spells, repeats=3)
     table, _ = profile_model(setting(calib_plans=6), None, progress=False, profiler=machine, model=model)
     cal = table.calibration
-    ratios = [Measurement.from_dict(r["measurement"]).median_ms
-              / truth.measure_model(apply_plan(model, _plan_of(r["keep"], graph), graph)[0], (2, 3, 16, 16)).median_ms
-              for r in cal["plans"]]
+    ratios = [
+        Measurement.from_dict(r["measurement"]).median_ms
+        / truth.measure_model(apply_plan(model, _plan_of(r["keep"], graph), graph)[0], (2, 3, 16, 16)).median_ms
+        for r in cal["plans"]
+    ]
     assert max(ratios) / min(ratios) == pytest.approx(1.0)  # timed alone they would spread 0.8x-1.5x
     assert len(cal["alongside_ms"]) == 6 * table.required_rounds()
     assert cal["reference_ms"] == pytest.approx(statistics.median(cal["alongside_ms"]))
@@ -502,19 +538,23 @@ def test_a_disturbed_calibration_falls_back_to_a_positive_scale(resnet20) -> Non
             params = sum(p.numel() for p in model.parameters())
             return Measurement([1e4 / params] * 3)  # smaller models "slower": a busy machine's story
 
-    table, _ = profile_model(setting(calib_form="sum"), None, progress=False, profiler=Backwards(repeats=3),
-                             model=resnet20[0])
+    table, _ = profile_model(
+        setting(calib_form="sum"), None, progress=False, profiler=Backwards(repeats=3), model=resnet20[0]
+    )
     fit = table.calibration["fit"]
     assert fit["fallback"] and fit["coef"]["lut_sum_ms"] > 0 and fit["offset_ms"] == 0.0
 
 
-@pytest.mark.parametrize(("truth", "form"), [
-    (lambda f: f["lut_sum_ms"], "identity"),
-    (lambda f: 1.3 * f["lut_sum_ms"], "scale"),
-    (lambda f: 1.1 * f["lut_sum_ms"] + 0.5, "sum"),
-    (lambda f: 1.1 * f["lut_sum_ms"] + 0.3 * f["act_melems"] + 0.2, "sum+act"),
-    (lambda f: f["lut_sum_ms"] - 0.01 * f["aligned_melems"], "scale+aligned"),
-])
+@pytest.mark.parametrize(
+    ("truth", "form"),
+    [
+        (lambda f: f["lut_sum_ms"], "identity"),
+        (lambda f: 1.3 * f["lut_sum_ms"], "scale"),
+        (lambda f: 1.1 * f["lut_sum_ms"] + 0.5, "sum"),
+        (lambda f: 1.1 * f["lut_sum_ms"] + 0.3 * f["act_melems"] + 0.2, "sum+act"),
+        (lambda f: f["lut_sum_ms"] - 0.01 * f["aligned_melems"], "scale+aligned"),
+    ],
+)
 def test_auto_calibration_picks_the_form_that_predicts_unseen_plans(built, resnet20, truth, form) -> None:
     table, _ = built
     _, graph = resnet20
@@ -541,8 +581,23 @@ def test_prune_takes_the_deployment_setting_it_is_not_given_from_the_lut(built) 
     args = parser.parse_args(["prune", "--checkpoint", "ck", "--out", "run", "--ratio", "0.5", "--lut", str(built[1])])
     _settings_from_table(args)
     assert (args.backend, args.batch, args.threads) == ("fake", 2, 1)
-    args = parser.parse_args(["prune", "--checkpoint", "ck", "--out", "run", "--ratio", "0.5", "--lut", str(built[1]),
-                              "--backend", "onnxruntime", "--batch", "8"])
+    args = parser.parse_args(
+        [
+            "prune",
+            "--checkpoint",
+            "ck",
+            "--out",
+            "run",
+            "--ratio",
+            "0.5",
+            "--lut",
+            str(built[1]),
+            "--backend",
+            "onnxruntime",
+            "--batch",
+            "8",
+        ]
+    )
     _settings_from_table(args)
     assert (args.backend, args.batch) == ("onnxruntime", 8)
     args = parser.parse_args(["prune", "--checkpoint", "ck", "--out", "run", "--ratio", "0.5"])

@@ -16,8 +16,30 @@ from hwprune.cli import main
 from hwprune.latency import LatencyTable
 from hwprune.models import ModelSpec
 
-TINY = ["--input-size", "16x16", "--batch", "4", "--threads", "1", "--repeats", "15", "--runs", "1", "--warmup", "1",
-        "--warmup-s", "0", "--grid", "0.25,0.5,1", "--quantum", "1", "--rounds", "1", "--calib-plans", "3"]
+TINY = [
+    "--input-size",
+    "16x16",
+    "--batch",
+    "4",
+    "--threads",
+    "1",
+    "--repeats",
+    "15",
+    "--runs",
+    "1",
+    "--warmup",
+    "1",
+    "--warmup-s",
+    "0",
+    "--grid",
+    "0.25,0.5,1",
+    "--quantum",
+    "1",
+    "--rounds",
+    "1",
+    "--calib-plans",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +67,22 @@ def test_profile_refuses_to_clobber_and_resume_of_a_complete_table_is_a_no_op(lu
 
 def test_lut_check_end_to_end(lut: Path, tmp_path: Path, capsys) -> None:
     report_path = tmp_path / "check.json"
-    rc = main(["lut-check", "--model", "resnet20", "--lut", str(lut), "--plans", "3", "--repeats", "3",
-               "--out", str(report_path), "--no-progress"])
+    rc = main(
+        [
+            "lut-check",
+            "--model",
+            "resnet20",
+            "--lut",
+            str(lut),
+            "--plans",
+            "3",
+            "--repeats",
+            "3",
+            "--out",
+            str(report_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "calibrated" in printed and "lut-sum" in printed and "flops" in printed
@@ -66,8 +102,25 @@ def test_lut_check_end_to_end(lut: Path, tmp_path: Path, capsys) -> None:
 
 def test_lut_check_round_to_measures_aligned_plans(lut: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "check.json"
-    assert main(["lut-check", "--lut", str(lut), "--plans", "2", "--repeats", "3",  # the table names its model
-                 "--round-to", "4", "--out", str(report_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "lut-check",
+                "--lut",
+                str(lut),
+                "--plans",
+                "2",
+                "--repeats",
+                "3",  # the table names its model
+                "--round-to",
+                "4",
+                "--out",
+                str(report_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["round_to"] == 4
     assert all(k % 4 == 0 for row in report["rows"] for k in row["keep"].values())
@@ -78,8 +131,18 @@ def test_lut_check_refuses_a_foreign_table(lut: Path, tmp_path: Path, capsys) ->
     data.fingerprint = data.fingerprint | {"cpu_model": "Some Other CPU"}
     foreign = tmp_path / "foreign.json"
     data.save(foreign)
-    args = ["lut-check", "--model", "resnet20", "--lut", str(foreign), "--plans", "1", "--repeats", "3",
-            "--no-progress"]
+    args = [
+        "lut-check",
+        "--model",
+        "resnet20",
+        "--lut",
+        str(foreign),
+        "--plans",
+        "1",
+        "--repeats",
+        "3",
+        "--no-progress",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "--allow-foreign-table" in err and len(err.splitlines()) == 1
@@ -92,8 +155,10 @@ def test_lut_check_refuses_a_table_of_another_model(lut: Path, tmp_path: Path, c
     assert "resnet20" in capsys.readouterr().err
     spec = ModelSpec("mobilenetv2", 3, 10, (16, 16))
     save_checkpoint(tmp_path / "ck", spec.build(), spec, {"data": "synthetic", "seed": 0})
-    assert main(["lut-check", "--checkpoint", str(tmp_path / "ck"), "--lut", str(lut), "--plans", "1",
-                 "--no-progress"]) == 2
+    assert (
+        main(["lut-check", "--checkpoint", str(tmp_path / "ck"), "--lut", str(lut), "--plans", "1", "--no-progress"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "'resnet20', not 'mobilenetv2'" in err and len(err.strip().splitlines()) == 1
 
@@ -125,8 +190,24 @@ def test_profile_from_a_checkpoint_uses_its_spec(tmp_path: Path) -> None:
     spec = ModelSpec("resnet20", 1, 7, (12, 12))
     save_checkpoint(tmp_path / "ckpt", spec.build(), spec, {})
     out = tmp_path / "lut.json"
-    flags = ["--batch", "2", "--threads", "1", "--repeats", "3", "--runs", "1", "--warmup", "0", "--warmup-s", "0",
-             "--grid", "1", "--calib-plans", "0"]
+    flags = [
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+        "--repeats",
+        "3",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--warmup-s",
+        "0",
+        "--grid",
+        "1",
+        "--calib-plans",
+        "0",
+    ]
     assert main(["profile", "--checkpoint", str(tmp_path / "ckpt"), *flags, "--out", str(out), "--no-progress"]) == 0
     s = LatencyTable.load(out).settings
     assert (s["model"], s["in_channels"], s["num_classes"], s["input_size"]) == ("resnet20", 1, 7, [12, 12])
@@ -136,8 +217,12 @@ def test_recalibrate_keeps_blocks_and_remeasures_plans(lut: Path, tmp_path: Path
     copy = tmp_path / "lut.json"
     copy.write_text(lut.read_text())
     before = LatencyTable.load(copy)
-    assert main(["profile", "--model", "resnet20", *TINY, "--out", str(copy), "--resume", "--recalibrate",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["profile", "--model", "resnet20", *TINY, "--out", str(copy), "--resume", "--recalibrate", "--no-progress"]
+        )
+        == 0
+    )
     after = LatencyTable.load(copy)
     assert after._payload()["entries"] == before._payload()["entries"]
     assert [r["keep"] for r in after.calibration["plans"]] == [r["keep"] for r in before.calibration["plans"]]

@@ -18,8 +18,24 @@ from hwprune.cli import main
 from hwprune.models import ModelSpec
 from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, load_pruned
 
-FAST = ["--backend", "torch-cpu", "--batch", "2", "--repeats", "3", "--runs", "1", "--rounds", "1",
-        "--settle-s", "0", "--finetune-steps", "2", "--batch-size", "16"]
+FAST = [
+    "--backend",
+    "torch-cpu",
+    "--batch",
+    "2",
+    "--repeats",
+    "3",
+    "--runs",
+    "1",
+    "--rounds",
+    "1",
+    "--settle-s",
+    "0",
+    "--finetune-steps",
+    "2",
+    "--batch-size",
+    "16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +200,23 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
             return m if self.models == 1 else type(m)([s * 1.5 for s in m.samples_ms])
 
     monkeypatch.setattr(job, "get_profiler", lambda name, **kw: SlowingDown(**kw))
-    cfg = JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "run"), budget="0.5x", agent="uniform",
-                    backend="fake", batch=2, rounds=1, settle_s=0.0, finetune_steps=2, batch_size=16,
-                    search_finetune_steps=0, val_samples=64, calibration_plans=4, max_tries=1, margin=0.2)
+    cfg = JobConfig(
+        checkpoint=str(checkpoint),
+        out=str(tmp_path / "run"),
+        budget="0.5x",
+        agent="uniform",
+        backend="fake",
+        batch=2,
+        rounds=1,
+        settle_s=0.0,
+        finetune_steps=2,
+        batch_size=16,
+        search_finetune_steps=0,
+        val_samples=64,
+        calibration_plans=4,
+        max_tries=1,
+        margin=0.2,
+    )
     with pytest.warns(UserWarning, match="busier"):  # the table was calibrated on the slower machine
         _, met = run_job(cfg)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -249,8 +279,7 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
         model.tuned = True
 
     monkeypatch.setattr(job, "long_finetune", marking_finetune)
-    report, met = _half_budget_on(FastFirstPlan(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1,
-                                  max_tries=2)
+    report, met = _half_budget_on(FastFirstPlan(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1, max_tries=2)
     first, second = report["search"]["tries"]
     assert first["measured"]["summary"]["median_ms"] < 0.8 * first["budget_ms"]  # over twice the margin under
     assert second["target_ms"] > first["target_ms"] and second["predicted_ms"] > first["predicted_ms"]
@@ -485,8 +514,15 @@ def test_a_carried_lineage_s_final_model_is_fine_tuned_from_the_model_the_search
     assert met and len(lineage) == 2 and lineage[-1].keep == PruningPlan.from_dict(taken["plan"]).keep
     assert "steps, from the model the search reached (2 pruning steps" in (tmp_path / "run" / "report.md").read_text()
     loaded = load_inputs(JobConfig(checkpoint=str(checkpoint), out=str(tmp_path / "x"), backend="torch-cpu"))
-    replayed, plan = Evaluator(loaded.model, loaded.graph, loaded.data, finetune_steps=1, seed=0,
-                               val_samples=64, precision=report["finetune"]["precision"]).carried(lineage)
+    replayed, plan = Evaluator(
+        loaded.model,
+        loaded.graph,
+        loaded.data,
+        finetune_steps=1,
+        seed=0,
+        val_samples=64,
+        precision=report["finetune"]["precision"],
+    ).carried(lineage)
     exported, _, exported_plan = load_pruned(tmp_path / "run" / "model")
     assert exported_plan.to_dict() == plan.to_dict()
     assert _same_weights(exported, replayed)
@@ -510,8 +546,9 @@ class TwoStepAgent(UniformAgent):
     ) -> SearchResult:
         result = super().search(ctx, budget_ms, state_path, start)
         first_group = ctx.graph.groups[0].name
-        return replace(result, lineage=(ctx.full_plan().with_keep({first_group: result.plan.keep[first_group]}),
-                                        result.plan))
+        return replace(
+            result, lineage=(ctx.full_plan().with_keep({first_group: result.plan.keep[first_group]}), result.plan)
+        )
 
 
 def _half_budget_on(device, checkpoint: Path, out: Path, monkeypatch, **config) -> tuple[dict, bool]:  # noqa: ANN001
@@ -533,10 +570,27 @@ def _half_budget_on(device, checkpoint: Path, out: Path, monkeypatch, **config) 
 
     monkeypatch.setattr(job, "get_profiler", profiler)
     monkeypatch.setattr(job, "load_inputs", load_inputs)
-    cfg = JobConfig(**({"checkpoint": str(checkpoint), "out": str(out), "budget": "0.5x", "agent": "uniform",
-                        "backend": "fake", "batch": 2, "rounds": 1, "settle_s": 0.0, "finetune_steps": 2,
-                        "batch_size": 16, "search_finetune_steps": 0, "val_samples": 64, "calibration_plans": 4,
-                        "max_tries": 3} | config))
+    cfg = JobConfig(
+        **(
+            {
+                "checkpoint": str(checkpoint),
+                "out": str(out),
+                "budget": "0.5x",
+                "agent": "uniform",
+                "backend": "fake",
+                "batch": 2,
+                "rounds": 1,
+                "settle_s": 0.0,
+                "finetune_steps": 2,
+                "batch_size": 16,
+                "search_finetune_steps": 0,
+                "val_samples": 64,
+                "calibration_plans": 4,
+                "max_tries": 3,
+            }
+            | config
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timing-noise and busier-machine warnings of the fake device
         _, met = run_job(cfg)
@@ -549,8 +603,9 @@ def test_a_resumed_run_searches_with_the_agent_options_it_started_with(tmp_path:
     from hwprune.io import read_json, write_json
     from hwprune.job import JOB_KIND, JOB_SCHEMA, JobConfig, resume_config, start_run
 
-    run = start_run(JobConfig(checkpoint="ck", out=str(tmp_path / "run"), budget="0.5x",
-                              agent_options={"decay": 0.8}), 1.0)
+    run = start_run(
+        JobConfig(checkpoint="ck", out=str(tmp_path / "run"), budget="0.5x", agent_options={"decay": 0.8}), 1.0
+    )
     stored = resume_config(run).agent_options
     assert stored["decay"] == 0.8 and stored["weights"] == "carried" and "initial_reduction" in stored
     data = read_json(run / "job.json", JOB_KIND, JOB_SCHEMA)

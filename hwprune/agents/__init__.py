@@ -19,7 +19,20 @@ from hwprune.agents.state import SearchState, load_state
 from hwprune.agents import netadapt, uniform  # noqa: E402,F401  isort: skip
 
 __all__ = [
-    "DEFAULT_MIN_KEEP_RATIO", "Budget", "LatencyPredictor", "PlanEvaluator", "SearchAgent", "SearchContext",
-    "SearchResult", "budget_fraction", "SearchState", "available_agents", "check_budget", "get_agent", "load_state",
-    "min_keep_count", "parse_budget", "register_agent",
+    "DEFAULT_MIN_KEEP_RATIO",
+    "Budget",
+    "LatencyPredictor",
+    "PlanEvaluator",
+    "SearchAgent",
+    "SearchContext",
+    "SearchResult",
+    "budget_fraction",
+    "SearchState",
+    "available_agents",
+    "check_budget",
+    "get_agent",
+    "load_state",
+    "min_keep_count",
+    "parse_budget",
+    "register_agent",
 ]

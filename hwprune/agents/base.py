@@ -95,8 +95,9 @@ class SearchContext:
         narrower odd one, so the narrowest plan need not be the fastest.
         """
         plans = [self.min_plan()] + [
-            self.full_plan().with_keep({g.name: self.clamp_keep(g.name, -(-self.min_keep(g.name) // m) * m)
-                                        for g in self.graph.groups})
+            self.full_plan().with_keep(
+                {g.name: self.clamp_keep(g.name, -(-self.min_keep(g.name) // m) * m) for g in self.graph.groups}
+            )
             for m in (2, 4, 8, 16)
         ]
         return min(self.predict_ms(p) for p in plans)
@@ -245,7 +246,8 @@ def get_agent(name: str, **options: Any) -> SearchAgent:
         raise ConfigError(f"unknown search agent '{name}': {_suggest(name, available_agents())}")
     cls = _AGENTS[name]
     params = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values()
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
         if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     for key in options:
@@ -259,4 +261,3 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{option} must be one of {', '.join(choices)}; got '{value}'")
     return value
-

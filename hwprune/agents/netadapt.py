@@ -122,10 +122,16 @@ class NetAdaptAgent(SearchAgent):
         self.progress = progress
 
     def options(self) -> dict[str, Any]:
-        return {"initial_reduction": self.initial_reduction, "decay": self.decay,
-                "min_reduction": self.min_reduction, "candidate_share": self.candidate_share,
-                "selection": self.selection, "weights": self.weights,
-                "max_iterations": self.max_iterations, "progress": self.progress}
+        return {
+            "initial_reduction": self.initial_reduction,
+            "decay": self.decay,
+            "min_reduction": self.min_reduction,
+            "candidate_share": self.candidate_share,
+            "selection": self.selection,
+            "weights": self.weights,
+            "max_iterations": self.max_iterations,
+            "progress": self.progress,
+        }
 
     def reduction_fraction(self, iteration: int) -> float:
         """Reduction asked for at ``iteration`` (0-based), as a fraction of the unpruned latency."""
@@ -174,8 +180,15 @@ class NetAdaptAgent(SearchAgent):
                 iteration += 1
                 history.append(row)
                 bar.update(1)
-                log.info("netadapt iteration %d: %s %d -> %d channels, %.3f ms predicted, val acc %.4f",
-                         iteration, row["group"], row["from_keep"], row["keep"], current_ms, row["accuracy"])
+                log.info(
+                    "netadapt iteration %d: %s %d -> %d channels, %.3f ms predicted, val acc %.4f",
+                    iteration,
+                    row["group"],
+                    row["from_keep"],
+                    row["keep"],
+                    current_ms,
+                    row["accuracy"],
+                )
                 if state_path is not None:
                     SearchState(header, iteration, plan, history, meter.total()).save(state_path)
         finally:
@@ -217,8 +230,15 @@ class NetAdaptAgent(SearchAgent):
         return [dict(row) for row in start.history[: max(under - 1, 0)]]
 
     def iterate(
-        self, ctx: SearchContext, plan: PruningPlan, current_ms: float, want_ms: float, iteration: int, bar: tqdm,
-        lineage: tuple[PruningPlan, ...] = (), floor_ms: float = 0.0,
+        self,
+        ctx: SearchContext,
+        plan: PruningPlan,
+        current_ms: float,
+        want_ms: float,
+        iteration: int,
+        bar: tqdm,
+        lineage: tuple[PruningPlan, ...] = (),
+        floor_ms: float = 0.0,
     ) -> dict[str, Any]:
         """One NetAdapt iteration: propose one candidate per group, score them (cut from the model
         ``lineage`` produced), pick the best. The candidate-share cap asks for no less than ``floor_ms``."""
@@ -258,19 +278,40 @@ class NetAdaptAgent(SearchAgent):
             cand = plan.with_keep({g.name: k})
             bar.set_postfix_str(f"scoring {g.name} {plan.keep[g.name]}->{k}")
             accuracy, loss = ctx.score(cand, lineage)
-            candidates.append({"group": g.name, "index": index, "from_keep": plan.keep[g.name], "keep": k,
-                               "predicted_ms": ctx.predict_ms(cand), "accuracy": accuracy, "loss": loss})
+            candidates.append(
+                {
+                    "group": g.name,
+                    "index": index,
+                    "from_keep": plan.keep[g.name],
+                    "keep": k,
+                    "predicted_ms": ctx.predict_ms(cand),
+                    "accuracy": accuracy,
+                    "loss": loss,
+                }
+            )
         best = self.select(ctx, plan, current_ms, candidates, lineage)
         return {
-            "iteration": iteration + 1, "from_ms": current_ms, "requested_ms": want_ms, "asked_ms": asked,
-            "target_ms": target, "group": best["group"], "from_keep": best["from_keep"], "keep": best["keep"],
-            "predicted_ms": best["predicted_ms"], "accuracy": best["accuracy"], "loss": best["loss"],
+            "iteration": iteration + 1,
+            "from_ms": current_ms,
+            "requested_ms": want_ms,
+            "asked_ms": asked,
+            "target_ms": target,
+            "group": best["group"],
+            "from_keep": best["from_keep"],
+            "keep": best["keep"],
+            "predicted_ms": best["predicted_ms"],
+            "accuracy": best["accuracy"],
+            "loss": best["loss"],
             "candidates": [{k: v for k, v in c.items() if k != "index"} for c in candidates],
             "skipped": sorted(skipped, key=[g.name for g in ctx.graph.groups].index),
         }
 
     def select(
-        self, ctx: SearchContext, plan: PruningPlan, current_ms: float, candidates: list[dict[str, Any]],
+        self,
+        ctx: SearchContext,
+        plan: PruningPlan,
+        current_ms: float,
+        candidates: list[dict[str, Any]],
         lineage: tuple[PruningPlan, ...] = (),
     ) -> dict[str, Any]:
         if self.selection == "loss":
@@ -278,6 +319,11 @@ class NetAdaptAgent(SearchAgent):
         if self.selection == "accuracy":
             return max(candidates, key=lambda c: (c["accuracy"], -c["predicted_ms"], -c["index"]))
         base = ctx.score(plan, lineage[:-1])[0]  # cached: the winning candidate of the previous iteration
-        return max(candidates, key=lambda c: (
-            (c["accuracy"] - base) / max(current_ms - c["predicted_ms"], 1e-12), -c["predicted_ms"], -c["index"]
-        ))
+        return max(
+            candidates,
+            key=lambda c: (
+                (c["accuracy"] - base) / max(current_ms - c["predicted_ms"], 1e-12),
+                -c["predicted_ms"],
+                -c["index"],
+            ),
+        )

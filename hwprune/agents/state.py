@@ -52,11 +52,20 @@ class SearchState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        write_json(path, {
-            "kind": STATE_KIND, "schema_version": STATE_SCHEMA, "header": self.header,
-            "iteration": self.iteration, "done": self.done, "plan": self.plan.to_dict(),
-            "history": self.history, "cost": self.cost, "extra": self.extra,
-        })
+        write_json(
+            path,
+            {
+                "kind": STATE_KIND,
+                "schema_version": STATE_SCHEMA,
+                "header": self.header,
+                "iteration": self.iteration,
+                "done": self.done,
+                "plan": self.plan.to_dict(),
+                "history": self.history,
+                "cost": self.cost,
+                "extra": self.extra,
+            },
+        )
 
     def result(self, predicted_ms: float | None = None) -> SearchResult:
         lineage = tuple(PruningPlan.from_dict(p) for p in self.extra.get("lineage", ()))

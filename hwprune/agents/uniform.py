@@ -92,8 +92,14 @@ class UniformAgent(SearchAgent):
             {"iteration": i + 1, "ratio": r, "predicted_ms": p_ms, "meets": p_ms <= budget_ms}
             for i, ((r, _), p_ms) in enumerate(zip(ladder, predicted, strict=True))
         ]
-        final: dict[str, Any] = {"iteration": len(history), "final": True, "ratio": ratio, "predicted_ms": ms,
-                                 "budget_ms": budget_ms, "keep": plan.keep}
+        final: dict[str, Any] = {
+            "iteration": len(history),
+            "final": True,
+            "ratio": ratio,
+            "predicted_ms": ms,
+            "budget_ms": budget_ms,
+            "keep": plan.keep,
+        }
         if self.evaluate_final:
             final["accuracy"] = ctx.evaluate(plan)
         history.append(final)

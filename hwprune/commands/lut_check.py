@@ -33,21 +33,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lut", required=True, help="latency table JSON from `hwprune profile`")
     parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
-    parser.add_argument("--round-to", type=int, default=1,
-                        help="round every width of the random plans to this multiple (the table's quantum, 16 on "
-                        "AVX-512 and 8 on AVX2: the aligned widths `prune --round-to` and uniform plans produce, "
-                        "which ONNX Runtime runs much faster)")
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="round every width of the random plans to this multiple (the table's quantum, 16 on "
+        "AVX-512 and 8 on AVX2: the aligned widths `prune --round-to` and uniform plans produce, "
+        "which ONNX Runtime runs much faster)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per run (default: the table's)")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="runs per measurement, the quietest kept (default: the table's)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="runs per plan, round-robin, the faster kept (default: the table's)")
-    parser.add_argument("--unpaired", action="store_true",
-                        help="time each plan alone, at whatever speed the machine runs now, instead of right after "
-                        "the unpruned model and rescaled to the table's calibration speed")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs per measurement, the quietest kept (default: the table's)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="runs per plan, round-robin, the faster kept (default: the table's)"
+    )
+    parser.add_argument(
+        "--unpaired",
+        action="store_true",
+        help="time each plan alone, at whatever speed the machine runs now, instead of right after "
+        "the unpruned model and rescaled to the table's calibration speed",
+    )
     parser.add_argument("--out", default=None, help="JSON report (default: LUT name with .check.json)")
-    parser.add_argument("--allow-foreign-table", action="store_true",
-                        help="use a table profiled on another device/backend anyway")
+    parser.add_argument(
+        "--allow-foreign-table", action="store_true", help="use a table profiled on another device/backend anyway"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -70,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     model, graph = model_for(table)
     plans = heldout_plans(table, graph, args.plans, args.seed, round_to=args.round_to)
     measure = None if args.unpaired else paired_meter(table, model, graph, profiler)
-    report = check(table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds,
-                   measure=measure)
+    report = check(
+        table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds, measure=measure
+    )
     report |= {"lut": str(lut), "seed": args.seed, "round_to": args.round_to, "device_key": profiler.device_key()}
     out = Path(args.out) if args.out else lut.with_name(lut.stem + ".check.json")
     write_json(out, report)
@@ -91,14 +102,17 @@ def format_report(report: dict) -> str:
         f"{'predictor':<12}{'median |err|':>14}{'p95 |err|':>11}{'within 10%':>12}{'bias':>9}",
     ]
     for name, st in report["predictors"].items():
-        lines.append(f"{name:<12}{st['median_abs_pct']:>13.1f}%{st['p95_abs_pct']:>10.1f}%"
-                     f"{st['within_10pct']:>11.0%} {st['mean_signed_pct']:>+8.1f}%")
+        lines.append(
+            f"{name:<12}{st['median_abs_pct']:>13.1f}%{st['p95_abs_pct']:>10.1f}%"
+            f"{st['within_10pct']:>11.0%} {st['mean_signed_pct']:>+8.1f}%"
+        )
     paired = report.get("unpruned_alongside")
     if paired and paired["readings"]:
-        lines.append(f"paired: each plan read at the calibration's speed (unpruned {paired['reference_ms']:.3f} ms); "
-                     f"the unpruned model read {paired['min_ms']:.3f}-{paired['max_ms']:.3f} ms beside the plans"
-                     + (f" ({paired['retaken']} reading(s) caught in a slow spell taken again)"
-                        if paired.get("retaken") else ""))
+        lines.append(
+            f"paired: each plan read at the calibration's speed (unpruned {paired['reference_ms']:.3f} ms); "
+            f"the unpruned model read {paired['min_ms']:.3f}-{paired['max_ms']:.3f} ms beside the plans"
+            + (f" ({paired['retaken']} reading(s) caught in a slow spell taken again)" if paired.get("retaken") else "")
+        )
     if report.get("unstable_measurements"):
         lines.append(f"warning: {report['unstable_measurements']} measurements were unstable (busy machine?)")
     return "\n".join(lines)

@@ -36,42 +36,72 @@ HELP = "build a latency lookup table for a model on this device"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME")
-    src.add_argument("--checkpoint", help="checkpoint directory from `hwprune train`: its model spec is used "
-                     "(weights do not change latency)")
+    src.add_argument(
+        "--checkpoint",
+        help="checkpoint directory from `hwprune train`: its model spec is used (weights do not change latency)",
+    )
     parser.add_argument("--backend", default="torch-cpu", help=f"profiler: {', '.join(available_profilers())}")
     parser.add_argument("--batch", type=int, default=1, help="batch size the model is deployed at")
     parser.add_argument("--input-size", default=None, help="input HxW, e.g. 32x32; unset: the checkpoint's, else 32x32")
     parser.add_argument("--in-channels", type=int, default=None, help="input channels; unset: the checkpoint's, else 3")
     parser.add_argument("--num-classes", type=int, default=None, help="classes; unset: the checkpoint's, else 10")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (unset: all cores); part of the device key")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (unset: all cores); part of the device key"
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed samples per run")
-    parser.add_argument("--runs", type=int, default=5,
-                        help="runs per block and per model, back to back; the quietest (lowest median) is kept")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="runs per block and per model, back to back; the quietest (lowest median) is kept",
+    )
     parser.add_argument("--warmup", type=int, default=10, help="warm-up runs before sampling (at least)")
-    parser.add_argument("--warmup-s", type=float, default=BLOCK_WARMUP_S,
-                        help="warm-up seconds before sampling (at least)")
-    parser.add_argument("--grid", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
-                        help="grid widths as fractions of each layer's width (e.g. 0.25,0.5,1), or a count N")
-    parser.add_argument("--quantum", type=int, default=None,
-                        help="widest channel alignment the backend rewards: the grid sits on odd widths and each "
-                        "alignment tier (2, 4, .. QUANTUM) gets a measured correction; 1 = one plain grid. "
-                        "Unset: the CPU's SIMD width in floats (16 with AVX-512, 8 otherwise), 8 on a GPU")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="times every calibration plan is timed, in separate passes (each right after the "
-                        "unpruned model); the faster run is kept")
-    parser.add_argument("--block-rounds", type=int, default=DEFAULT_BLOCK_ROUNDS,
-                        help="passes over the grid, each timing every block once; the faster run is kept (a "
-                        "block's runs last milliseconds, while a shared or virtualised host has slow spells of "
-                        "seconds: only separate passes see past them)")
-    parser.add_argument("--calib-plans", type=int, default=13,
-                        help="whole-model measurements (unpruned + random plans) to calibrate on; 0 = none")
+    parser.add_argument(
+        "--warmup-s", type=float, default=BLOCK_WARMUP_S, help="warm-up seconds before sampling (at least)"
+    )
+    parser.add_argument(
+        "--grid",
+        default=",".join(str(f) for f in DEFAULT_FRACTIONS),
+        help="grid widths as fractions of each layer's width (e.g. 0.25,0.5,1), or a count N",
+    )
+    parser.add_argument(
+        "--quantum",
+        type=int,
+        default=None,
+        help="widest channel alignment the backend rewards: the grid sits on odd widths and each "
+        "alignment tier (2, 4, .. QUANTUM) gets a measured correction; 1 = one plain grid. "
+        "Unset: the CPU's SIMD width in floats (16 with AVX-512, 8 otherwise), 8 on a GPU",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="times every calibration plan is timed, in separate passes (each right after the "
+        "unpruned model); the faster run is kept",
+    )
+    parser.add_argument(
+        "--block-rounds",
+        type=int,
+        default=DEFAULT_BLOCK_ROUNDS,
+        help="passes over the grid, each timing every block once; the faster run is kept (a "
+        "block's runs last milliseconds, while a shared or virtualised host has slow spells of "
+        "seconds: only separate passes see past them)",
+    )
+    parser.add_argument(
+        "--calib-plans",
+        type=int,
+        default=13,
+        help="whole-model measurements (unpruned + random plans) to calibrate on; 0 = none",
+    )
     parser.add_argument("--calib-seed", type=int, default=1234, help="seed of the calibration plans")
     parser.add_argument("--out", required=True, help="table JSON to write")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted table at --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
-    parser.add_argument("--recalibrate", action="store_true",
-                        help="with --resume: keep the blocks, re-measure the whole-model calibration plans")
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --resume: keep the blocks, re-measure the whole-model calibration plans",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -95,12 +125,18 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
     num_classes = args.num_classes or (spec.num_classes if spec else 10)
     if args.backend not in available_profilers():
         raise ConfigError(f"unknown backend '{args.backend}': choose one of {', '.join(available_profilers())}")
-    for flag, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 3), ("--runs", args.runs, 1),
-                               ("--warmup", args.warmup, 0),
-                               ("--in-channels", in_channels, 1), ("--num-classes", num_classes, 1),
-                               ("--calib-plans", args.calib_plans, 0),
-                               ("--quantum", 1 if args.quantum is None else args.quantum, 1),
-                               ("--rounds", args.rounds, 1), ("--block-rounds", args.block_rounds, 1)):
+    for flag, value, least in (
+        ("--batch", args.batch, 1),
+        ("--repeats", args.repeats, 3),
+        ("--runs", args.runs, 1),
+        ("--warmup", args.warmup, 0),
+        ("--in-channels", in_channels, 1),
+        ("--num-classes", num_classes, 1),
+        ("--calib-plans", args.calib_plans, 0),
+        ("--quantum", 1 if args.quantum is None else args.quantum, 1),
+        ("--rounds", args.rounds, 1),
+        ("--block-rounds", args.block_rounds, 1),
+    ):
         if value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     if args.threads is not None and args.threads < 1:
@@ -108,10 +144,22 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
     check_plan_count(args.calib_plans, "--calib-plans")
     create_model(model, in_channels, num_classes)  # unknown model names fail here, before any work
     return TableSetting(
-        model=model, in_channels=in_channels, num_classes=num_classes, input_size=input_size, batch=args.batch,
-        backend=args.backend, threads=args.threads or (os.cpu_count() or 1), repeats=args.repeats, runs=args.runs,
-        warmup=args.warmup, warmup_s=args.warmup_s, grid=parse_grid(args.grid), quantum=args.quantum,
-        calib_plans=args.calib_plans, calib_seed=args.calib_seed, rounds=args.rounds,
+        model=model,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        input_size=input_size,
+        batch=args.batch,
+        backend=args.backend,
+        threads=args.threads or (os.cpu_count() or 1),
+        repeats=args.repeats,
+        runs=args.runs,
+        warmup=args.warmup,
+        warmup_s=args.warmup_s,
+        grid=parse_grid(args.grid),
+        quantum=args.quantum,
+        calib_plans=args.calib_plans,
+        calib_seed=args.calib_seed,
+        rounds=args.rounds,
         block_rounds=args.block_rounds,
     )
 
@@ -130,32 +178,50 @@ def run(args: argparse.Namespace) -> int:
     if args.recalibrate and not args.resume:
         raise ConfigError("--recalibrate continues an existing table: pass it with --resume")
     try:
-        table, seconds = profile_model(setting, out, resume=args.resume, overwrite=args.overwrite,
-                                       recalibrate=args.recalibrate, progress=not args.no_progress)
+        table, seconds = profile_model(
+            setting,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            recalibrate=args.recalibrate,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
         if out.exists():
-            print(f"hwprune profile: every finished block is saved in {out}; run the same command with --resume "
-                  "to continue", file=sys.stderr)
+            print(
+                f"hwprune profile: every finished block is saved in {out}; run the same command with --resume "
+                "to continue",
+                file=sys.stderr,
+            )
         raise
     fit = (table.calibration or {}).get("fit")
     calib = "; not calibrated"
     if fit:
-        calib = (f"; calibrated on {len(table.calibration['plans'])} whole-model plans (in-sample median "
-                 f"error {fit['in_sample_median_abs_pct']:.1f}%, max {fit['in_sample_max_abs_pct']:.1f}%)")
+        calib = (
+            f"; calibrated on {len(table.calibration['plans'])} whole-model plans (in-sample median "
+            f"error {fit['in_sample_median_abs_pct']:.1f}%, max {fit['in_sample_max_abs_pct']:.1f}%)"
+        )
         readings = table.calibration.get("alongside_ms") or []
         if readings:
             retaken = table.calibration.get("retaken") or 0
-            calib += (f", each timed right after the unpruned model ({min(readings):.3f}-{max(readings):.3f} ms, "
-                      f"median {table.calibration['reference_ms']:.3f}"
-                      + (f"; {retaken} reading(s) caught in a slow spell taken again" if retaken else "") + ")")
-    print(f"{setting.model} on {table.device_key()} (batch {setting.batch}, {setting.input_size[0]}x"
-          f"{setting.input_size[1]}): {table.num_entries()} blocks over {len(table.grids)} signatures in "
-          f"{seconds['blocks_s']:.0f}s + {seconds['calibration_s']:.0f}s calibration{calib}; wrote {out}")
+            calib += (
+                f", each timed right after the unpruned model ({min(readings):.3f}-{max(readings):.3f} ms, "
+                f"median {table.calibration['reference_ms']:.3f}"
+                + (f"; {retaken} reading(s) caught in a slow spell taken again" if retaken else "")
+                + ")"
+            )
+    print(
+        f"{setting.model} on {table.device_key()} (batch {setting.batch}, {setting.input_size[0]}x"
+        f"{setting.input_size[1]}): {table.num_entries()} blocks over {len(table.grids)} signatures in "
+        f"{seconds['blocks_s']:.0f}s + {seconds['calibration_s']:.0f}s calibration{calib}; wrote {out}"
+    )
     if fit and fit.get("fallback"):
         print(f"note: calibration: {fit['fallback']}")
     if seconds.get("unstable_points"):
-        print(f"note: {seconds['unstable_points']:.0f} of {seconds['points']:.0f} grid points kept an unstable timing "
-              f"even as the fastest of {setting.block_rounds} passes ({seconds['unstable_blocks']:.0f} of "
-              f"{seconds['blocks_timed']:.0f} runs were unstable): a busy machine? Re-profile on a quiet one for "
-              "trustworthy numbers")
+        print(
+            f"note: {seconds['unstable_points']:.0f} of {seconds['points']:.0f} grid points kept an unstable timing "
+            f"even as the fastest of {setting.block_rounds} passes ({seconds['unstable_blocks']:.0f} of "
+            f"{seconds['blocks_timed']:.0f} runs were unstable): a busy machine? Re-profile on a quiet one for "
+            "trustworthy numbers"
+        )
     return 0

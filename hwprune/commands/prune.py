@@ -73,25 +73,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     dev = p.add_argument_group("device and deployment setting")
     dev.add_argument(
-        "--backend", help="profiler backend: torch-cpu, onnxruntime, torch-cuda, tensorrt "
-        "(default: the --lut table's, else onnxruntime)"
+        "--backend",
+        help="profiler backend: torch-cpu, onnxruntime, torch-cuda, tensorrt "
+        "(default: the --lut table's, else onnxruntime)",
     )
     dev.add_argument("--threads", type=int, help="CPU threads (default: the --lut table's, else all cores)")
-    dev.add_argument("--batch", type=int,
-                     help="batch size the model is deployed at (default: the --lut table's, else 32)")
+    dev.add_argument(
+        "--batch", type=int, help="batch size the model is deployed at (default: the --lut table's, else 32)"
+    )
     dev.add_argument("--repeats", type=int, default=10, help="timed samples per run")
-    dev.add_argument("--runs", type=int, default=5,
-                     help="runs per latency measurement, back to back; the quietest (lowest median) is kept")
-    dev.add_argument("--rounds", type=int, default=3,
-                     help="measurements of each model judged against the budget (interleaved with the unpruned "
-                     "model for a relative budget); the faster is kept")
-    dev.add_argument("--settle-s", type=float, default=3.0,
-                     help="idle seconds before the measurements of a verdict (timings right after training run slow)")
+    dev.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="runs per latency measurement, back to back; the quietest (lowest median) is kept",
+    )
+    dev.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measurements of each model judged against the budget (interleaved with the unpruned "
+        "model for a relative budget); the faster is kept",
+    )
+    dev.add_argument(
+        "--settle-s",
+        type=float,
+        default=3.0,
+        help="idle seconds before the measurements of a verdict (timings right after training run slow)",
+    )
     dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
-    dev.add_argument("--no-densify", dest="densify", action="store_false",
-                     help="do not time a found plan's off-grid layer widths before measuring it (by default they "
-                     "are added to the run's copy of the table, and the search repeats if its prediction moves over "
-                     "the target or more than --margin under it)")
+    dev.add_argument(
+        "--no-densify",
+        dest="densify",
+        action="store_false",
+        help="do not time a found plan's off-grid layer widths before measuring it (by default they "
+        "are added to the run's copy of the table, and the search repeats if its prediction moves over "
+        "the target or more than --margin under it)",
+    )
     dev.add_argument(
         "--allow-foreign-table", action="store_true", help="accept a latency table made on another device or backend"
     )
@@ -112,12 +130,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tune.add_argument("--val-samples", type=int, default=2000, help="validation samples per candidate score")
     tune.add_argument("--finetune-steps", type=int, default=400, help="fine-tune steps after pruning")
     tune.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate")
-    tune.add_argument("--batch-size", type=int, default=128,
-                      help="batch size of the fine-tune after pruning (the search's short fine-tunes use 64)")
-    tune.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                      help="arithmetic of the fine-tunes and candidate scores (weights stay fp32; the model "
-                           "deployed, timed and tested is fp32). auto: bf16 where the CPU has it natively "
-                           "(AVX512-BF16 or AMX: about half the time), else fp32")
+    tune.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="batch size of the fine-tune after pruning (the search's short fine-tunes use 64)",
+    )
+    tune.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="arithmetic of the fine-tunes and candidate scores (weights stay fp32; the model "
+        "deployed, timed and tested is fp32). auto: bf16 where the CPU has it natively "
+        "(AVX512-BF16 or AMX: about half the time), else fp32",
+    )
     tune.add_argument("--seed", type=int, default=0, help="seed for data splits, fine-tuning and search")
 
 

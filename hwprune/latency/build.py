@@ -53,6 +53,7 @@ def default_quantum(backend: str) -> int:
 
     return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
+
 BLOCK_WARMUP_S = 0.02
 """Warm-up seconds before a block's samples (besides ``warmup`` runs), chosen by measurement.
 
@@ -106,25 +107,49 @@ class TableSetting:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "in_channels": self.in_channels, "num_classes": self.num_classes,
-            "input_size": list(self.input_size), "batch": self.batch, "backend": self.backend,
-            "threads": self.threads, "repeats": self.repeats, "warmup": self.warmup,
-            "warmup_s": self.warmup_s, "grid": list(self.grid), "quantum": self.quantum, "dtype": self.dtype,
-            "calib_plans": self.calib_plans, "calib_seed": self.calib_seed, "calib_form": self.calib_form,
-            "rounds": self.rounds, "runs": self.runs, "block_rounds": self.block_rounds,
+            "model": self.model,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "input_size": list(self.input_size),
+            "batch": self.batch,
+            "backend": self.backend,
+            "threads": self.threads,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "warmup_s": self.warmup_s,
+            "grid": list(self.grid),
+            "quantum": self.quantum,
+            "dtype": self.dtype,
+            "calib_plans": self.calib_plans,
+            "calib_seed": self.calib_seed,
+            "calib_form": self.calib_form,
+            "rounds": self.rounds,
+            "runs": self.runs,
+            "block_rounds": self.block_rounds,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TableSetting:
         try:
             return cls(
-                str(data["model"]), int(data["in_channels"]), int(data["num_classes"]),
-                (int(data["input_size"][0]), int(data["input_size"][1])), int(data["batch"]),
-                str(data["backend"]), int(data["threads"]), int(data["repeats"]), int(data["warmup"]),
-                float(data["warmup_s"]), tuple(float(f) for f in data["grid"]), int(data.get("quantum", 1)),
+                str(data["model"]),
+                int(data["in_channels"]),
+                int(data["num_classes"]),
+                (int(data["input_size"][0]), int(data["input_size"][1])),
+                int(data["batch"]),
+                str(data["backend"]),
+                int(data["threads"]),
+                int(data["repeats"]),
+                int(data["warmup"]),
+                float(data["warmup_s"]),
+                tuple(float(f) for f in data["grid"]),
+                int(data.get("quantum", 1)),
                 str(data.get("dtype", "float32")),
-                int(data.get("calib_plans", 0)), int(data.get("calib_seed", 0)), str(data.get("calib_form", "sum")),
-                int(data.get("rounds", 1)), int(data.get("runs", 1)),
+                int(data.get("calib_plans", 0)),
+                int(data.get("calib_seed", 0)),
+                str(data.get("calib_form", "sum")),
+                int(data.get("rounds", 1)),
+                int(data.get("runs", 1)),
                 int(data.get("block_rounds", data.get("rounds", 1))),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -140,8 +165,14 @@ class TableSetting:
         from hwprune.profilers import get_profiler
 
         pin_allocator()
-        return get_profiler(self.backend, threads=self.threads, warmup=self.warmup, warmup_s=self.warmup_s,
-                            repeats=self.repeats, runs=self.runs)
+        return get_profiler(
+            self.backend,
+            threads=self.threads,
+            warmup=self.warmup,
+            warmup_s=self.warmup_s,
+            repeats=self.repeats,
+            runs=self.runs,
+        )
 
 
 def parse_grid(text: str) -> tuple[float, ...]:
@@ -178,8 +209,11 @@ def plan_grids(
         signatures[key] = sig
         low = narrow[layer.name]
         c_out = axis_points(layer.c_out, fractions, quantum) if low.c_out != layer.c_out else (layer.c_out,)
-        c_in = c_out if layer.depthwise else (
-            axis_points(layer.c_in, fractions, quantum) if low.c_in != layer.c_in else (layer.c_in,))
+        c_in = (
+            c_out
+            if layer.depthwise
+            else (axis_points(layer.c_in, fractions, quantum) if low.c_in != layer.c_in else (layer.c_in,))
+        )
         grid = Grid(c_in, c_out, diagonal=layer.depthwise)
         if quantum > 1:
             ref_in, probes_in = tier_probes(c_in, layer.c_in, quantum) if len(c_in) > 1 else (c_in[0], ())
@@ -199,13 +233,18 @@ def plan_grids(
 def new_table(setting: TableSetting, graph: ModelGraph, profiler: Profiler) -> LatencyTable:
     signatures, grids = plan_grids(graph, setting.batch, setting.grid, setting.dtype, setting.quantum)
     return LatencyTable(
-        backend=setting.backend, fingerprint=profiler.fingerprint(), settings=setting.to_dict(),
-        signatures=signatures, grids=grids, entries={},
+        backend=setting.backend,
+        fingerprint=profiler.fingerprint(),
+        settings=setting.to_dict(),
+        signatures=signatures,
+        grids=grids,
+        entries={},
     )
 
 
-def open_table(out: Path, setting: TableSetting, graph: ModelGraph, profiler: Profiler,
-               resume: bool, overwrite: bool = False) -> LatencyTable:
+def open_table(
+    out: Path, setting: TableSetting, graph: ModelGraph, profiler: Profiler, resume: bool, overwrite: bool = False
+) -> LatencyTable:
     """A fresh table, or the partial one at ``out`` when resuming it is safe.
 
     Resuming a table made for another setting or on another device would mix incomparable
@@ -229,8 +268,13 @@ def open_table(out: Path, setting: TableSetting, graph: ModelGraph, profiler: Pr
     return table
 
 
-def fill_table(table: LatencyTable, profiler: Profiler, out: Path | None, progress: bool = True,
-               measure: Callable[..., Any] | None = None) -> dict[str, float]:
+def fill_table(
+    table: LatencyTable,
+    profiler: Profiler,
+    out: Path | None,
+    progress: bool = True,
+    measure: Callable[..., Any] | None = None,
+) -> dict[str, float]:
     """Time every missing grid point, saving after each; returns seconds spent and blocks timed / unstable.
 
     The progress bar is weighted by an estimate of each block's timing cost, not by count: a
@@ -244,13 +288,19 @@ def fill_table(table: LatencyTable, profiler: Profiler, out: Path | None, progre
     unstable = 0
     weights = [_estimate_s(table.signatures[s], ci, co, profiler) for s, ci, co in todo]
     last_save = time.perf_counter()
-    with tqdm(total=sum(weights), disable=not progress or not todo, unit="s",
-              desc="profiling blocks", bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=sum(weights),
+        disable=not progress or not todo,
+        unit="s",
+        desc="profiling blocks",
+        bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
+        dynamic_ncols=True,
+    ) as bar:
         try:
             for (sig, ci, co), w in zip(todo, weights, strict=True):
-                bar.set_postfix_str(f"{sig} {ci}->{co}" + (f" ({unstable} unstable)" if unstable else ""),
-                                    refresh=False)
+                bar.set_postfix_str(
+                    f"{sig} {ci}->{co}" + (f" ({unstable} unstable)" if unstable else ""), refresh=False
+                )
                 m, shaky = counting_unstable(measure, table.signatures[sig].block(ci, co))
                 unstable += shaky
                 table.add(sig, ci, co, m)
@@ -264,8 +314,13 @@ def fill_table(table: LatencyTable, profiler: Profiler, out: Path | None, progre
     # A pass caught in a slow spell is what the passes are for; what matters is a point whose kept (fastest) run
     # is still unstable, so that is what the profile reports, beside the runs.
     kept = [table.entries[s][(ci, co)] for s, ci, co in table.planned_points() if (ci, co) in table.entries.get(s, {})]
-    return {"blocks_s": time.perf_counter() - start, "blocks_timed": len(todo), "unstable_blocks": unstable,
-            "points": len(kept), "unstable_points": sum(m.is_unstable(profiler.unstable_threshold) for m in kept)}
+    return {
+        "blocks_s": time.perf_counter() - start,
+        "blocks_timed": len(todo),
+        "unstable_blocks": unstable,
+        "points": len(kept),
+        "unstable_points": sum(m.is_unstable(profiler.unstable_threshold) for m in kept),
+    }
 
 
 def _estimate_s(sig: Signature, c_in: int, c_out: int, profiler: Profiler) -> float:
@@ -277,9 +332,17 @@ def _estimate_s(sig: Signature, c_in: int, c_out: int, profiler: Profiler) -> fl
     return max(profiler.warmup_s, profiler.warmup * run_s) + profiler.runs * profiler.repeats * run_s
 
 
-def profile_model(setting: TableSetting, out: Path | None, *, resume: bool = False, overwrite: bool = False,
-                  recalibrate: bool = False, progress: bool = True, profiler: Profiler | None = None,
-                  model: nn.Module | None = None) -> tuple[LatencyTable, dict[str, float]]:
+def profile_model(
+    setting: TableSetting,
+    out: Path | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    recalibrate: bool = False,
+    progress: bool = True,
+    profiler: Profiler | None = None,
+    model: nn.Module | None = None,
+) -> tuple[LatencyTable, dict[str, float]]:
     """The whole ``hwprune profile``: plan, time every block, then calibrate on whole models.
 
     ``recalibrate`` (with ``resume``) keeps the blocks but re-measures the whole-model plans, for
@@ -289,11 +352,15 @@ def profile_model(setting: TableSetting, out: Path | None, *, resume: bool = Fal
     """
     from hwprune.latency.calibrate import calibrate
     from hwprune.models import create_model
+
     profiler = profiler or setting.profiler()
     model = model if model is not None else create_model(setting.model, setting.in_channels, setting.num_classes)
     graph = ModelGraph(model, setting.input_shape)
-    table = open_table(out, setting, graph, profiler, resume, overwrite) if out is not None else new_table(
-        setting, graph, profiler)
+    table = (
+        open_table(out, setting, graph, profiler, resume, overwrite)
+        if out is not None
+        else new_table(setting, graph, profiler)
+    )
     if recalibrate:
         table.calibration = None
     if out is not None and (recalibrate or not out.exists()):

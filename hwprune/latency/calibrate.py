@@ -124,8 +124,14 @@ class PairedMeter:
     where the rest read ~12.3, and its unpruned row landed at 0.58x of its table sum).
     """
 
-    def __init__(self, meter: Callable[[PruningPlan], Measurement], full: PruningPlan,
-                 reference_ms: float | None = None, alongside_ms: list[float] | None = None, retaken: int = 0) -> None:
+    def __init__(
+        self,
+        meter: Callable[[PruningPlan], Measurement],
+        full: PruningPlan,
+        reference_ms: float | None = None,
+        alongside_ms: list[float] | None = None,
+        retaken: int = 0,
+    ) -> None:
         self.meter, self.full, self.reference_ms = meter, full, reference_ms
         self.alongside_ms = list(alongside_ms or [])  # every unpruned reading used: the machine's speed
         self.retaken = retaken  # unpruned readings taken again because they looked like a spell
@@ -151,15 +157,25 @@ class PairedMeter:
     def summary(self) -> dict[str, float | int | None]:
         """The reference and the unpruned readings beside the plans (their spread is the drift taken out)."""
         a = self.alongside_ms
-        return {"reference_ms": self.reference_ms, "readings": len(a), "retaken": self.retaken,
-                "min_ms": min(a, default=None), "median_ms": statistics.median(a) if a else None,
-                "max_ms": max(a, default=None)}
+        return {
+            "reference_ms": self.reference_ms,
+            "readings": len(a),
+            "retaken": self.retaken,
+            "min_ms": min(a, default=None),
+            "median_ms": statistics.median(a) if a else None,
+            "max_ms": max(a, default=None),
+        }
 
 
-def measure_rounds(plans: list[PruningPlan], measure: Callable[[PruningPlan], Measurement], rounds: int,
-                   desc: str, progress: bool = True, done: list[tuple[Measurement | None, int]] | None = None,
-                   on_result: Callable[[int, Measurement, int, bool], None] | None = None,
-                   ) -> list[tuple[Measurement, int, bool]]:
+def measure_rounds(
+    plans: list[PruningPlan],
+    measure: Callable[[PruningPlan], Measurement],
+    rounds: int,
+    desc: str,
+    progress: bool = True,
+    done: list[tuple[Measurement | None, int]] | None = None,
+    on_result: Callable[[int, Measurement, int, bool], None] | None = None,
+) -> list[tuple[Measurement, int, bool]]:
     """Measure every plan ``rounds`` times, round-robin so a plan's runs are minutes apart; keep the faster.
 
     ``done`` carries (measurement, rounds) already recorded (resume); ``on_result(i, kept, rounds,
@@ -178,9 +194,15 @@ def measure_rounds(plans: list[PruningPlan], measure: Callable[[PruningPlan], Me
     return [(m, n, u) for (m, n), u in zip(state, unstable, strict=True) if m is not None]
 
 
-def calibrate(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler,
-              out: Path | None = None, progress: bool = True,
-              measure: Callable[..., Measurement] | None = None) -> dict[str, Any]:
+def calibrate(
+    table: LatencyTable,
+    model: nn.Module,
+    graph: ModelGraph,
+    profiler: Profiler,
+    out: Path | None = None,
+    progress: bool = True,
+    measure: Callable[..., Measurement] | None = None,
+) -> dict[str, Any]:
     """Measure the calibration plans (each ``rounds`` times, paired) not yet in the table, then fit and store the fit.
 
     Every plan is timed right after the unpruned model (:class:`PairedMeter`) and stored at the
@@ -197,12 +219,21 @@ def calibrate(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler
     rows: list[dict[str, Any] | None] = [old.get(tuple(sorted(p.keep.items()))) for p in plans]
     done = [(Measurement.from_dict(r["measurement"]), int(r.get("rounds", 1))) if r else (None, 0) for r in rows]
     # plans[0] is the unpruned model; every row is stored at the speed of ``reference_ms``
-    paired = PairedMeter(measure or PlanMeter.for_table(table, model, graph, profiler), plans[0],
-                         cal.get("reference_ms"), cal.get("alongside_ms"), int(cal.get("retaken", 0)))
+    paired = PairedMeter(
+        measure or PlanMeter.for_table(table, model, graph, profiler),
+        plans[0],
+        cal.get("reference_ms"),
+        cal.get("alongside_ms"),
+        int(cal.get("retaken", 0)),
+    )
 
     def store(extra: dict[str, Any] | None = None) -> None:
-        table.calibration = {"plans": [r for r in rows if r is not None], "reference_ms": paired.reference_ms,
-                             "alongside_ms": paired.alongside_ms, "retaken": paired.retaken} | (extra or {})
+        table.calibration = {
+            "plans": [r for r in rows if r is not None],
+            "reference_ms": paired.reference_ms,
+            "alongside_ms": paired.alongside_ms,
+            "retaken": paired.retaken,
+        } | (extra or {})
         if out is not None:
             table.save(out)
 
@@ -278,7 +309,7 @@ def loo_errors(x: np.ndarray, y: np.ndarray, offset: bool, fitted: bool = True) 
     out = []
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        pred = _predict(x[i:i + 1], _solve(x[keep], y[keep], offset, fitted))[0]
+        pred = _predict(x[i : i + 1], _solve(x[keep], y[keep], offset, fitted))[0]
         out.append(abs(pred - y[i]) / y[i] * 100)
     return np.array(out)
 
@@ -321,9 +352,11 @@ def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form
     if not sol[0] > 0:
         # Latency not growing with the table sum means the runs were disturbed; a negative slope
         # would make pruning look like slowing down, so fit a pure scale instead (always > 0).
-        fallback = (f"the {form} fit had a non-positive slope ({sol[0]:.3g}): the machine was probably "
-                    "busy; fitted a pure scale instead. Re-measure on a quiet machine with "
-                    "`hwprune profile ... --resume --recalibrate`")
+        fallback = (
+            f"the {form} fit had a non-positive slope ({sol[0]:.3g}): the machine was probably "
+            "busy; fitted a pure scale instead. Re-measure on a quiet machine with "
+            "`hwprune profile ... --resume --recalibrate`"
+        )
         x, names, form = x[:, :1], names[:1], "scale"
         sol = _solve(x, y, False)
     coef = {n: float(c) for n, c in zip(names, sol[:-1], strict=True)}

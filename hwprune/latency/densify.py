@@ -54,8 +54,9 @@ def _anchor(table: LatencyTable, sig: str, points: list[Point]) -> tuple[int, in
     return min(grid, key=lambda e: (abs(e[0] - ci) + abs(e[1] - co), e))
 
 
-def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler: Profiler,
-            out: Path | None = None) -> dict[str, Any]:
+def densify(
+    table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler: Profiler, out: Path | None = None
+) -> dict[str, Any]:
     """Measure the plan's unmeasured blocks into ``table`` (saved to ``out`` once, at the end).
 
     The blocks are timed with the table's own protocol (:func:`timing_like`), whatever ``profiler``'s.
@@ -87,8 +88,16 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
     for _ in range(table.block_rounds()):
         for p in order:
             runs[p] = keep_faster(runs.get(p), timed(*p))
-    anchors = [{"signature": sig, "c_in": a[0], "c_out": a[1], "stored_ms": table.value_ms(sig, *a),
-                "now_ms": runs[(sig, *a)].median_ms} for sig, a in anchor_of.items()]
+    anchors = [
+        {
+            "signature": sig,
+            "c_in": a[0],
+            "c_out": a[1],
+            "stored_ms": table.value_ms(sig, *a),
+            "now_ms": runs[(sig, *a)].median_ms,
+        }
+        for sig, a in anchor_of.items()
+    ]
     raw = {p: runs[p] for p in points}
     ratios = [a["stored_ms"] / a["now_ms"] for a in anchors if a["now_ms"] > 0]
     scale = statistics.median(ratios) if ratios else 1.0
@@ -97,8 +106,10 @@ def densify(table: LatencyTable, graph: ModelGraph, plan: PruningPlan, profiler:
     if out is not None:
         table.save(out)
     return {
-        "points": [{"signature": s, "c_in": ci, "c_out": co, "raw_ms": m.median_ms, "stored_ms": m.median_ms * scale}
-                   for (s, ci, co), m in raw.items()],
+        "points": [
+            {"signature": s, "c_in": ci, "c_out": co, "raw_ms": m.median_ms, "stored_ms": m.median_ms * scale}
+            for (s, ci, co), m in raw.items()
+        ],
         "anchors": anchors,
         "scale": scale,
         "unstable_blocks": unstable,

@@ -97,17 +97,29 @@ class Grid:
         return c_in <= self.c_in[-1] and c_out <= self.c_out[-1]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"c_in": list(self.c_in), "c_out": list(self.c_out), "diagonal": self.diagonal,
-                "quantum": self.quantum, "probes_in": list(self.probes_in), "probes_out": list(self.probes_out),
-                "ref": list(self.ref), "joint": list(self.joint) if self.joint else None}
+        return {
+            "c_in": list(self.c_in),
+            "c_out": list(self.c_out),
+            "diagonal": self.diagonal,
+            "quantum": self.quantum,
+            "probes_in": list(self.probes_in),
+            "probes_out": list(self.probes_out),
+            "ref": list(self.ref),
+            "joint": list(self.joint) if self.joint else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Grid:
-        return cls(tuple(int(v) for v in data["c_in"]), tuple(int(v) for v in data["c_out"]),
-                   bool(data.get("diagonal", False)), int(data.get("quantum", 1)),
-                   tuple(int(v) for v in data.get("probes_in", ())), tuple(int(v) for v in data.get("probes_out", ())),
-                   (int(data.get("ref", (0, 0))[0]), int(data.get("ref", (0, 0))[1])),
-                   (int(data["joint"][0]), int(data["joint"][1])) if data.get("joint") else None)
+        return cls(
+            tuple(int(v) for v in data["c_in"]),
+            tuple(int(v) for v in data["c_out"]),
+            bool(data.get("diagonal", False)),
+            int(data.get("quantum", 1)),
+            tuple(int(v) for v in data.get("probes_in", ())),
+            tuple(int(v) for v in data.get("probes_out", ())),
+            (int(data.get("ref", (0, 0))[0]), int(data.get("ref", (0, 0))[1])),
+            (int(data["joint"][0]), int(data["joint"][1])) if data.get("joint") else None,
+        )
 
 
 def axis_points(full: int, fractions: Sequence[float], quantum: int = 1) -> tuple[int, ...]:
@@ -165,8 +177,12 @@ def _base(grid: Grid, c_in: float, c_out: float, value: Value) -> float:
     i0, i1, u = _bracket(ax_in, c_in)
     j0, j1, v = _bracket(ax_out, c_out)
     a0, a1, b0, b1 = ax_in[i0], ax_in[i1], ax_out[j0], ax_out[j1]
-    return ((1 - u) * (1 - v) * value(a0, b0) + u * (1 - v) * value(a1, b0)
-            + (1 - u) * v * value(a0, b1) + u * v * value(a1, b1))
+    return (
+        (1 - u) * (1 - v) * value(a0, b0)
+        + u * (1 - v) * value(a1, b0)
+        + (1 - u) * v * value(a0, b1)
+        + u * v * value(a1, b1)
+    )
 
 
 def _factor(grid: Grid, probes: tuple[int, ...], c: int, at: Callable[[int], tuple[int, int]], value: Value) -> float:
@@ -201,6 +217,7 @@ def interpolate(grid: Grid, c_in: float, c_out: float, value: Value) -> float:
         i0, i1, u = _bracket(grid.c_in, c_in)
         return (1 - u) * value(grid.c_in[i0], int(c_out)) + u * value(grid.c_in[i1], int(c_out))
     f_in = _factor(grid, grid.probes_in, int(c_in), lambda p: (p, grid.ref[1]), value) if len(grid.c_in) > 1 else 1.0
-    f_out = (_factor(grid, grid.probes_out, int(c_out), lambda p: (grid.ref[0], p), value)
-             if len(grid.c_out) > 1 else 1.0)
+    f_out = (
+        _factor(grid, grid.probes_out, int(c_out), lambda p: (grid.ref[0], p), value) if len(grid.c_out) > 1 else 1.0
+    )
     return base * f_in * f_out

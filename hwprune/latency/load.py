@@ -23,8 +23,12 @@ from hwprune.pruning.graph import ModelGraph
 
 def _protocol(s: Mapping[str, Any]) -> dict[str, Any]:
     """How a table's points were timed, from its settings: warm-up (runs and seconds), samples per run, runs."""
-    return {"warmup": int(s["warmup"]), "warmup_s": float(s["warmup_s"]), "repeats": int(s["repeats"]),
-            "runs": int(s.get("runs", 1))}
+    return {
+        "warmup": int(s["warmup"]),
+        "warmup_s": float(s["warmup_s"]),
+        "repeats": int(s["repeats"]),
+        "runs": int(s.get("runs", 1)),
+    }
 
 
 def profiler_for(table: LatencyTable, **overrides: Any) -> Profiler:

@@ -39,8 +39,9 @@ class TableSum:
         self.batch = int(table.settings["batch"])
         self.dtype = str(table.settings.get("dtype", "float32"))
         self.quantum = int(table.settings.get("quantum", 1))
-        self._layers = [(s.name, Signature.of(s, self.batch, self.dtype).key(), (s.c_in, s.c_out))
-                        for s in graph.layer_shapes()]
+        self._layers = [
+            (s.name, Signature.of(s, self.batch, self.dtype).key(), (s.c_in, s.c_out)) for s in graph.layer_shapes()
+        ]
         missing = sorted({sig for _, sig, _ in self._layers if sig not in table.grids})
         if missing:
             raise TableError(
@@ -72,8 +73,12 @@ class TableSum:
             weights += shape.c_out * (1 if shape.depthwise else shape.c_in) * shape.kernel**2
             if self._aligned(shape):
                 aligned += out_vol + shape.c_in * shape.in_hw[0] * shape.in_hw[1]
-        return {"lut_sum_ms": total, "act_melems": act * self.batch / 1e6, "weight_melems": weights / 1e6,
-                "aligned_melems": aligned * self.batch / 1e6}
+        return {
+            "lut_sum_ms": total,
+            "act_melems": act * self.batch / 1e6,
+            "weight_melems": weights / 1e6,
+            "aligned_melems": aligned * self.batch / 1e6,
+        }
 
     def _aligned(self, shape: LayerShape) -> bool:
         """A convolution the runtime can run in its blocked layout (the stem reads fewer channels than a block)."""

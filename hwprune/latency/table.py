@@ -48,28 +48,36 @@ class Signature:
 
     @classmethod
     def of(cls, layer: LayerShape, batch: int, dtype: str = "float32") -> Signature:
-        return cls(layer.kind, layer.kernel, layer.stride, layer.padding, layer.depthwise,
-                   tuple(layer.in_hw), batch, dtype)
+        return cls(
+            layer.kind, layer.kernel, layer.stride, layer.padding, layer.depthwise, tuple(layer.in_hw), batch, dtype
+        )
 
     def key(self) -> str:
         """Readable, stable string: it is the JSON key and what error messages show."""
         dw = "-dw" if self.depthwise else ""
         h, w = self.in_hw
-        return (f"{self.kind}{dw}-k{self.kernel}s{self.stride}p{self.padding}-{h}x{w}"
-                f"-b{self.batch}-{self.dtype}")
+        return f"{self.kind}{dw}-k{self.kernel}s{self.stride}p{self.padding}-{h}x{w}-b{self.batch}-{self.dtype}"
 
     def block(self, c_in: int, c_out: int) -> BlockSpec:
-        return BlockSpec(self.kind, c_in, c_out, self.kernel, self.stride, self.padding,
-                         self.depthwise, self.in_hw, self.batch)
+        return BlockSpec(
+            self.kind, c_in, c_out, self.kernel, self.stride, self.padding, self.depthwise, self.in_hw, self.batch
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"in_hw": list(self.in_hw)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
-        return cls(str(data["kind"]), int(data["kernel"]), int(data["stride"]), int(data["padding"]),
-                   bool(data["depthwise"]), (int(data["in_hw"][0]), int(data["in_hw"][1])),
-                   int(data["batch"]), str(data.get("dtype", "float32")))
+        return cls(
+            str(data["kind"]),
+            int(data["kernel"]),
+            int(data["stride"]),
+            int(data["padding"]),
+            bool(data["depthwise"]),
+            (int(data["in_hw"][0]), int(data["in_hw"][1])),
+            int(data["batch"]),
+            str(data.get("dtype", "float32")),
+        )
 
 
 @dataclass
@@ -149,8 +157,9 @@ class LatencyTable:
         """The median of one measured grid point (no interpolation)."""
         return self.entries[sig][(c_in, c_out)].median_ms
 
-    def lookup_ms(self, sig: Signature | str, c_in: int, c_out: int,
-                  full: tuple[int, int] | None = None, corrected: bool = True) -> float:
+    def lookup_ms(
+        self, sig: Signature | str, c_in: int, c_out: int, full: tuple[int, int] | None = None, corrected: bool = True
+    ) -> float:
         """Latency of a block: interpolated on a grid, or as measured for a width timed off the grids.
 
         ``full`` (the layer's unpruned widths) makes a layer always read its own grid (exact at
@@ -188,8 +197,11 @@ class LatencyTable:
         width of the signature scaled by it; 1.0 until densify has measured one.
         """
         if key not in self._off_grid:
-            ratios = [m.median_ms / self._interpolated(key, self._pick_grid(key, ci, co, None), ci, co)
-                      for (ci, co), m in self.entries.get(key, {}).items() if not self.on_grid(key, (ci, co))]
+            ratios = [
+                m.median_ms / self._interpolated(key, self._pick_grid(key, ci, co, None), ci, co)
+                for (ci, co), m in self.entries.get(key, {}).items()
+                if not self.on_grid(key, (ci, co))
+            ]
             n = len(ratios)
             self._off_grid[key] = math.exp(n / (n + OFF_GRID_PRIOR) * math.log(statistics.median(ratios))) if n else 1.0
         return self._off_grid[key]
@@ -215,8 +227,11 @@ class LatencyTable:
                     return g
         covering = [g for g in grids if g.covers(c_in, c_out)]
         pool = covering or grids
-        return min(pool, key=lambda g: g.c_in[-1] * g.c_out[-1]) if covering else max(
-            pool, key=lambda g: g.c_in[-1] * g.c_out[-1])
+        return (
+            min(pool, key=lambda g: g.c_in[-1] * g.c_out[-1])
+            if covering
+            else max(pool, key=lambda g: g.c_in[-1] * g.c_out[-1])
+        )
 
     # ---- JSON --------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -228,8 +243,10 @@ class LatencyTable:
             "signatures": {k: s.to_dict() for k, s in self.signatures.items()},
             "grids": {k: [g.to_dict() for g in gs] for k, gs in self.grids.items()},
             "entries": {
-                k: [{"c_in": ci, "c_out": co, "rounds": self.rounds_done(k, ci, co), "measurement": m.to_dict()}
-                    for (ci, co), m in sorted(v.items())]
+                k: [
+                    {"c_in": ci, "c_out": co, "rounds": self.rounds_done(k, ci, co), "measurement": m.to_dict()}
+                    for (ci, co), m in sorted(v.items())
+                ]
                 for k, v in self.entries.items()
             },
             "calibration": self.calibration,
@@ -256,8 +273,10 @@ class LatencyTable:
         payload_keys = ("backend", "fingerprint", "settings", "signatures", "grids", "entries", "calibration")
         payload = {k: data.get(k) for k in payload_keys}
         if data.get("sha256") != checksum(payload):
-            raise TableError(f"{source} is corrupt: its sha256 does not match its entries (edited or truncated?); "
-                             "re-profile with `hwprune profile`")
+            raise TableError(
+                f"{source} is corrupt: its sha256 does not match its entries (edited or truncated?); "
+                "re-profile with `hwprune profile`"
+            )
         try:
             entries: dict[str, dict[tuple[int, int], Measurement]] = {}
             rounds: dict[str, dict[tuple[int, int], int]] = {}
@@ -308,4 +327,3 @@ def checksum(payload: dict[str, Any]) -> str:
     """sha256 of canonical JSON (sorted keys, fixed separators), so key order and whitespace do not matter."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
-

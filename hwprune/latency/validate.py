@@ -27,12 +27,20 @@ from hwprune.pruning.plan import PruningPlan
 WITHIN_PCT = 10.0
 
 
-def heldout_plans(table: LatencyTable, graph: ModelGraph, count: int, seed: int,
-                  low: float = 0.2, high: float = 1.0, round_to: int = 1) -> list[PruningPlan]:
+def heldout_plans(
+    table: LatencyTable,
+    graph: ModelGraph,
+    count: int,
+    seed: int,
+    low: float = 0.2,
+    high: float = 1.0,
+    round_to: int = 1,
+) -> list[PruningPlan]:
     """``count`` distinct random plans, none a calibration plan; ``round_to`` rounds every width (aligned plans)."""
     model_name = str(table.settings["model"])
-    used = {tuple(sorted((k, int(v)) for k, v in r["keep"].items()))
-            for r in (table.calibration or {}).get("plans", [])}
+    used = {
+        tuple(sorted((k, int(v)) for k, v in r["keep"].items())) for r in (table.calibration or {}).get("plans", [])
+    }
     rng = np.random.default_rng(seed)
     plans: list[PruningPlan] = []
     seen = set(used)
@@ -61,9 +69,16 @@ def error_stats(predicted: list[float], measured: list[float]) -> dict[str, floa
     }
 
 
-def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler,
-          plans: list[PruningPlan], progress: bool = True,
-          measure: Callable[[PruningPlan], Measurement] | None = None, rounds: int | None = None) -> dict[str, Any]:
+def check(
+    table: LatencyTable,
+    model: nn.Module,
+    graph: ModelGraph,
+    profiler: Profiler,
+    plans: list[PruningPlan],
+    progress: bool = True,
+    measure: Callable[[PruningPlan], Measurement] | None = None,
+    rounds: int | None = None,
+) -> dict[str, Any]:
     """Measure every plan end to end (``rounds`` times, default the table's) and score all three predictors.
 
     ``measure`` defaults to timing each plan alone; pass :func:`paired_meter` to read every plan at
@@ -77,14 +92,17 @@ def check(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Pr
     start = time.perf_counter()
     rounds = rounds or table.required_rounds()
     results = measure_rounds(plans, measure, rounds, "measuring held-out plans", progress)
-    rows = [{
-        "keep": plan.keep,
-        "keep_ratio": plan.keep_ratio(),
-        "measured_ms": m.median_ms,
-        "measured_iqr_ms": m.iqr_ms,
-        "rounds": n,
-        "predicted_ms": {p.name: p.predict_ms(plan) for p in predictors},
-    } for plan, (m, n, _) in zip(plans, results, strict=True)]
+    rows = [
+        {
+            "keep": plan.keep,
+            "keep_ratio": plan.keep_ratio(),
+            "measured_ms": m.median_ms,
+            "measured_iqr_ms": m.iqr_ms,
+            "rounds": n,
+            "predicted_ms": {p.name: p.predict_ms(plan) for p in predictors},
+        }
+        for plan, (m, n, _) in zip(plans, results, strict=True)
+    ]
     unstable = sum(u for _, _, u in results)
     measured = [r["measured_ms"] for r in rows]
     return {
@@ -148,6 +166,10 @@ def compare_forms(table: LatencyTable, graph: ModelGraph, report: dict[str, Any]
             out[form] = {"failed": str(exc)}
             continue
         predicted = [apply_fit(f["coef"], f["offset_ms"], x) for x in feats]
-        out[form] = {"chosen": f["form"], "coef": f["coef"], "offset_ms": f["offset_ms"],
-                     **error_stats(predicted, measured)}
+        out[form] = {
+            "chosen": f["form"],
+            "coef": f["coef"],
+            "offset_ms": f["offset_ms"],
+            **error_stats(predicted, measured),
+        }
     return out

@@ -55,7 +55,12 @@ class PruningPlan:
 
     @classmethod
     def random(
-        cls, model: str, graph: ModelGraph, rng: np.random.Generator, low: float = 0.2, high: float = 1.0,
+        cls,
+        model: str,
+        graph: ModelGraph,
+        rng: np.random.Generator,
+        low: float = 0.2,
+        high: float = 1.0,
         round_to: int = 1,
     ) -> PruningPlan:
         return cls(
