@@ -9,6 +9,8 @@ demo: setup
 
 test: setup
 	@.venv/bin/python -m pytest
+	@$(MAKE) --no-print-directory lint
 
 lint: setup
 	@.venv/bin/ruff check hwprune tests benchmarks
+	@.venv/bin/ruff format --check hwprune tests benchmarks

@@ -31,8 +31,12 @@ from _common import _r, emit, run  # noqa: E402
 
 from hwprune.errors import ConfigError  # noqa: E402
 from hwprune.latency import model_for  # noqa: E402
-from hwprune.latency.calibrate import MIN_PLANS, fit  # noqa: E402
-from hwprune.latency.predictor import TableSum, apply_fit  # noqa: E402
+from hwprune.latency.calibrate import MIN_PLANS  # noqa: E402
+from hwprune.latency.fit import (  # noqa: E402
+    TableSum,
+    apply_fit,
+    fit,  # noqa: E402
+)
 from hwprune.latency.table import LatencyTable  # noqa: E402
 from hwprune.pruning import PruningPlan  # noqa: E402
 

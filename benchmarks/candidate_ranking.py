@@ -33,7 +33,8 @@ from hwprune.agents.state import STATE_KIND, STATE_SCHEMA  # noqa: E402
 from hwprune.errors import ConfigError  # noqa: E402
 from hwprune.evaluator import Evaluator  # noqa: E402
 from hwprune.io import read_json  # noqa: E402
-from hwprune.job import load_inputs, resume_config  # noqa: E402
+from hwprune.job import resume_config  # noqa: E402
+from hwprune.job.measure import load_inputs  # noqa: E402
 from hwprune.pruning import PruningPlan  # noqa: E402
 
 

@@ -28,9 +28,10 @@ from _common import emit, run  # noqa: E402
 
 from hwprune.errors import ConfigError  # noqa: E402
 from hwprune.io import read_json  # noqa: E402
-from hwprune.job import evaluate, load_inputs, long_finetune, resume_config  # noqa: E402
+from hwprune.job import resume_config  # noqa: E402
+from hwprune.job.measure import evaluate, load_inputs, long_finetune  # noqa: E402
+from hwprune.job.report import REPORT_KIND, REPORT_SCHEMA  # noqa: E402
 from hwprune.pruning import PruningPlan, apply_plan  # noqa: E402
-from hwprune.report import REPORT_KIND, REPORT_SCHEMA  # noqa: E402
 
 
 def _cell(out_dir: Path, model: str, agent: str, budget: str) -> tuple[Path, dict]:

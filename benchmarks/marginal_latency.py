@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import _r, emit, run  # noqa: E402
 
 from hwprune.errors import ConfigError  # noqa: E402
-from hwprune.job import load_inputs, resume_config  # noqa: E402
+from hwprune.job import resume_config  # noqa: E402
+from hwprune.job.measure import load_inputs  # noqa: E402
+from hwprune.job.tries import load_tries  # noqa: E402
 from hwprune.latency import LatencyTable, Predictor  # noqa: E402
 from hwprune.pruning import PruningPlan, apply_plan  # noqa: E402
-from hwprune.search_job import load_tries  # noqa: E402
 
 
 def main() -> None:

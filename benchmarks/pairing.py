@@ -24,8 +24,11 @@ from _common import _r, emit, load_average, run  # noqa: E402
 
 from hwprune.errors import ConfigError  # noqa: E402
 from hwprune.latency import TableSum, error_stats, heldout_plans, load_table, model_for  # noqa: E402
-from hwprune.latency.calibrate import MIN_PLANS, PlanMeter, calibration_plans, fit  # noqa: E402
-from hwprune.latency.predictor import apply_fit  # noqa: E402
+from hwprune.latency.calibrate import MIN_PLANS, PlanMeter, calibration_plans  # noqa: E402
+from hwprune.latency.fit import (
+    apply_fit,  # noqa: E402
+    fit,  # noqa: E402
+)
 from hwprune.profilers import Measurement  # noqa: E402
 from hwprune.pruning import PruningPlan  # noqa: E402
 

@@ -45,7 +45,8 @@ from hwprune.latency import (  # noqa: E402
     profiler_for,
 )
 from hwprune.latency.build import BLOCK_WARMUP_S, DEFAULT_FRACTIONS  # noqa: E402
-from hwprune.latency.calibrate import calibrate, fit  # noqa: E402
+from hwprune.latency.calibrate import calibrate  # noqa: E402
+from hwprune.latency.fit import fit  # noqa: E402
 from hwprune.latency.validate import paired_meter  # noqa: E402
 from hwprune.pruning.graph import ModelGraph  # noqa: E402
 from hwprune.pruning.plan import PruningPlan  # noqa: E402

@@ -100,7 +100,8 @@ def test_a_final_miss_is_measured_again_and_the_faster_kept() -> None:
     from torch import nn
 
     from hwprune.agents import Budget
-    from hwprune.job import JobConfig, measure_final
+    from hwprune.job import JobConfig
+    from hwprune.job.measure import measure_final
 
     cfg = JobConfig(checkpoint="c", out="o", rounds=1, settle_s=0.0, max_tries=3)
     budget = Budget("10ms", 10.0)
@@ -119,7 +120,8 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     from torch import nn
 
     from hwprune.agents import Budget
-    from hwprune.job import JobConfig, measure_judged
+    from hwprune.job import JobConfig
+    from hwprune.job.measure import measure_judged
 
     cfg = JobConfig(checkpoint="c", out="o", rounds=2, settle_s=0.0)
     budget = Budget.parse("0.5x", 20.0)  # fixed at the start: 10 ms

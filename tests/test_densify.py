@@ -162,8 +162,7 @@ def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
 ) -> None:
     """Off the grid the device is 3x (or 0.3x) what the table interpolates: the first plan would miss (or waste)
     the budget, so it must not be the one measured."""
-    from hwprune import job
-    from hwprune.job import JobConfig, run_job
+    from hwprune.job import JobConfig, measure, run_job
     from hwprune.latency import plan_grids
 
     spec = ModelSpec("resnet20", 1, 10, (32, 32))
@@ -187,7 +186,7 @@ def test_a_plan_whose_prediction_moves_on_its_own_widths_is_searched_again(
             blocks = [Signature.of(s, 2).block(s.c_in, s.c_out) for s in layers]
             return Measurement([sum(BlindSpots.measure_block(self, b).median_ms for b in blocks)] * 3)
 
-    monkeypatch.setattr(job, "get_profiler", lambda name, **kw: Device(on_grid, off=off, **kw))
+    monkeypatch.setattr(measure, "get_profiler", lambda name, **kw: Device(on_grid, off=off, **kw))
     cfg = JobConfig(
         checkpoint=str(tmp_path / "ck"),
         out=str(tmp_path / "run"),
@@ -240,8 +239,8 @@ def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
     predicted over the target."""
     from types import SimpleNamespace
 
-    from hwprune import search_job
     from hwprune.agents import SearchResult
+    from hwprune.job import search_try
 
     plans = [SimpleNamespace(ms=ms) for ms in predicted]
     found = iter(plans)
@@ -249,7 +248,7 @@ def test_a_try_that_runs_out_of_searches_measures_its_best_fitting_plan(
         monkeypatch, lambda ctx, target, path, start=None: SearchResult(next(found), [], {"wall_s": 1.0})
     )
 
-    _, result, _ = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+    _, result, _ = search_try.search_try(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
 
     assert result.plan is plans[measured]
     assert result.cost["wall_s"] == 3.0  # every search's cost counts
@@ -259,8 +258,8 @@ def test_a_resumed_try_still_reports_the_densify_round_it_did_before_the_interru
     """Search 1 is densified and searched again; Ctrl-C during search 2; the resumed try's record keeps round 1."""
     from types import SimpleNamespace
 
-    from hwprune import search_job
     from hwprune.agents import SearchResult
+    from hwprune.job import search_try
 
     finished: dict[str, SearchResult] = {}  # what the agent's state files would hold
     plans = {"search-1.json": SimpleNamespace(ms=12.0), "search-1.2.json": SimpleNamespace(ms=9.8)}
@@ -280,19 +279,19 @@ def test_a_resumed_try_still_reports_the_densify_round_it_did_before_the_interru
         timed.add(plan.ms)
         return {"points": new, "anchors": [], "scale": 1.0, "off_grid_factors": {}, "seconds": 2.0 if new else 0.0}
 
-    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
-    monkeypatch.setattr(search_job, "finished_result", lambda path: finished.get(Path(path).name))
-    monkeypatch.setattr(search_job, "densify", fake_densify)
-    monkeypatch.setattr(search_job, "Predictor", lambda table, graph: None)
-    monkeypatch.setattr(search_job, "replace", lambda ctx, **kw: ctx)
+    monkeypatch.setattr(search_try, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
+    monkeypatch.setattr(search_try, "finished_result", lambda path: finished.get(Path(path).name))
+    monkeypatch.setattr(search_try, "densify", fake_densify)
+    monkeypatch.setattr(search_try, "Predictor", lambda table, graph: None)
+    monkeypatch.setattr(search_try, "replace", lambda ctx, **kw: ctx)
     ctx = SimpleNamespace(predict_ms=lambda plan: plan.ms)
     cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
     loaded = SimpleNamespace(graph=None, profiler=None)
 
     with pytest.raises(KeyboardInterrupt):
-        search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+        search_try.search_try(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
     interrupt[0] = False
-    _, result, rounds = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+    _, result, rounds = search_try.search_try(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
 
     assert result.plan is plans["search-1.2.json"]
     assert [r["search"] for r in rounds] == ["search-1.json"] and rounds[0]["searched_again"]
@@ -305,7 +304,7 @@ def test_a_missed_plan_is_not_admitted_again_by_the_tightened_target() -> None:
     The numbers are MobileNetV2's uniform 0.5x cell, which tightened the old target instead, measured
     the same 23.6 ms plan three times and failed.
     """
-    from hwprune.search_job import next_target
+    from hwprune.job.targets import next_target
 
     target = next_target(30.765, 23.603, budget_ms=27.286, measured_ms=28.5, margin=0.05)
     assert target < 23.603
@@ -321,7 +320,7 @@ def test_a_relative_budget_s_first_target_takes_the_lower_of_the_table_s_unprune
     from types import SimpleNamespace
 
     from hwprune.agents import Budget
-    from hwprune.search_job import first_target
+    from hwprune.job.targets import first_target
 
     paired = SimpleNamespace(calibration={"reference_ms": 23.573})
     half = Budget("0.5x", 11.48, 0.5)
@@ -337,9 +336,9 @@ def test_slack_searches_wider_only_when_the_loosened_target_can_find_a_wider_pla
     when the loosened target is not over the old one (MobileNetV2 uniform 0.3x, which measured the same
     plan again for nothing): no."""
     from hwprune.agents import Budget
-    from hwprune.job import Judged
+    from hwprune.job.measure import Judged
+    from hwprune.job.targets import wider_target
     from hwprune.profilers import Measurement
-    from hwprune.search_job import wider_target
 
     def judged(measured_ms: float, budget_ms: float) -> Judged:
         return Judged(Measurement([measured_ms] * 3), None, Budget(f"{budget_ms}ms", budget_ms))
@@ -357,8 +356,8 @@ def test_targets_after_a_miss_are_held_under_where_the_miss_puts_the_budget() ->
     stops at 6.543, under that plan's prediction and over try 2's target. NetAdapt's looser 6.130 lay
     under its own miss (6.344) and stands. A search between aims with the margin, as after any miss."""
     from hwprune.agents import Budget
+    from hwprune.job.targets import under_misses
     from hwprune.profilers import Measurement
-    from hwprune.search_job import under_misses
 
     def tried(target_ms: float, predicted_ms: float, measured_ms: float, unpruned_ms: float) -> dict:
         return {
@@ -384,8 +383,8 @@ def test_each_search_of_a_try_is_handed_the_one_before_to_continue(tmp_path: Pat
     """The first search gets the last try's result, each later one the search before it (NetAdapt continues them)."""
     from types import SimpleNamespace
 
-    from hwprune import search_job
     from hwprune.agents import SearchResult
+    from hwprune.job import search_try
 
     previous = SearchResult(SimpleNamespace(ms=14.0), [], {"wall_s": 1.0})
     found = iter([SearchResult(SimpleNamespace(ms=ms), [], {"wall_s": 1.0}) for ms in (11.0, 9.9)])
@@ -397,7 +396,7 @@ def test_each_search_of_a_try_is_handed_the_one_before_to_continue(tmp_path: Pat
 
     cfg, loaded, ctx = _fake_search(monkeypatch, search)  # 11 ms: over the 10 ms target, so searched again
 
-    _, result, _ = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 2, previous)
+    _, result, _ = search_try.search_try(cfg, loaded, tmp_path, ctx, None, 10.0, 2, previous)
 
     assert result.plan.ms == 9.9
     assert starts[0] is previous and starts[1].plan.ms == 11.0
@@ -408,8 +407,8 @@ def test_a_search_far_under_its_target_is_not_repeated_when_nothing_new_was_time
     searched again gives the same plan, so it is measured as it is."""
     from types import SimpleNamespace
 
-    from hwprune import search_job
     from hwprune.agents import SearchResult
+    from hwprune.job import search_try
 
     paths: list[str] = []
 
@@ -418,26 +417,26 @@ def test_a_search_far_under_its_target_is_not_repeated_when_nothing_new_was_time
         return SearchResult(SimpleNamespace(ms=8.0), [], {"wall_s": 1.0})
 
     cfg, loaded, ctx = _fake_search(monkeypatch, search)
-    monkeypatch.setattr(search_job, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
+    monkeypatch.setattr(search_try, "densify", lambda *a, **kw: {"points": [], "seconds": 0.0})
 
-    _, result, rounds = search_job._search(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
+    _, result, rounds = search_try.search_try(cfg, loaded, tmp_path, ctx, None, 10.0, 1)
 
     assert paths == ["search-1.json"] and rounds == [] and result.plan.ms == 8.0
 
 
 def _fake_search(monkeypatch, search):  # noqa: ANN001, ANN202
-    """``search_job._search``'s collaborators faked: ``search`` as the agent's, a densify that times one new
+    """``search_try.search_try``'s collaborators faked: ``search`` as the agent's, a densify that times one new
     width per round (a search is repeated only when the table changed), predictions read off ``plan.ms``."""
     from types import SimpleNamespace
 
-    from hwprune import search_job
+    from hwprune.job import search_try
 
     def densify(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         return {"points": [["sig", 3, 5]], "anchors": [], "scale": 1.0, "off_grid_factors": {}, "seconds": 0.0}
 
-    monkeypatch.setattr(search_job, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
-    monkeypatch.setattr(search_job, "densify", densify)
-    monkeypatch.setattr(search_job, "Predictor", lambda table, graph: None)
-    monkeypatch.setattr(search_job, "replace", lambda ctx, **kw: ctx)
+    monkeypatch.setattr(search_try, "get_agent", lambda name, **kw: SimpleNamespace(search=search))
+    monkeypatch.setattr(search_try, "densify", densify)
+    monkeypatch.setattr(search_try, "Predictor", lambda table, graph: None)
+    monkeypatch.setattr(search_try, "replace", lambda ctx, **kw: ctx)
     cfg = SimpleNamespace(agent="fake", agent_options={}, densify=True, margin=0.05)
     return cfg, SimpleNamespace(graph=None, profiler=None), SimpleNamespace(predict_ms=lambda plan: plan.ms)

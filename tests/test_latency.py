@@ -39,9 +39,9 @@ from hwprune.latency import (
     profile_model,
 )
 from hwprune.latency.build import new_table
-from hwprune.latency.calibrate import calibration_plans, fit
+from hwprune.latency.calibrate import calibration_plans
+from hwprune.latency.fit import TableSum, fit
 from hwprune.latency.interp import tier, tier_probes
-from hwprune.latency.predictor import TableSum
 from hwprune.latency.validate import paired_meter
 from hwprune.models import create_model
 from hwprune.profilers import BlockSpec, Measurement, Profiler

@@ -190,8 +190,7 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     """
     from test_latency import FakeProfiler
 
-    from hwprune import job
-    from hwprune.job import JobConfig, run_job
+    from hwprune.job import JobConfig, measure, run_job
 
     class SlowingDown(FakeProfiler):
         def measure_model(self, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN201
@@ -199,7 +198,7 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
             m = super().measure_model(model, input_shape)
             return m if self.models == 1 else type(m)([s * 1.5 for s in m.samples_ms])
 
-    monkeypatch.setattr(job, "get_profiler", lambda name, **kw: SlowingDown(**kw))
+    monkeypatch.setattr(measure, "get_profiler", lambda name, **kw: SlowingDown(**kw))
     cfg = JobConfig(
         checkpoint=str(checkpoint),
         out=str(tmp_path / "run"),
@@ -270,15 +269,15 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
             scale = 3.0 if slow and wide else 0.5
             return type(m)([s * scale for s in m.samples_ms])
 
-    from hwprune import job
+    from hwprune.job import measure
 
-    real_finetune = job.long_finetune
+    real_finetune = measure.long_finetune
 
     def marking_finetune(cfg, loaded, model):  # noqa: ANN001, ANN202
         real_finetune(cfg, loaded, model)
         model.tuned = True
 
-    monkeypatch.setattr(job, "long_finetune", marking_finetune)
+    monkeypatch.setattr(measure, "long_finetune", marking_finetune)
     report, met = _half_budget_on(FastFirstPlan(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1, max_tries=2)
     first, second = report["search"]["tries"]
     assert first["measured"]["summary"]["median_ms"] < 0.8 * first["budget_ms"]  # over twice the margin under
@@ -306,7 +305,7 @@ def test_a_wider_plan_that_misses_is_followed_by_a_search_between_it_and_the_kep
     a target over the kept plan's prediction and under the missed one's, and takes that plan."""
     from test_latency import FakeProfiler
 
-    from hwprune import search_job
+    from hwprune.job import budgeted
 
     class NarrowCheap(FakeProfiler):
         first: int | None = None  # the parameters of the first plan the search measured
@@ -319,8 +318,8 @@ def test_a_wider_plan_that_misses_is_followed_by_a_search_between_it_and_the_kep
             self.first = self.first or params
             return m.scaled(0.5 if params <= self.first else 0.8)
 
-    searching, real_check = [], search_job.check_budget
-    monkeypatch.setattr(search_job, "check_budget", lambda *a: searching.append(True) or real_check(*a))
+    searching, real_check = [], budgeted.check_budget
+    monkeypatch.setattr(budgeted, "check_budget", lambda *a: searching.append(True) or real_check(*a))
     report, met = _half_budget_on(NarrowCheap(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
     kept, wider, between = report["search"]["tries"]
     assert kept.get("slack_used") and wider.get("searched_between")
@@ -341,7 +340,7 @@ def test_a_wider_search_after_a_miss_stays_under_where_the_miss_puts_the_budget(
     try 2's and try 1's, and that one is taken."""
     from test_latency import FakeProfiler
 
-    from hwprune import search_job
+    from hwprune.job import budgeted
 
     class WideSlow(FakeProfiler):
         first: int | None = None  # the parameters of the first plan the search measured
@@ -354,8 +353,8 @@ def test_a_wider_search_after_a_miss_stays_under_where_the_miss_puts_the_budget(
             self.first = self.first or params
             return m.scaled(1.15 if params >= self.first else 0.5)
 
-    searching, real_check = [], search_job.check_budget
-    monkeypatch.setattr(search_job, "check_budget", lambda *a: searching.append(True) or real_check(*a))
+    searching, real_check = [], budgeted.check_budget
+    monkeypatch.setattr(budgeted, "check_budget", lambda *a: searching.append(True) or real_check(*a))
     report, met = _half_budget_on(WideSlow(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1)
     missed, kept, wider = report["search"]["tries"]
     first_ms = missed["measured"]["summary"]["median_ms"]
@@ -399,7 +398,7 @@ def _slow_after_first_finetune(monkeypatch):  # noqa: ANN001, ANN202
     """A fake device on which the first long fine-tuned model reads 1.6x slower than any other pruned model."""
     from test_latency import FakeProfiler
 
-    from hwprune import job
+    from hwprune.job import measure
 
     class SlowAfterFirstFinetune(FakeProfiler):
         finetunes = 0
@@ -410,13 +409,13 @@ def _slow_after_first_finetune(monkeypatch):  # noqa: ANN001, ANN202
             return type(m)([s * 1.6 for s in m.samples_ms]) if pruned and self.finetunes == 1 else m
 
     device = SlowAfterFirstFinetune()
-    real_finetune = job.long_finetune
+    real_finetune = measure.long_finetune
 
     def counting_finetune(cfg, loaded, model):  # noqa: ANN001, ANN202
         device.finetunes += 1
         return real_finetune(cfg, loaded, model)
 
-    monkeypatch.setattr(job, "long_finetune", counting_finetune)
+    monkeypatch.setattr(measure, "long_finetune", counting_finetune)
     return device
 
 
@@ -425,8 +424,8 @@ def test_netadapt_s_next_try_continues_the_path_of_the_last(checkpoint: Path, tm
     try's search and goes on from the end of its path instead of walking it again."""
     from test_latency import FakeProfiler
 
-    from hwprune import search_job
     from hwprune.agents.netadapt import NetAdaptAgent
+    from hwprune.job import budgeted
 
     class FirstPlanSlow(FakeProfiler):
         armed = False  # set when the first plan is measured (calibration and densify read true)
@@ -439,7 +438,7 @@ def test_netadapt_s_next_try_continues_the_path_of_the_last(checkpoint: Path, tm
 
     device = FirstPlanSlow()
     starts: list[SearchResult | None] = []
-    real_search, real_judged = NetAdaptAgent.search, search_job.measure_judged
+    real_search, real_judged = NetAdaptAgent.search, budgeted.measure_judged
 
     def search(self, ctx, budget_ms, state_path=None, start=None):  # noqa: ANN001, ANN202
         starts.append(start)
@@ -450,7 +449,7 @@ def test_netadapt_s_next_try_continues_the_path_of_the_last(checkpoint: Path, tm
         return real_judged(*args, **kw)
 
     monkeypatch.setattr(NetAdaptAgent, "search", search)
-    monkeypatch.setattr(search_job, "measure_judged", measure_judged)
+    monkeypatch.setattr(budgeted, "measure_judged", measure_judged)
     options = {"agent": "netadapt", "margin": 0.2, "agent_options": {"progress": False}}
     report, _ = _half_budget_on(device, checkpoint, tmp_path / "run", monkeypatch, **options)
     first, second = report["search"]["tries"][:2]
@@ -470,17 +469,17 @@ def test_the_last_try_takes_a_plan_under_the_budget_even_inside_the_reserve(
     74d4c10 failed on 6.093 ms against 6.132)."""
     from test_latency import FakeProfiler
 
-    from hwprune import job, search_job
+    from hwprune.job import budgeted, measure
     from hwprune.profilers import Measurement
 
-    real = job.measure_judged
+    real = measure.measure_judged
 
     def just_under(*args):  # noqa: ANN002, ANN202
         judged = real(*args)
         return replace(judged, measured=Measurement([0.98 * judged.budget_ms] * 3))
 
-    monkeypatch.setattr(job, "measure_judged", just_under)
-    monkeypatch.setattr(search_job, "measure_judged", just_under)
+    monkeypatch.setattr(measure, "measure_judged", just_under)
+    monkeypatch.setattr(budgeted, "measure_judged", just_under)
     report, met = _half_budget_on(FakeProfiler(), checkpoint, tmp_path / "run", monkeypatch, margin=0.1, max_tries=2)
     tries = report["search"]["tries"]
     assert [t["measured"]["summary"]["median_ms"] / t["budget_ms"] for t in tries] == pytest.approx([0.98, 0.98])
@@ -505,7 +504,8 @@ def test_a_carried_lineage_s_final_model_is_fine_tuned_from_the_model_the_search
     from test_latency import FakeProfiler
 
     from hwprune.evaluator import Evaluator
-    from hwprune.job import JobConfig, load_inputs
+    from hwprune.job import JobConfig
+    from hwprune.job.measure import load_inputs
 
     options = {"agent": TwoStepAgent.name, "search_finetune_steps": 1, "finetune_steps": 0}
     report, met = _half_budget_on(FakeProfiler(), checkpoint, tmp_path / "run", monkeypatch, **options)
@@ -554,22 +554,21 @@ class TwoStepAgent(UniformAgent):
 def _half_budget_on(device, checkpoint: Path, out: Path, monkeypatch, **config) -> tuple[dict, bool]:  # noqa: ANN001
     """Run a 0.5x job (uniform unless ``config`` says) on a fake ``device`` (told which model is the unpruned
     one); its report and verdict."""
-    from hwprune import job
-    from hwprune.job import JobConfig, run_job
+    from hwprune.job import JobConfig, measure, run, run_job
 
     def profiler(name, **kw):  # noqa: ANN001, ANN202
         device.__init__(**kw)
         return device
 
-    real_load = job.load_inputs
+    real_load = run.load_inputs
 
     def load_inputs(cfg):  # noqa: ANN001, ANN202
         loaded = real_load(cfg)
         device.unpruned = loaded.model
         return loaded
 
-    monkeypatch.setattr(job, "get_profiler", profiler)
-    monkeypatch.setattr(job, "load_inputs", load_inputs)
+    monkeypatch.setattr(measure, "get_profiler", profiler)
+    monkeypatch.setattr(run, "load_inputs", load_inputs)
     cfg = JobConfig(
         **(
             {
@@ -601,7 +600,7 @@ def test_a_resumed_run_searches_with_the_agent_options_it_started_with(tmp_path:
     """job.json stores every agent option, defaults too; a NetAdapt run from before carried weights
     (no ``weights`` stored) resumes with original ones, as it ran."""
     from hwprune.io import read_json, write_json
-    from hwprune.job import JOB_KIND, JOB_SCHEMA, JobConfig, resume_config, start_run
+    from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, resume_config, start_run
 
     run = start_run(
         JobConfig(checkpoint="ck", out=str(tmp_path / "run"), budget="0.5x", agent_options={"decay": 0.8}), 1.0

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from hwprune.errors import TableError
-from hwprune.latency.table import LatencyTable, Signature
-from hwprune.pruning.graph import LayerShape, ModelGraph
+from hwprune.latency.fit import TableSum, apply_fit
+from hwprune.latency.fit import fit as fit_calibration
+from hwprune.latency.table import LatencyTable
+from hwprune.pruning.graph import ModelGraph
 from hwprune.pruning.plan import PruningPlan
 
 
@@ -27,68 +28,6 @@ class LatencyPredictor(Protocol):
     name: str
 
     def predict_ms(self, plan: PruningPlan) -> float: ...
-
-
-class TableSum:
-    """Sum of the table's interpolated block latencies over a model's layers (the raw LUT estimate)."""
-
-    def __init__(self, table: LatencyTable, graph: ModelGraph, corrected: bool = True) -> None:
-        self.table = table
-        self.graph = graph
-        self.corrected = corrected  # off-grid lookups scaled by the table's off_grid_factor
-        self.batch = int(table.settings["batch"])
-        self.dtype = str(table.settings.get("dtype", "float32"))
-        self.quantum = int(table.settings.get("quantum", 1))
-        self._layers = [
-            (s.name, Signature.of(s, self.batch, self.dtype).key(), (s.c_in, s.c_out)) for s in graph.layer_shapes()
-        ]
-        missing = sorted({sig for _, sig, _ in self._layers if sig not in table.grids})
-        if missing:
-            raise TableError(
-                f"latency table ({table.settings.get('model')!r}, batch {self.batch}) has no entries for "
-                f"{len(missing)} layer signature(s) of this model, e.g. {missing[0]}: profile this model and setting"
-            )
-
-    def sum_ms(self, plan: PruningPlan | None) -> float:
-        return self.features(plan)["lut_sum_ms"]
-
-    def features(self, plan: PruningPlan | None) -> dict[str, float]:
-        """The calibration's inputs for a plan: the table sum and three volumes, in millions of elements.
-
-        The activation volume (sum over layers of batch * c_out * out H * out W) stands for the
-        work that grows with a layer's *width* rather than its width squared: residual adds,
-        pooling, memory traffic between layers. The weight volume stands for weights streamed from
-        memory in a whole model, which an isolated block keeps in cache. The aligned volume (input
-        plus output tensors of convolutions whose widths are multiples of the table's quantum)
-        stands for layout reorders: ONNX Runtime runs such a convolution in a blocked layout, so
-        the block timed alone pays a reorder in and out, while a run of aligned layers in a whole
-        model pays none (we measured all-aligned ResNet-20 plans at 0.72x their table sum).
-        """
-        keep = plan.keep if plan is not None else None
-        total = act = weights = aligned = 0.0
-        for (_, sig, full), shape in zip(self._layers, self.graph.layer_shapes(keep), strict=True):
-            total += self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full, corrected=self.corrected)
-            out_vol = shape.c_out * shape.out_hw[0] * shape.out_hw[1]
-            act += out_vol
-            weights += shape.c_out * (1 if shape.depthwise else shape.c_in) * shape.kernel**2
-            if self._aligned(shape):
-                aligned += out_vol + shape.c_in * shape.in_hw[0] * shape.in_hw[1]
-        return {
-            "lut_sum_ms": total,
-            "act_melems": act * self.batch / 1e6,
-            "weight_melems": weights / 1e6,
-            "aligned_melems": aligned * self.batch / 1e6,
-        }
-
-    def _aligned(self, shape: LayerShape) -> bool:
-        """A convolution the runtime can run in its blocked layout (the stem reads fewer channels than a block)."""
-        q = self.quantum
-        return q > 1 and shape.kind == "conv" and shape.c_out % q == 0 and (shape.c_in % q == 0 or shape.c_in < q)
-
-
-def apply_fit(coef: dict[str, float], offset_ms: float, features: dict[str, float]) -> float:
-    """A calibration fit evaluated on one plan's features: ``offset_ms + sum_f coef[f] * features[f]``."""
-    return offset_ms + sum(c * features[k] for k, c in coef.items())
 
 
 class SumPredictor:
@@ -136,8 +75,6 @@ class Predictor:
         if fit and calibration.get("plans"):
             # Refitted from the stored measurements: a table profiled by an earlier version is then read
             # with this version's interpolation and features (the file's fit is what that version found).
-            from hwprune.latency.calibrate import fit as fit_calibration
-
             fit = fit_calibration(table, graph, calibration["plans"], str(table.settings.get("calib_form", "auto")))
         self.calibrated = bool(fit)
         self.coef: dict[str, float] = {k: float(v) for k, v in fit["coef"].items()} if fit else {"lut_sum_ms": 1.0}

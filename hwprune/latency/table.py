@@ -167,7 +167,7 @@ class LatencyTable:
         exactly, which would put a step in this grid's curve); without it the smallest grid that
         covers the point is used. A width no grid holds but a plan has used is read as measured.
         An interpolated value is scaled by the signature's ``off_grid_factor`` unless ``corrected``
-        is false (the calibration fit reads the table uncorrected, see ``calibrate.fit``).
+        is false (the calibration fit reads the table uncorrected, see ``fit.fit``).
         """
         key = sig.key() if isinstance(sig, Signature) else sig
         if key not in self.grids:

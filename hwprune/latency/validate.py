@@ -17,7 +17,8 @@ from torch import nn
 
 from hwprune.errors import TableError
 from hwprune.latency.calibrate import PairedMeter, PlanMeter, measure_rounds
-from hwprune.latency.predictor import FlopsPredictor, LatencyPredictor, Predictor, SumPredictor, apply_fit
+from hwprune.latency.fit import apply_fit
+from hwprune.latency.predictor import FlopsPredictor, LatencyPredictor, Predictor, SumPredictor
 from hwprune.latency.table import LatencyTable
 from hwprune.profilers.base import Profiler
 from hwprune.profilers.measurement import Measurement
@@ -150,8 +151,7 @@ def compare_forms(table: LatencyTable, graph: ModelGraph, report: dict[str, Any]
     Costs no measurement: the held-out rows already hold measured latencies, so this is how the
     default form was chosen (benchmarks/LATENCY.md).
     """
-    from hwprune.latency.calibrate import FORMS, fit
-    from hwprune.latency.predictor import TableSum
+    from hwprune.latency.fit import FORMS, TableSum, fit
 
     rows = (table.calibration or {}).get("plans", [])
     sums = TableSum(table, graph)

@@ -1,0 +1,137 @@
+"""What defines a prune run (``job.json``), checked before anything is loaded or written."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwprune.agents import get_agent
+from hwprune.errors import ArtifactError, ConfigError
+from hwprune.io import read_json, write_json
+from hwprune.latency.calibrate import check_plan_count
+from hwprune.train import resolve_precision
+
+JOB_KIND = "prune-job"
+JOB_SCHEMA = 1
+
+
+@dataclass
+class JobConfig:
+    """Everything that defines a run; saved as ``job.json`` so ``--resume`` needs only the directory."""
+
+    checkpoint: str
+    out: str
+    budget: str | None = None
+    ratio: float | None = None
+    plan: str | None = None
+    agent: str = "netadapt"
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "onnxruntime"
+    threads: int | None = None
+    batch: int = 32  # the deployment batch `hwprune prune` falls back to (compute-bound on CPU)
+    lut: str | None = None
+    allow_foreign_table: bool = False
+    data_dir: str | None = None
+    seed: int = 0
+    search_finetune_steps: int = 20
+    val_samples: int = 2000
+    finetune_steps: int = 400
+    finetune_lr: float = 0.01
+    batch_size: int = 128
+    precision: str = "auto"  # of fine-tunes and candidate scores; resolved to fp32/bf16 when the run starts
+    margin: float = 0.05
+    slack: float | None = None  # None: twice the margin
+    max_tries: int = 3
+    densify: bool = True
+    repeats: int = 10
+    runs: int = 5
+    rounds: int = 3
+    settle_s: float = 3.0
+    warmup_s: float = 1.0
+    calibration_plans: int = 13
+    min_keep_ratio: float = 0.1
+    round_to: int = 1
+
+    @property
+    def slack_fraction(self) -> float:
+        """How far under the budget a plan may measure before a wider one is searched for (0: never)."""
+        return 2 * self.margin if self.slack is None else self.slack
+
+
+def validate_config(cfg: JobConfig) -> None:
+    """Refuse bad option values before anything is loaded or written."""
+    if sum(x is not None for x in (cfg.budget, cfg.ratio, cfg.plan)) != 1:
+        raise ConfigError("give exactly one of --budget (e.g. 0.5x or 4.2ms), --ratio (uniform keep ratio) or --plan")
+    if cfg.ratio is not None and not 0 < cfg.ratio <= 1:
+        raise ConfigError(f"--ratio must be in (0, 1], got {cfg.ratio}")
+    for name in ("batch", "repeats", "runs", "rounds", "max_tries", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.finetune_steps < 0 or cfg.search_finetune_steps < 0:
+        raise ConfigError("fine-tune steps must be >= 0")
+    if cfg.settle_s < 0 or cfg.warmup_s < 0:
+        raise ConfigError("--settle-s and the warm-up must be >= 0 seconds")
+    if cfg.round_to < 1:
+        raise ConfigError(f"--round-to must be >= 1, got {cfg.round_to}")
+    if not 0 < cfg.min_keep_ratio <= 1:
+        raise ConfigError(f"--min-keep-ratio must be in (0, 1], got {cfg.min_keep_ratio}")
+    if not 0 <= cfg.margin < 0.5:
+        raise ConfigError(f"--margin must be in [0, 0.5), got {cfg.margin}")
+    if cfg.slack is not None and cfg.slack != 0 and not cfg.margin <= cfg.slack < 1:
+        raise ConfigError(f"--slack must be 0 (off) or in [--margin, 1), got {cfg.slack} (--margin {cfg.margin})")
+    if cfg.val_samples < 1:
+        raise ConfigError(f"--val-samples must be >= 1, got {cfg.val_samples}")
+    if not cfg.finetune_lr > 0:
+        raise ConfigError(f"--finetune-lr must be > 0, got {cfg.finetune_lr}")
+    resolve_precision(cfg.precision)  # refuses an unknown one
+    if cfg.lut is None:
+        check_plan_count(cfg.calibration_plans, "--calibration-plans")
+    if cfg.budget is not None:
+        get_agent(cfg.agent, **cfg.agent_options)  # an unknown agent or option fails now, not after profiling
+
+
+def check_fresh_out(out: str | Path) -> None:
+    """A fresh run needs an empty or missing ``--out``: refuse before anything is loaded or measured."""
+    run = Path(out)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"--out {run} is a file: give a directory for the run")
+    if run.exists() and any(run.iterdir()):
+        raise ConfigError(f"run directory {run} already exists: pick another --out, or continue it with --resume {run}")
+
+
+def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
+    check_fresh_out(cfg.out)
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    # Every agent option, defaults too, so a resumed run searches as it started even if a default changes.
+    options = get_agent(cfg.agent, **cfg.agent_options).options() if cfg.budget is not None else cfg.agent_options
+    write_json(
+        run / "job.json",
+        {
+            "kind": JOB_KIND,
+            "schema_version": JOB_SCHEMA,
+            "config": asdict(cfg) | {"agent_options": options},
+            "budget_ms": budget_ms,
+        },
+    )
+    return run
+
+
+def resume_config(run_dir: str | Path) -> JobConfig:
+    """The job a run directory holds, with the defaults it ran under where they have changed since.
+
+    A run from before ``--slack`` replays without it, one from before ``--precision`` in fp32; a
+    NetAdapt run from before carried weights (its job.json names no ``weights``: later runs store
+    every agent option) with original ones.
+    """
+    data = read_json(Path(run_dir) / "job.json", JOB_KIND, JOB_SCHEMA)
+    try:
+        config = {"slack": 0.0, "precision": "fp32"} | data["config"]
+        if config.get("agent") == "netadapt":
+            config["agent_options"] = {"weights": "original"} | config.get("agent_options", {})
+        return JobConfig(**config)
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"{Path(run_dir) / 'job.json'} is not a prune job this hwprune can resume ({exc}); start a new run"
+        ) from None

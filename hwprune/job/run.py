@@ -1,0 +1,151 @@
+"""RUN_DOC"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hwprune import __version__
+from hwprune.agents import Budget, check_budget, parse_budget
+from hwprune.errors import HwpruneError
+from hwprune.io import read_json
+from hwprune.job.budgeted import budgeted_search
+from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
+from hwprune.job.measure import (
+    Judged,
+    Loaded,
+    load_inputs,
+    long_finetune,
+    measure,
+    summarize_model,
+)
+from hwprune.job.report import write_report
+from hwprune.profilers import Measurement
+from hwprune.pruning import PruningPlan, apply_plan, save_pruned
+from hwprune.train import resolve_precision
+
+
+def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
+    """Run (or resume) a pruning job; returns the path of ``report.md`` and whether the budget was met.
+
+    Everything that can be refused (options, checkpoint, data, backend, an already-met budget) is
+    checked before the run directory is created; a fresh run that fails later is removed whole,
+    while an interrupted one stays for ``--resume``.
+    """
+    validate_config(cfg)
+    cfg.precision = resolve_precision(cfg.precision)  # job.json and the report record what ran
+    if not resume:
+        check_fresh_out(cfg.out)
+    if cfg.budget is not None:
+        parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
+    loaded = load_inputs(cfg)
+    fixed = fixed_plan(cfg, loaded) if cfg.budget is None else None
+    t0 = time.perf_counter()
+    base_m = measure(loaded, loaded.model, cfg)
+    print(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
+    budget = _budget(cfg, base_m, resume) if cfg.budget is not None else None
+    run = Path(cfg.out) if resume else start_run(cfg, budget.ms if budget else None)
+    try:
+        report_path, met = _run_stages(cfg, loaded, run, base_m, budget, fixed, resume, t0)
+    except HwpruneError:
+        if not resume:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    return report_path, met
+
+
+def _budget(cfg: JobConfig, base_m: Measurement, resume: bool) -> Budget:
+    """The budget; a resumed run keeps the ms fixed at its start (0.5x of *that* measurement)."""
+    assert cfg.budget is not None
+    budget = Budget.parse(cfg.budget, base_m.median_ms)
+    if resume:
+        stored = read_json(Path(cfg.out) / "job.json", JOB_KIND, JOB_SCHEMA).get("budget_ms")
+        if stored:
+            return Budget(budget.text, float(stored), budget.fraction)
+    if budget.ms >= base_m.median_ms:
+        check_budget(budget.ms, base_m.median_ms, 0.0)  # raises: already met
+    return budget
+
+
+def fixed_plan(cfg: JobConfig, loaded: Loaded) -> PruningPlan:
+    """The plan of a run without search: uniform ``--ratio``, or a ``--plan`` file checked against the model."""
+    if cfg.plan is not None:
+        plan = PruningPlan.load(cfg.plan)
+        plan.validate(loaded.graph, loaded.spec.name)
+        return plan
+    return PruningPlan.uniform(loaded.spec.name, loaded.graph, float(cfg.ratio), cfg.round_to)
+
+
+def _run_stages(
+    cfg: JobConfig,
+    loaded: Loaded,
+    run: Path,
+    base_m: Measurement,
+    budget: Budget | None,
+    fixed: PruningPlan | None,
+    resume: bool,
+    t0: float,
+) -> tuple[Path, bool]:
+    search: dict[str, Any] | None = None
+    predictor = None
+    judged: Judged | None = None
+    final_measurements = 1
+    if fixed is not None:
+        pruned, applied = apply_plan(loaded.model, fixed, loaded.graph)
+        pruned_m = measure(loaded, pruned, cfg)
+        long_finetune(cfg, loaded, pruned)
+        final_m = measure(loaded, pruned, cfg)
+    else:
+        assert budget is not None
+        outcome = budgeted_search(cfg, loaded, run, budget, base_m, resume)  # fine-tunes and judges (finish)
+        pruned, applied, pruned_m = outcome.model, outcome.plan, outcome.measured
+        search, predictor = outcome.search, outcome.predictor
+        judged, final_measurements = outcome.final, outcome.final_measurements
+        final_m = judged.measured
+    plan_path, model_dir = run / "plan.json", run / "model"
+    applied.save(plan_path)
+    save_pruned(model_dir, pruned, loaded.spec, applied, {"checkpoint": cfg.checkpoint})
+
+    report: dict[str, Any] = {
+        "hwprune_version": __version__,
+        "model": loaded.spec.to_dict() | {"checkpoint": cfg.checkpoint},
+        "deployment": {
+            "backend": cfg.backend,
+            "batch": cfg.batch,
+            "input_shape": [cfg.batch, loaded.spec.in_channels, *loaded.spec.input_size],
+            "threads": loaded.profiler.fingerprint().get("threads"),
+        },
+        # with a relative budget the unpruned model was measured again beside the final one: the pair is the speed-up
+        "unpruned": summarize_model(loaded, loaded.model, None, (judged and judged.unpruned) or base_m),
+        "unpruned_measured_at_start": base_m.to_dict(),
+        "pruned": summarize_model(loaded, pruned, applied, final_m),
+        "pruned_measured_before_finetune": pruned_m.to_dict(),
+        "final_measurements": final_measurements,
+        "finetune": {
+            "steps": cfg.finetune_steps,
+            "lr": cfg.finetune_lr,
+            "batch_size": cfg.batch_size,
+            "precision": cfg.precision,
+        },
+        "fingerprint": loaded.profiler.fingerprint(),
+        "plan_keep_ratio": applied.keep_ratio(),
+        "search": search,
+        "budget": None
+        if judged is None
+        else {
+            "text": budget.text,
+            "ms": judged.budget_ms,
+            "fraction": budget.fraction,
+            "ms_at_start": budget.ms,
+        },
+        "wall_s": time.perf_counter() - t0,
+        "artifacts": {"plan": str(plan_path), "model": str(model_dir)},
+    }
+    if predictor is not None:
+        report["unpruned"]["predicted_ms"] = predictor.predict_ms(PruningPlan.full(loaded.spec.name, loaded.graph))
+        report["pruned"]["predicted_ms"] = predictor.predict_ms(applied)
+    met = judged is None or judged.met
+    report["budget_met"] = None if judged is None else met
+    return write_report(run, report), met
