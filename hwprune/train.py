@@ -47,7 +47,7 @@ def resolve_precision(precision: str, device: Device = None) -> str:
     Precision here is the arithmetic of fine-tuning and candidate scoring only: weights stay fp32
     (mixed precision), and the model that is exported, timed and tested is fp32. On this project's
     AVX512-BF16/AMX Xeon, bf16 autocast took a pruned ResNet-20's 400-step fine-tune at batch 128
-    from 58-62 s to 34-35 s and a candidate score from 1.11 to 0.58 s (benchmarks/PRUNING.md,
+    from 58-62 s to 34-35 s and a candidate score from 1.11 to 0.58 s (docs/benchmarks.md,
     "bf16 training").
     """
     if precision not in PRECISIONS:

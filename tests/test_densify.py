@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_latency import FakeProfiler, setting
+from conftest import FakeProfiler, setting
 
 from hwprune.checkpoint import save_checkpoint
 from hwprune.latency import LatencyTable, Predictor, Signature, profile_model

@@ -1,4 +1,13 @@
-"""BUDGETED_DOC"""
+"""The budgeted part of ``hwprune prune``: latency table -> predictor -> agent -> measured check.
+
+A thin loop that executes :class:`~hwprune.job.policy.TryPolicy`'s decisions: search a target
+(``search_try``), measure the plan on the device, ask the policy, and either search again or long
+fine-tune a plan and judge it once more. A plan is accepted only when the pruned model's
+*measured* median is under the budget; a relative budget is judged against the unpruned model
+measured alongside. Each try is recorded in ``tries.json`` as it completes (a fine-tuned miss
+under ``final``), so a resumed run replays the same targets and the policy reaches the same
+decisions, while the agents' own state files continue mid-search.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +22,10 @@ from hwprune.agents import Budget, SearchContext, check_budget
 from hwprune.errors import BudgetError, TableError
 from hwprune.evaluator import Evaluator
 from hwprune.job.config import JobConfig
-from hwprune.job.measure import (
-    Judged,
-    Loaded,
-    finish,
-    measure_judged,
-)
-from hwprune.job.report import percent_used
+from hwprune.job.measure import Judged, Loaded, finish, measure_judged
+from hwprune.job.policy import TryPolicy
 from hwprune.job.search_try import search_try
-from hwprune.job.targets import first_target, next_target, under_misses, wider_target
+from hwprune.job.targets import first_target
 from hwprune.job.tries import as_result, judged_from, load_tries, record_of, save_tries, total_cost
 from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model, timing_like
 from hwprune.latency.build import BLOCK_WARMUP_S
@@ -120,118 +124,95 @@ def budgeted_search(
 
     tries_path = run / "tries.json"
     tries = load_tries(tries_path) if resume else []
+    policy = TryPolicy(budget, cfg.margin, cfg.slack_fraction, cfg.max_tries)
     target = first_target(budget, full_ms, table, cfg.margin)
-    kept: int | None = None  # a try whose plan met with room to spare, kept while a wider plan is tried
     for i in range(cfg.max_tries):
         if i < len(tries):  # replayed from a resumed run: same targets, same state files
-            target = tries[i]["target_ms"]
             done = tries[i]
         else:
-            previous = as_result(tries[-1]) if tries else None  # NetAdapt continues the last try's path
-            ctx, result, densified = search_try(cfg, loaded, run, ctx, table, target, i + 1, previous)
-            # A looser target can find the kept plan again (uniform 0.5x at 1 thread: its next ratios are
-            # unaligned and priced over it): its judgement stands, and there is nothing wider to try.
-            same = kept is not None and result.plan.key() == as_result(tries[kept]).plan.key()
-            if same:
-                judged = judged_from(tries[kept], budget)
-            else:
-                pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
-                judged = measure_judged(loaded, pruned, cfg, budget)
-            done = (
-                {
-                    "target_ms": target,
-                    "predicted_ms": ctx.predict_ms(result.plan),
-                    **record_of(judged),
-                    "plan": result.plan.to_dict(),
-                    "history": result.history,
-                    "cost": result.cost,
-                    "densified": densified,
-                }
-                | ({"lineage": [p.to_dict() for p in result.lineage]} if result.lineage else {})
-                | ({"same_plan_as": kept + 1} if same else {})
-            )
+            ctx, done = _try(cfg, loaded, run, ctx, table, target, tries, policy.kept, budget)
             tries.append(done)
             save_tries(tries_path, tries)
-        judged = judged_from(done, budget)
-        again = done.get("same_plan_as")  # the try whose kept plan this search found again: taken as it is
-        if again:
-            print(
-                f"search {i + 1}: against {target:.3f} ms the search found search {again}'s plan "
-                "again; it is not measured again, and taken"
-            )
-        else:
-            print(
-                f"search {i + 1}: target {target:.3f} ms, predicted {done['predicted_ms']:.3f} ms, {judged.describe()}"
-            )
-        used = percent_used(judged.measured.median_ms, judged.budget_ms)
-        last = i == cfg.max_tries - 1
-        looser = None if again else wider_target(target, done["predicted_ms"], judged, cfg.margin, cfg.slack_fraction)
-        if looser is not None and not last:
-            looser = under_misses(target, looser, tries, budget, cfg.margin, reserve=0.0)
-            if looser is None:
-                print(
-                    f"search {i + 1}: the plan uses {used}% of the budget, but a wider one would be "
-                    "priced over where an earlier miss puts the budget; taking it"
-                )
-            else:
-                done["slack_used"] = True  # for the report (set again when a resumed run replays this try)
-                kept, target = i, looser
-                print(
-                    f"search {i + 1}: the plan uses {used}% of the budget; searching for a wider one against "
-                    f"{target:.3f} ms (this plan is kept in case that one misses)"
-                )
-                continue
-        take = i if judged.clears(cfg.margin) or (last and kept is None and judged.met) else kept
-        take = again - 1 if again else take
-        between = (
-            None
-            if last or again or take is None or take == i
-            else under_misses(tries[take]["target_ms"], float("inf"), tries, budget, cfg.margin, reserve=cfg.margin)
-        )
-        if between is not None:
-            done["searched_between"] = True  # for the report
-            target = between
-            print(
-                f"search {i + 1}: the wider plan is not under the budget by half the margin; searching between it "
-                f"and search {take + 1}'s plan against {target:.3f} ms (that plan is still kept)"
-            )
-            continue
-        if take is not None:
-            if take != i:
-                kept = None
-                if not again:
-                    why = "this was the last try" if last else f"no plan lies between it and search {take + 1}'s"
-                    print(
-                        f"search {i + 1}: the wider plan is not under the budget by half the margin and {why}; "
-                        f"taking search {take + 1}'s plan"
-                    )
-            # The last try's wider plan may still miss once fine-tuned; the plan kept for its slack is the fallback.
-            fallback = kept if last and kept is not None and kept != take else None
+        _say_try(done, i, budget)
+        decision = policy.after_try(tries)
+        while not decision.searches:
+            _say(decision.message)
+            assert decision.take is not None
             outcome = _finish_try(
-                cfg, loaded, evaluator, ctx, tries, tries_path, take, budget, accept_miss=last and fallback is None
+                cfg, loaded, evaluator, ctx, tries, tries_path, decision.take, budget, decision.accept_miss
             )
-            if outcome is None and fallback is not None:
-                missed = judged_from(tries[take]["final"], budget)
-                print(
-                    f"search {take + 1}: its fine-tuned model {missed.describe()}; on the last try, taking search "
-                    f"{fallback + 1}'s plan, kept for this"
-                )
-                outcome = _finish_try(
-                    cfg, loaded, evaluator, ctx, tries, tries_path, fallback, budget, accept_miss=True
-                )
             if outcome is not None:
                 return outcome
-            done = tries[take]
-            judged = judged_from(done["final"], budget)
-            print(
-                f"search {take + 1}: its fine-tuned model {judged.describe()}; searching again against a tighter target"
-            )
-        target = next_target(target, done["predicted_ms"], judged.budget_ms, judged.measured.median_ms, cfg.margin)
+            decision = policy.after_final_miss(tries, decision.take)
+        _say(decision.message)
+        if decision.action in ("wider", "between"):  # for the report (set again when a resumed run replays it)
+            done["slack_used" if decision.action == "wider" else "searched_between"] = True
+        assert decision.target_ms is not None
+        target = decision.target_ms
     raise BudgetError(
         f"no plan met the {budget.text} budget on the device after {cfg.max_tries} searches (measured "
         + ", ".join(f"{t['measured']['summary']['median_ms']:.3f}" for t in tries)
         + " ms): the latency table mispredicts this setting; check it with `hwprune lut-check` or raise --max-tries"
     )
+
+
+def _try(
+    cfg: JobConfig,
+    loaded: Loaded,
+    run: Path,
+    ctx: SearchContext,
+    table: LatencyTable,
+    target: float,
+    tries: list[dict[str, Any]],
+    kept: int | None,
+    budget: Budget,
+) -> tuple[SearchContext, dict[str, Any]]:
+    """Search against ``target`` and measure the plan; the try as ``tries.json`` records it."""
+    previous = as_result(tries[-1]) if tries else None  # NetAdapt continues the last try's path
+    ctx, result, densified = search_try(cfg, loaded, run, ctx, table, target, len(tries) + 1, previous)
+    # A looser target can find the kept plan again: its judgement stands, and there is nothing wider to try.
+    same = kept is not None and result.plan.key() == as_result(tries[kept]).plan.key()
+    if same:
+        assert kept is not None
+        judged = judged_from(tries[kept], budget)
+    else:
+        pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
+        judged = measure_judged(loaded, pruned, cfg, budget)
+    done = {
+        "target_ms": target,
+        "predicted_ms": ctx.predict_ms(result.plan),
+        **record_of(judged),
+        "plan": result.plan.to_dict(),
+        "history": result.history,
+        "cost": result.cost,
+        "densified": densified,
+    }
+    if result.lineage:
+        done["lineage"] = [p.to_dict() for p in result.lineage]
+    if same:
+        assert kept is not None
+        done["same_plan_as"] = kept + 1
+    return ctx, done
+
+
+def _say_try(done: dict[str, Any], i: int, budget: Budget) -> None:
+    again = done.get("same_plan_as")
+    if again:
+        print(
+            f"search {i + 1}: against {done['target_ms']:.3f} ms the search found search {again}'s plan "
+            "again; it is not measured again, and taken"
+        )
+    else:
+        judged = judged_from(done, budget)
+        print(
+            f"search {i + 1}: target {done['target_ms']:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
+            f"{judged.describe()}"
+        )
+
+
+def _say(message: str) -> None:
+    if message:
+        print(message)
 
 
 def _finish_try(

@@ -60,8 +60,8 @@ def measure(loaded: Loaded, model: nn.Module, cfg: JobConfig) -> Measurement:
     Every model the job judges (the unpruned one that fixes a relative budget, each searched plan,
     the final model) is measured the same way, so a budget is neither loosened by a slow spell
     during the unpruned measurement nor missed because of one during the pruned one. The job
-    first idles ``cfg.settle_s``: on this project's VM a model timed right after a fine-tune ran
-    10-30 % slow for a few seconds (benchmarks/LATENCY.md), and the profiler's warm-up is
+    first idles ``cfg.settle_s``: a model timed right after a fine-tune runs slow for a few seconds
+    (docs/latency.md), and the profiler's warm-up is
     ``cfg.warmup_s`` (1 s) because after an idle pause the first runs are slow too.
     """
     return _measure_rounds([deploy(loaded, model)], cfg)[0]
@@ -70,7 +70,7 @@ def measure(loaded: Loaded, model: nn.Module, cfg: JobConfig) -> Measurement:
 def deploy(loaded: Loaded, model: nn.Module) -> Callable[[], Measurement]:
     """``model`` ready to be timed at the job's input shape as often as needed.
 
-    On ONNX backends this is the export, ~4 s for ResNet-20 on this VM: once per judged model, not
+    On ONNX backends this is the export (seconds): once per judged model, not
     once per round (a relative judgement times each model 6 times), and once per job for the unpruned one.
     """
     return loaded.timed_unpruned if model is loaded.model else loaded.profiler.deploy(model.eval(), loaded.input_shape)
@@ -127,15 +127,12 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
 
     A relative budget ("0.5x") is a ratio, so it is judged as one: the unpruned model is measured
     in the same window, round by round interleaved with ``model``, and the budget is the fraction
-    of *that* median. On this project's VM one pruned ResNet-20 measured 4.34, 5.28 and 6.5-7.2 ms
-    within 20 minutes (the machine, not the model: its weights made no difference), so a budget
-    fixed from a measurement taken at the start of a half-hour run judged the machine's drift.
-    An absolute budget ("4.2ms") has no reference and is judged on ``model`` alone.
+    of *that* median. A shared machine drifts by tens of percent within a run, so a budget fixed
+    from a measurement taken at the start would judge the drift, not the model. An absolute
+    budget ("4.2ms") has no reference and is judged on ``model`` alone.
 
-    The ratio of one such session still moves: the same pruned architecture read 0.47x of the
-    unpruned model in one session and 0.54x in the next three of the same demo run (the unpruned
-    model 17.9 ms, then 15.4-16.3), and across the budget benchmarks one session's ratio moved by
-    -20 % to +31 % at the next. So a relative budget is judged on ``PAIRED_SESSIONS`` sessions, the
+    The ratio of one such session still moves from one session to the next (docs/budget-loop.md),
+    so a relative budget is judged on ``PAIRED_SESSIONS`` sessions, the
     faster of each model kept, whether the plan looks like a pass or a miss.
     """
     if budget.fraction is None:

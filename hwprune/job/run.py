@@ -1,4 +1,10 @@
-"""RUN_DOC"""
+"""The pruning job: checkpoint -> (profile) -> search under a budget -> apply -> fine-tune -> measure -> report.
+
+The budget is judged on the *measured* median latency of the pruned model on the device; when
+no plan meets it within ``--max-tries`` searches the job fails clearly rather than report a
+success the device did not show. Every stage writes into the run directory as it completes, so
+``--resume`` continues after Ctrl-C or a crash (the LUT build and the search resume mid-way).
+"""
 
 from __future__ import annotations
 
@@ -13,14 +19,7 @@ from hwprune.errors import HwpruneError
 from hwprune.io import read_json
 from hwprune.job.budgeted import budgeted_search
 from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
-from hwprune.job.measure import (
-    Judged,
-    Loaded,
-    load_inputs,
-    long_finetune,
-    measure,
-    summarize_model,
-)
+from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, measure, summarize_model
 from hwprune.job.report import write_report
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan, save_pruned

@@ -10,9 +10,7 @@ from hwprune.agents import SearchContext, SearchResult, get_agent
 from hwprune.agents.state import finished_result
 from hwprune.io import read_json, write_json
 from hwprune.job.config import JobConfig
-from hwprune.job.measure import (
-    Loaded,
-)
+from hwprune.job.measure import Loaded
 from hwprune.job.tries import summed_costs
 from hwprune.latency import LatencyTable, Predictor
 from hwprune.latency.densify import densify
@@ -37,16 +35,14 @@ def search_try(
     """One try's search, searched again while timing the plan's own widths moves its prediction off ``target``.
 
     Over the target, the plan would likely miss the budget; more than ``--margin`` under it, the
-    table had over-priced the plan and a wider one fits (a uniform ResNet-20 0.5x plan went from
-    6.89 to 5.65 ms predicted against a 7.14 ms target, and was measured at that).
+    table had over-priced the plan and a wider one fits.
 
     Each search of try N has its own state file (``search-N.json``, then ``search-N.2.json``...), so a
     resumed job continues the latest one on the table as it was then saved. Each search is handed the
     one before as its ``start`` (the first, the last try's): NetAdapt continues that path rather than
-    search from the full model again. When the searches run
-    out with the last plan still over the target, the widest plan of the try that the final table
-    puts under it is measured instead (the plain last plan missed the demo's budget: predicted
-    11.1 ms against 9.4, measured 10.5 against 9.0); the narrowest, if none is. Returns the context
+    search from the full model again. When the searches run out with the last plan still over the
+    target, the widest plan of the try that the final table puts under it is measured instead; the
+    narrowest, if none is. Returns the context
     (with a predictor over the densified table), that plan with every search's cost summed, and
     what each densify round measured.
     """

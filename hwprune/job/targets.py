@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hwprune.agents import Budget
-from hwprune.job.measure import (
-    Judged,
-)
+from hwprune.job.measure import Judged
 from hwprune.job.tries import judged_from
 from hwprune.latency import LatencyTable
 
@@ -16,12 +14,10 @@ def first_target(budget: Budget, predicted_full_ms: float, table: LatencyTable, 
     """The first search target: the budget, less ``margin``, in the table's milliseconds.
 
     A relative budget is a fraction of the unpruned latency as the table sees it: the lower of its
-    prediction and the unpruned readings its calibration was paired with (``reference_ms``, the
-    table's clock), so the target does not move with the machine's load and every agent searching one
-    table starts from the same one. The lower, because a fit that over-prices the unpruned model
-    loosens the target by as much: a 1-thread demo table predicted the unpruned ResNet-20 at 25.13 ms
-    against a reference of 23.57, and its first plan, predicted within 3 % (11.70 ms, measured 11.36),
-    missed a budget of 11.28 found against a target of 12.14.
+    prediction and the unpruned readings its calibration was paired with (``reference_ms``), so the
+    target does not move with the machine's load and every agent searching one table starts from
+    the same one. The lower, because a fit that over-prices the unpruned model loosens the target
+    by as much (docs/budget-loop.md).
     """
     full = predicted_full_ms
     reference = (table.calibration or {}).get("reference_ms")
@@ -35,9 +31,7 @@ def wider_target(target_ms: float, predicted_ms: float, judged: Judged, margin: 
 
     None when the plan used the budget within ``slack``, or when the loosened target
     (:func:`next_target`) is not over the one that found the plan: a search against it can only
-    find the same plan or a narrower one. A uniform MobileNetV2 0.3x plan sat under its target
-    (9.78 ms predicted against 11.19), its slack gave 10.91, and the same plan was measured again
-    for nothing.
+    find the same plan or a narrower one, measured again for nothing.
     """
     if slack <= 0 or judged.measured.median_ms >= judged.budget_ms * (1 - slack):
         return None
@@ -55,10 +49,7 @@ def under_misses(
     missed aims as any search after a miss does; a looser target for a plan's slack (``reserve``
     0) stops where the miss's error puts the budget, so it cannot find the missed plan again but
     can find one between. A target not over the one that found the kept plan can only find that
-    plan or a narrower one. Uniform MobileNetV2 0.3x at 8e6b628 kept its quarter-width plan at
-    61 % of the budget when the one wider plan missed, where a plan between fit (88 % at c2ea06c);
-    uniform ResNet-20 0.5x at 305f679 kept a plan at 76 %, and its looser target found the plan
-    its first try had missed with, which missed again.
+    plan or a narrower one.
     """
     for t in tries:
         judged = judged_from(t, budget)
@@ -75,11 +66,8 @@ def next_target(target_ms: float, predicted_ms: float, budget_ms: float, measure
 
     The table's error on that plan is assumed to carry over to the next one, so the next plan aims
     at the budget less the margin: a tighter target after a miss, a looser one after a plan that
-    left the budget's slack unused (accuracy the user did not get: a uniform MobileNetV2 0.3x plan
-    measured 7.58 ms against 10.17). The error is scaled out of the plan, not out of the old
-    target: a plan can sit far under its target (densify found it cheaper than the search
-    thought), and a target tightened from there still admitted it. MobileNetV2's uniform 0.5x
-    cell measured the same plan (23.6 ms predicted) three times against targets of 30.8, 29.7 and
-    25.5 ms, missed every time, and failed.
+    left the budget's slack unused. The error is scaled out of the plan, not out of the old target:
+    a plan can sit far under its target (densify found it cheaper than the search thought), and a
+    target tightened from the old one could admit the same plan again.
     """
     return min(target_ms, predicted_ms) * budget_ms * (1 - margin) / measured_ms

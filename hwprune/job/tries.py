@@ -7,9 +7,7 @@ from typing import Any
 
 from hwprune.agents import Budget, SearchResult
 from hwprune.io import read_json, write_json
-from hwprune.job.measure import (
-    Judged,
-)
+from hwprune.job.measure import Judged
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan
 

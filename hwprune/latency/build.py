@@ -32,7 +32,7 @@ SAVE_EVERY_S = 1.0
 rewriting a 500-entry JSON after every 5 ms block would cost more than the blocks."""
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
-"""Grid widths as fractions of each layer's full width; chosen by measurement (benchmarks/LATENCY.md)."""
+"""Grid widths as fractions of each layer's full width; chosen by measurement (docs/latency.md)."""
 
 GPU_QUANTUM = 8
 """Channel alignment NVIDIA GPUs reward: tensor-core tiles are multiples of 8 channels (FP16/TF32)."""
@@ -45,7 +45,7 @@ def default_quantum(backend: str) -> int:
     of floats per channel block: 16 with AVX-512, 8 with AVX2. A table built for 8 on an AVX-512
     host lumps widths 40 and 48 into one tier while ORT runs a 16x16 3x3 conv on batch 32 at 48
     channels 1.45x faster per MAC than at 40 (and at 40 only 1.4x faster than at 39);
-    benchmarks/LATENCY.md.
+    docs/latency.md.
     """
     if backend in ("torch-cuda", "tensorrt"):
         return GPU_QUANTUM
@@ -59,7 +59,7 @@ BLOCK_WARMUP_S = 0.02
 
 A table times hundreds of sub-millisecond blocks back to back, so the warm-up was most of its
 cost: at 0.1 s, 0.1 of the 0.11-0.12 s each block took. Timed paired against 0.1 s on 200 blocks each
-(``benchmarks/block_warmup.py``), 20 ms read 0.9999x (ResNet-20, ORT, batch 32), 1.0031x
+(``benchmarks/studies/block_warmup.py``), 20 ms read 0.9999x (ResNet-20, ORT, batch 32), 1.0031x
 (ResNet-20, torch-cpu) and 0.9961x (torchvision MobileNetV2, ORT, batch 1), where 0.1 s against
 itself read 1.0006x, 1.0013x and 1.0003x; the warm-up runs alone read 1.0025x, 1.0077x and
 1.015x, biased slow on the smallest blocks. So 20 ms, at 0.03-0.04 s a block."""
@@ -73,8 +73,8 @@ that make every block ~25 % slower (one block timed 12 times in 2 s: 0.240-0.314
 readings in runs). Only passes seconds apart see a point at different speeds. Two ResNet-20
 tables (ONNX Runtime, batch 32) built back to back, their sums compared on 60 random plans: with
 2 passes 0.2-6.0 % median disagreement depending on the hour (whole signatures up to 21 % apart),
-3 passes 2.5 %, 4 passes 0.11-0.18 % in two runs of ``benchmarks/table_repeatability.py`` (1.1-1.7 %
-in a noisier hour's one-off pairs; benchmarks/LATENCY.md)."""
+3 passes 2.5 %, 4 passes 0.11-0.18 % in two runs of ``benchmarks/studies/table_repeatability.py`` (1.1-1.7 %
+in a noisier hour's one-off pairs; docs/latency.md)."""
 
 
 @dataclass(frozen=True)

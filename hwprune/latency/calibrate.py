@@ -109,7 +109,7 @@ class PairedMeter:
     moved by 5-13 %, and a calibration measured in one state and checked in another is off by the
     difference. The unpruned model timed just before a plan shares the plan's state, so the plan's
     samples are scaled by ``reference_ms / unpruned now``: what is left is the noise of two
-    measurements, not the drift (benchmarks/LATENCY.md: calibration and held-out plans measured
+    measurements, not the drift (docs/latency.md: calibration and held-out plans measured
     this way in one session, MobileNetV2 on ONNX Runtime read 2.5 % median error where the same
     plans timed alone read 5.5 %). ``reference_ms`` is a table's (``lut-check``) or, while
     calibrating, the first unpruned reading, re-based on the median of all of them at the end.

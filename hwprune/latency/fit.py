@@ -102,7 +102,7 @@ def auto_forms(backend: str) -> tuple[str, ...]:
     """The forms "auto" may choose for a table of ``backend``.
 
     On torch-cpu the aligned forms won leave-one-out on 13 noisy plans and then missed held-out
-    plans (ResNet-20, batch 32: 8.1 % median error against 3.8 % for ``sum``; benchmarks/LATENCY.md).
+    plans (ResNet-20, batch 32: 8.1 % median error against 3.8 % for ``sum``; docs/latency.md).
     """
     return tuple(f for f in AUTO_FORMS if "aligned" not in f) if backend in EAGER_BACKENDS else AUTO_FORMS
 
@@ -150,7 +150,7 @@ def fit(table: LatencyTable, graph: ModelGraph, rows: list[dict[str, Any]], form
     parameter is worth fitting only when it predicts plans it was not fitted on: on ONNX Runtime
     the blocks are timed as deployed and the plain sum is already unbiased, so a scale + offset
     fitted on ten plans measured on a noisy host only adds the noise of those ten measurements
-    (benchmarks/LATENCY.md).
+    (docs/latency.md).
 
     The table is read without its off-grid correction: the calibration plans are random, and
     the correction measures where *searches* land (``LatencyTable.off_grid_factor``); fitted

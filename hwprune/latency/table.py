@@ -126,7 +126,7 @@ class LatencyTable:
 
         Separate from :meth:`required_rounds` (tables before it used one count for both): a block's
         runs last milliseconds and all fall inside one of the host's slow spells, so only passes
-        seconds apart see it at different speeds (benchmarks/LATENCY.md).
+        seconds apart see it at different speeds (docs/latency.md).
         """
         return max(1, int(self.settings.get("block_rounds", self.settings.get("rounds", 1))))
 
@@ -193,7 +193,7 @@ class LatencyTable:
         of it. Predicting each one left out by the interpolation times the median ratio of its
         signature's other densified widths, shrunk towards 1 by ``n / (n + OFF_GRID_PRIOR)`` in the
         log, cut that bias to +0.021 and the median error from 23 % to 18 %
-        (``benchmarks/off_grid_bias.py``). So the next search of a run reads every still-unmeasured
+        (``benchmarks/studies/off_grid_bias.py``). So the next search of a run reads every still-unmeasured
         width of the signature scaled by it; 1.0 until densify has measured one.
         """
         if key not in self._off_grid:

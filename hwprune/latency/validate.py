@@ -149,7 +149,7 @@ def compare_forms(table: LatencyTable, graph: ModelGraph, report: dict[str, Any]
     """Held-out error of every calibration form, refitted on the table's own calibration plans.
 
     Costs no measurement: the held-out rows already hold measured latencies, so this is how the
-    default form was chosen (benchmarks/LATENCY.md).
+    default form was chosen (docs/latency.md).
     """
     from hwprune.latency.fit import FORMS, TableSum, fit
 

@@ -142,7 +142,7 @@ class Profiler(ABC):
         or virtualised CPU, interference comes in spells of about a second that slow every sample
         in them by 10-20 %. Past the drift every plan of a round shares, one run of 30 samples
         deviated by 7.1 % (median) and the best of 5 runs of 10 samples by 3.8 % (ResNet-20 on
-        ONNX Runtime, 2 threads: benchmarks/noise_floor.py, benchmarks/LATENCY.md). The kept run's
+        ONNX Runtime, 2 threads: benchmarks/noise_floor.py, docs/latency.md). The kept run's
         samples are the record; the other runs' medians are kept beside them. A kept run that is
         still unstable warns.
         """
