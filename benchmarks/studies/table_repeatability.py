@@ -11,7 +11,7 @@ those same whole-model measurements, and N held-out plans measured once (paired,
 grade every table's calibrated predictor, so the tables differ in their blocks only.
 Prints JSON and writes it to --out-dir. E.g.:
 
-    .venv/bin/python benchmarks/table_repeatability.py --model resnet20 --backend onnxruntime --batch 32
+    .venv/bin/python benchmarks/studies/table_repeatability.py --model resnet20 --backend onnxruntime --batch 32
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import emit, load_average, run  # noqa: E402
 
@@ -154,7 +154,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     plans = [PruningPlan.random(args.model, graph, rng, low=0.2, high=1.0) for _ in range(args.plans)]
     summary = {
-        "command": "python benchmarks/table_repeatability.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/studies/table_repeatability.py " + " ".join(sys.argv[1:]),
         "model": args.model,
         "backend": args.backend,
         "batch": args.batch,

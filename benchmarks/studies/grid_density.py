@@ -9,7 +9,7 @@ held-out plans do not depend on the table). Reported per candidate:
 - block level: interpolation error at random off-grid widths (20..100 % of each layer), timed directly;
 - model level: held-out error of the calibrated predictor and of the plain sum.
 
-    .venv/bin/python benchmarks/grid_density.py --model resnet20 --batch 32 --input-size 32x32
+    .venv/bin/python benchmarks/studies/grid_density.py --model resnet20 --batch 32 --input-size 32x32
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import _r, emit, load_average, run  # noqa: E402
 
@@ -161,7 +161,7 @@ def main() -> None:
             }
         )
     summary = {
-        "command": "python benchmarks/grid_density.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/studies/grid_density.py " + " ".join(sys.argv[1:]),
         "model": args.model,
         "backend": args.backend,
         "batch": args.batch,

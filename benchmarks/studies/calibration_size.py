@@ -9,8 +9,11 @@ device time: the figures are what a table calibrated on fewer plans would have p
 those same measurements. Prints JSON: per size, the spread over subsets of the held-out median
 absolute % error and share within +-10 %.
 
-    .venv/bin/python benchmarks/calibration_size.py \\
-        benchmarks/results/lut_resnet20_onnxruntime_b32_32x32_1thread_q16_29301c6.json \\
+The whole tables ``lut_accuracy.py`` writes (``lut_*.json``) are not kept in benchmarks/results/;
+the ones behind docs/benchmarks.md are in git history (commit c7dcbde):
+
+    git show c7dcbde:benchmarks/results/lut_resnet20_onnxruntime_b32_32x32_1thread_q16_29301c6.json > /tmp/lut.json
+    .venv/bin/python benchmarks/studies/calibration_size.py /tmp/lut.json \\
         benchmarks/results/accuracy_resnet20_onnxruntime_b32_32x32_1thread_q16_29301c6.json --sizes 5,7,9,13
 """
 
@@ -25,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import _r, emit, run  # noqa: E402
 

@@ -10,7 +10,7 @@ pick, the mean regret (the reference loss of the setting's pick minus the refere
 the mean Spearman correlation of the two rankings. The trajectory is the run's own, so each
 iteration is judged as the decision it was.
 
-    .venv/bin/python benchmarks/candidate_ranking.py runs/demo-*/prune --settings 10/1000,5/500,0/1000
+    .venv/bin/python benchmarks/studies/candidate_ranking.py runs/demo-*/prune --settings 10/1000,5/500,0/1000
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import emit, load_average, run  # noqa: E402
 

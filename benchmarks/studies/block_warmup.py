@@ -7,7 +7,7 @@ ratio B/A (a bias the shorter warm-up would bring), its spread beside the spread
 same protocol twice: the noise), and the seconds each protocol spends per block. A table times
 hundreds of blocks, so a warm-up that buys nothing costs minutes.
 
-    .venv/bin/python benchmarks/block_warmup.py runs/demo/lut.json --blocks 200 --short-s 0.02
+    .venv/bin/python benchmarks/studies/block_warmup.py runs/demo/lut.json --blocks 200 --short-s 0.02
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import emit, load_average, run  # noqa: E402
 
@@ -77,7 +77,7 @@ def main() -> None:
         seconds_b.append(b[1])
     emit(
         {
-            "command": "python benchmarks/block_warmup.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/studies/block_warmup.py " + " ".join(sys.argv[1:]),
             "backend": table.backend,
             "device_key": table.device_key(),
             "model": table.settings["model"],

@@ -8,7 +8,7 @@ it grades predictions against measurements the runs already made. Prints JSON: p
 mean log ratio measured / predicted (the bias a plan-level sum inherits), the median absolute
 error and the share within 10 %.
 
-    .venv/bin/python benchmarks/off_grid_bias.py runs/bench-budget16 runs/demo-*
+    .venv/bin/python benchmarks/studies/off_grid_bias.py runs/bench-budget16 runs/demo-*
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import emit, run  # noqa: E402
 

@@ -10,7 +10,7 @@ disagrees with the predicted one is where the table misses what the whole graph 
 unpruned model and the uniform plan of the same predicted latency's ratio are measured alongside
 as references. Run from the repository root, e.g.:
 
-    .venv/bin/python benchmarks/marginal_latency.py runs/bench-budget23/resnet20/netadapt-0.5x --try 1
+    .venv/bin/python benchmarks/studies/marginal_latency.py runs/bench-budget23/resnet20/netadapt-0.5x --try 1
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import _r, emit, run  # noqa: E402
 

@@ -6,7 +6,7 @@ checkpoint, and for each seed and precision runs the job's long fine-tune (augme
 and one candidate score as the search does it (short fine-tune, validation subset), timing each;
 test accuracy is always measured in fp32, as the job reports it. Prints JSON.
 
-    .venv/bin/python benchmarks/precision.py runs/demo-*/prune/plan.json --seeds 0,1,2
+    .venv/bin/python benchmarks/studies/precision.py runs/demo-*/prune/plan.json --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import _r, emit, load_average, run  # noqa: E402
 

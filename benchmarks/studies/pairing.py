@@ -7,7 +7,7 @@ before it (the lower of the rounds) times the median of all unpruned readings, a
 `lut-check` read plans since f0ad703. Each protocol's calibration plans are fitted the way
 `profile` fits them and scored on its held-out plans. Prints JSON. Run from the repository root:
 
-    .venv/bin/python benchmarks/pairing.py runs/demo/lut.json --plans 20
+    .venv/bin/python benchmarks/studies/pairing.py runs/demo/lut.json --plans 20
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
 
 from _common import _r, emit, load_average, run  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> None:
         }
     emit(
         {
-            "command": "python benchmarks/pairing.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/studies/pairing.py " + " ".join(sys.argv[1:]),
             "lut": args.lut,
             "model": s["model"],
             "backend": table.backend,
