@@ -2,7 +2,7 @@
 # The main job on the embedded default: the shipped ResNet-20 trained on Fashion-MNIST, deployed
 # with ONNX Runtime on this CPU at batch 32 (a setting where latency follows channel counts), one
 # inference thread (THREADS=2 for both cores: on the project's shared 2-core VM two threads time
-# 2-4x noisier and their whole models stray further from the table; see README, "Why 1 thread").
+# 2-4x noisier and their whole models stray further from the table; see docs/latency.md, "One inference thread or two").
 #   profile the device -> prune to half the measured latency with NetAdapt -> fine-tune -> measure -> report
 set -euo pipefail
 cd "$(dirname "$0")/.."
