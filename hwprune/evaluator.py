@@ -8,12 +8,12 @@ its score is a pure function of its channel counts, cacheable per ``plan.key()``
 A search that shrinks a model step by step (NetAdapt) can pass the ``lineage`` of plans it chose:
 the candidate is then cut from the model that lineage produced, each step cut from the one before
 and fine-tuned in turn, as the NetAdapt paper does. Deep into a search this is what keeps scores
-informative: cut from the original weights, every late ResNet-20 candidate at 0.3x scored 11-30 %
-validation accuracy after its 10 steps (chance is 10 %), and the search chose among them by noise.
-A lineage is replayed from the original weights when its model is no longer held, with the same
-seed, so a resumed search scores exactly as the interrupted one did. :meth:`Evaluator.carried`
-hands the job the model a lineage produced, so the final model is long fine-tuned from the
-adapted weights, as the paper does, rather than cut afresh from the original ones.
+informative: a deep cut from the original weights scores near chance after a short fine-tune,
+and a search would choose among such candidates by noise (docs/benchmarks.md). A lineage is
+replayed from the original weights when its model is no longer held, with the same seed, so a
+resumed search scores exactly as the interrupted one did. :meth:`Evaluator.carried` hands the
+job the model a lineage produced, so the final model is long fine-tuned from the adapted
+weights, as the paper does, rather than cut afresh from the original ones.
 
 The test split is never touched here: searching on it would leak it into the model selection.
 """

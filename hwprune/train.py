@@ -45,10 +45,9 @@ def resolve_precision(precision: str, device: Device = None) -> str:
     """``auto`` -> ``bf16`` where the hardware has it natively, else ``fp32``; others are checked and kept.
 
     Precision here is the arithmetic of fine-tuning and candidate scoring only: weights stay fp32
-    (mixed precision), and the model that is exported, timed and tested is fp32. On this project's
-    AVX512-BF16/AMX Xeon, bf16 autocast took a pruned ResNet-20's 400-step fine-tune at batch 128
-    from 58-62 s to 34-35 s and a candidate score from 1.11 to 0.58 s (docs/benchmarks.md,
-    "bf16 training").
+    (mixed precision), and the model that is exported, timed and tested is fp32. On a CPU with
+    native bf16, autocast roughly halves the time of fine-tunes and candidate scores at an accuracy
+    cost below the seeds' own spread (docs/benchmarks.md, the ``precision.py`` study).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

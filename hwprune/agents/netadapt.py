@@ -11,12 +11,11 @@ the predicted latency meets the budget.
 Each candidate is cut from the model the search has reached (the previous winners, each cut and
 short-term fine-tuned in turn), as in the paper (``weights="carried"``). ``weights="original"``
 cuts every candidate from the original weights instead, which makes a score a function of the
-channel counts alone; deep into a search that score is noise: from its tenth iteration on, every
-ResNet-20 candidate at 0.3x scored 11-30 % validation accuracy after its 10 steps (chance: 10 %),
-the search cut the blocks' inner convs to 2 of 16 and 8 of 64 channels, and the pruned model
-lost 4.3 points to uniform pruning. With carried weights the search also returns its lineage, and
-the job long fine-tunes the model the search reached (the paper's final step) instead of cutting
-the plan afresh from the original weights; the long fine-tune's steps and seed are every agent's.
+channel counts alone; but deep into a search, candidates cut that far from the original weights
+all score near chance after a short fine-tune, and the search chooses by noise
+(docs/benchmarks.md, "What we learned"). With carried weights the search also returns its lineage, and the job long
+fine-tunes the model the search reached (the paper's final step) instead of cutting the plan
+afresh from the original weights; the long fine-tune's steps and seed are every agent's.
 
 Handed an earlier search of the same job (``start``: the table was corrected, or a new try has a
 new target), the loop continues that path rather than walk it again from the full model
@@ -58,14 +57,13 @@ class NetAdaptAgent(SearchAgent):
     - ``candidate_share`` [0.5]: an iteration never asks for more than this share of the remaining
       groups can deliver on their own (each at its minimum keep). A group that cannot reach the
       asked reduction is no candidate, and in a ResNet the groups that can reach a large one are
-      the few residual stages whose channels run through every block: with the schedule alone
-      (0.1 of the latency asked) all nine inner groups of ResNet-20 were excluded (each saves at
-      most 4-8 %), the search cut only the residual stages and lost to uniform pruning. The cap
-      keeps a real choice among groups; 1.0 asks for what every group can give, 0 switches it off.
-      Late in a search half the groups are near their minimum and can give almost nothing: capped
-      there, the demo's search asked 0.05 ms per iteration (0.3 % of the model) for its last 16 of
-      24 iterations, ~100 of its 153 candidate scores, cutting one layer a channel at a time. The
-      cap therefore stops at ``min_reduction``; the groups that cannot give that much sit out.
+      the few residual stages whose channels run through every block (an inner group of
+      ResNet-20 saves at most 4-8 %): with the schedule alone the search would cut only the
+      residual stages. The cap keeps a real choice among groups; 1.0 asks for what every group
+      can give, 0 switches it off. Late in a search half the groups are near their minimum and
+      can give almost nothing, and a cap that followed them would ask for crumbs, cutting one
+      layer a channel at a time; so it stops at ``min_reduction``, and the groups that cannot
+      give that much sit out (docs/benchmarks.md, "What we learned").
     - ``selection`` ["loss"]: lowest validation cross-entropy after the short fine-tune. "accuracy"
       is the paper's rule, highest validation accuracy; on the ~1000 validation samples a search
       can afford, accuracy moves in 0.1 % steps and the candidates of one iteration often sit
@@ -78,9 +76,9 @@ class NetAdaptAgent(SearchAgent):
     - ``max_iterations`` [200]: a safety bound (every iteration lowers the predicted latency, so the
       loop ends anyway); reaching it raises BudgetError, and a search given the same state file and a
       larger bound resumes (``hwprune prune`` removes a fresh run that fails, so there it is a new
-      run with ``--agent-option max_iterations=N``). 50 was too few for MobileNetV2's 25 groups at
-      0.3x after a tightened re-search: late iterations ask for what half the groups can give,
-      which is little, and the search stopped 0.3 % above its target.
+      run with ``--agent-option max_iterations=N``). It is generous because late iterations ask
+      for what half the groups can give, which is little: a search over many groups (MobileNetV2
+      has 25) to a tight target after a re-search needs many of them.
     - ``progress`` [True]: a tqdm bar over iterations (silent when stderr is not a terminal).
 
     The short fine-tune (steps, lr, seed) is the evaluator's: every agent is scored the same way.
@@ -216,14 +214,14 @@ class NetAdaptAgent(SearchAgent):
         still prices over ``budget_ms``, where a search walking that path would not yet have stopped.
 
         The job searches again when timing a plan's own widths moves its prediction off the target,
-        and at a new try after a measured miss or slack. Searching from the full model again
-        re-scored most of the path for nothing: the corrected
-        prices change which keep count achieves each asked reduction, so the candidates differ
-        from the first step on and miss the evaluator's cache (the demo's first try spent 257 s of
-        its 368 on two such searches). Kept, the earlier steps stand as they were chosen (their
-        rows keep the prices of the older table); the path is cut where the current table puts it
-        under the target (the plan was over-priced, or the target loosened: a wider one fits) or
-        continued from its end (under-priced, or a tighter target), and the loop goes on from there.
+        and at a new try after a measured miss or slack. Searching from the full model again would
+        re-score most of the path for nothing: the corrected prices change which keep count
+        achieves each asked reduction, so the candidates differ from the first step on and miss
+        the evaluator's cache (docs/budget-loop.md, "Why each rule"). Kept, the earlier steps stand
+        as they were chosen (their rows keep the prices of the older table); the path is cut where
+        the current table puts it under the target (the plan was over-priced, or the target
+        loosened: a wider one fits) or continued from its end (under-priced, or a tighter target),
+        and the loop goes on from there.
         """
         plans = self.path(ctx, start.history)
         under = next((i for i, plan in enumerate(plans) if ctx.predict_ms(plan) <= budget_ms), len(plans))

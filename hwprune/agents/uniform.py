@@ -22,13 +22,12 @@ class UniformAgent(SearchAgent):
 
     Each group keeps ``round_channels(r * channels, round_to)``, clamped to its minimum keep, so
     as r runs over [min_keep_ratio, 1] there are only as many distinct plans as there are steps
-    in the groups' widths (100 for ResNet-20, 3,486 for MobileNetV2), each a cheap prediction. Bisection on r
-    would need the predicted latency to grow with r, and on a real table it does not: on ONNX
-    Runtime aligned widths are cheaper than odd ones, so one ResNet-20 table predicted 3.44 ms at
-    r = 0.25 (widths 4, 8, 16) and 4.48 ms at r = 0.1 (widths 2, 3, 6), and a bisection that had
-    passed over 0.25 reported that no uniform plan met 4.33 ms. ``evaluate_final`` scores the
-    chosen plan once with the evaluator (off by default: the job measures the baseline after the
-    long fine-tune anyway).
+    in the groups' widths (100 for ResNet-20, 3,486 for MobileNetV2), each a cheap prediction.
+    Bisection on r would need the predicted latency to grow with r, and on a real table it does
+    not: on ONNX Runtime aligned widths are cheaper than odd ones, so a narrower uniform plan can
+    be predicted slower than a wider one and a bisection can pass over the plan that fits
+    (docs/benchmarks.md, "What we learned"). ``evaluate_final`` scores the chosen plan once with
+    the evaluator (off by default: the job measures the baseline after the long fine-tune anyway).
     """
 
     name = "uniform"
@@ -68,7 +67,7 @@ class UniformAgent(SearchAgent):
     def search(
         self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
     ) -> SearchResult:
-        """Bisection over one ratio is cheap: an earlier search (``start``) is not needed."""
+        """Predicting every uniform plan is cheap: an earlier search (``start``) is not needed."""
         full_ms = ctx.predict_ms(ctx.full_plan())
         header = state_header(self, ctx, budget_ms, full_ms)
         state = load_state(state_path, header) if state_path is not None else None

@@ -1,15 +1,13 @@
 """Keep glibc from handing freed tensor memory back to the kernel between runs, for steady timings.
 
-Measured on this machine (torch-cpu, ResNet-20, batch 32, 2 threads): with glibc's defaults every
-forward pass takes ~8000 minor page faults, because each activation buffer is above malloc's
-mmap threshold and is unmapped when freed, then mapped and zero-filled again on the next call.
-That costs 2 s of system time per 100 runs (37 ms a run instead of 26 ms) and, worse, depends on
-the process's allocation history (glibc adapts the threshold as it goes), so an isolated conv
-block and the same conv inside a model land in different regimes and no calibration can bridge
-them. Pinning the thresholds makes freed memory stay in the heap, which is what tuned CPU
-serving does anyway (jemalloc/tcmalloc, or these same settings). It is process-wide and
-idempotent; anything that times latency (profiling, lut-check, the measured result of a prune)
-must run under it, or its numbers are not comparable with the table's.
+With glibc's defaults an activation buffer above malloc's mmap threshold is unmapped when freed
+and mapped and zero-filled again on the next forward pass, which costs thousands of page faults
+a pass; worse, glibc adapts the threshold to the process's allocation history, so an isolated
+conv block and the same conv inside a model land in different regimes that no calibration can
+bridge (figures: docs/latency.md, "Allocator pinned"). Pinning the thresholds keeps freed memory
+in the heap, as tuned CPU serving does anyway (jemalloc/tcmalloc, or these same settings). It is
+process-wide and idempotent; anything that times latency (profiling, lut-check, the measured
+result of a prune) must run under it, or its numbers are not comparable with the table's.
 """
 
 from __future__ import annotations

@@ -43,9 +43,8 @@ def default_quantum(backend: str) -> int:
 
     ONNX Runtime's blocked (NCHWc) convolutions and oneDNN's blocked layouts use one SIMD register
     of floats per channel block: 16 with AVX-512, 8 with AVX2. A table built for 8 on an AVX-512
-    host lumps widths 40 and 48 into one tier while ORT runs a 16x16 3x3 conv on batch 32 at 48
-    channels 1.45x faster per MAC than at 40 (and at 40 only 1.4x faster than at 39);
-    docs/latency.md.
+    host would put widths 40 and 48 in one tier, though the runtime runs 48 much faster per MAC
+    (docs/latency.md, "Alignment tiers").
     """
     if backend in ("torch-cuda", "tensorrt"):
         return GPU_QUANTUM
@@ -57,24 +56,17 @@ def default_quantum(backend: str) -> int:
 BLOCK_WARMUP_S = 0.02
 """Warm-up seconds before a block's samples (besides ``warmup`` runs), chosen by measurement.
 
-A table times hundreds of sub-millisecond blocks back to back, so the warm-up was most of its
-cost: at 0.1 s, 0.1 of the 0.11-0.12 s each block took. Timed paired against 0.1 s on 200 blocks each
-(``benchmarks/studies/block_warmup.py``), 20 ms read 0.9999x (ResNet-20, ORT, batch 32), 1.0031x
-(ResNet-20, torch-cpu) and 0.9961x (torchvision MobileNetV2, ORT, batch 1), where 0.1 s against
-itself read 1.0006x, 1.0013x and 1.0003x; the warm-up runs alone read 1.0025x, 1.0077x and
-1.015x, biased slow on the smallest blocks. So 20 ms, at 0.03-0.04 s a block."""
+A table times hundreds of sub-millisecond blocks back to back, so a long warm-up is most of its
+cost. 20 ms reads level with 0.1 s, within the noise, at about a third of the time per block;
+the warm-up runs alone read slow on the smallest blocks (docs/latency.md, "Block warm-up")."""
 
 DEFAULT_BLOCK_ROUNDS = 4
 """Passes over the grid (each point's fastest run is kept), chosen by measurement.
 
-A block's 5 runs of 10 samples last a few milliseconds, so all of them fall inside whatever
-speed state the host is in, and this VM spends a third of its time in slow spells of 0.1-1 s
-that make every block ~25 % slower (one block timed 12 times in 2 s: 0.240-0.314 ms, the slow
-readings in runs). Only passes seconds apart see a point at different speeds. Two ResNet-20
-tables (ONNX Runtime, batch 32) built back to back, their sums compared on 60 random plans: with
-2 passes 0.2-6.0 % median disagreement depending on the hour (whole signatures up to 21 % apart),
-3 passes 2.5 %, 4 passes 0.11-0.18 % in two runs of ``benchmarks/studies/table_repeatability.py`` (1.1-1.7 %
-in a noisier hour's one-off pairs; docs/latency.md)."""
+A block's runs last a few milliseconds, so all of them fall inside whatever speed state the
+host is in, and a shared host has slow spells longer than that; only passes seconds apart see a
+point at different speeds. With 4 passes, tables built back to back agree within ~0.2 % on plan
+sums (docs/latency.md, "Block passes")."""
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,12 @@ def calibration_plans(model_name: str, graph: ModelGraph, count: int, seed: int,
     the whole latency range an agent searches; i.i.d. plans (each group 20..100 %) cover the
     uneven widths agents and ``lut-check`` produce; aligned plans (i.i.d. widths rounded to the
     table's ``quantum``) cover the hardware-friendly widths of ``--round-to`` searches and uniform
-    plans, which ONNX Runtime runs ~30 % faster than their table sum. Fitting on one kind biased
-    the others by a few percent (the first two) to 40 % (aligned) in our measurements.
-    The narrow plan (every group at 15 %) anchors the low end, where a 0.3x budget lands: without
-    it the fit extrapolated, and a MobileNetV2 table (ONNX Runtime, batch 32) whose random plans all
-    summed to >= 29 ms predicted 14.0 ms for the uniform 1/8-width model, which measured 7.5 ms
-    (isolated blocks each pay the runtime's per-call overhead, a whole model pays it once).
+    plans, which ONNX Runtime runs well under their table sum. A fit on one kind alone biases
+    the others, aligned plans most (docs/latency.md, "Calibration plans and forms").
+    The narrow plan (every group at 15 %) anchors the low end, where a 0.3x budget lands and random
+    plans never reach: without it the fit extrapolates there, and isolated blocks each pay the
+    runtime's per-call overhead that a whole model pays once, so the table over-prices narrow models
+    (docs/latency.md, "What we learned").
     """
     rng = np.random.default_rng(seed)
     plans = [PruningPlan.full(model_name, graph)]
@@ -104,24 +104,19 @@ SPELL = 0.15
 class PairedMeter:
     """Times each plan right after the unpruned model and reads it at one reference speed of the machine.
 
-    This VM moves between speed states that last seconds to minutes and slow every model alike (the
-    unpruned ResNet-20 read 15.5-24.6 ms within one hour), so a plan measured twice minutes apart
-    moved by 5-13 %, and a calibration measured in one state and checked in another is off by the
+    A shared host moves between speed states that last seconds to minutes and slow every model
+    alike, so a calibration measured in one state and checked in another is off by the
     difference. The unpruned model timed just before a plan shares the plan's state, so the plan's
     samples are scaled by ``reference_ms / unpruned now``: what is left is the noise of two
-    measurements, not the drift (docs/latency.md: calibration and held-out plans measured
-    this way in one session, MobileNetV2 on ONNX Runtime read 2.5 % median error where the same
-    plans timed alone read 5.5 %). ``reference_ms`` is a table's (``lut-check``) or, while
-    calibrating, the first unpruned reading, re-based on the median of all of them at the end.
+    measurements, not the drift (docs/latency.md, "Pairing"). ``reference_ms`` is a table's
+    (``lut-check``) or, while calibrating, the first unpruned reading, re-based on the median of
+    all of them at the end.
 
-    The host also has spells of a second or less that slow one measurement by up to 75 % (the
-    unpruned ResNet-20 read 21.4 ms between 12.2 and 12.4). Caught on the unpruned reading, a
-    spell would scale its plan down as much, and the faster of a plan's rounds then *prefers* that
-    round: three such rows of a 13-plan calibration read 0.55-0.75x of their table sums. So an
+    Shorter spells slow a single measurement. Caught on the unpruned reading, a spell would scale
+    its plan down as much, and the faster of a plan's rounds then *prefers* that round. So an
     unpruned reading more than ``SPELL`` over the median of the last five is taken again, up to
     twice, and the fastest is the one used and kept in ``alongside_ms``; the first, with nothing to
-    judge it by, is always taken twice (a demo's calibration kept a first reading of 21.4 ms
-    where the rest read ~12.3, and its unpruned row landed at 0.58x of its table sum).
+    judge it by, is always taken twice.
     """
 
     def __init__(

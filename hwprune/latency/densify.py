@@ -1,21 +1,21 @@
 """Densify on use: time a chosen plan's own layer widths and add them to the table as exact points.
 
-A sparse grid cannot see every step a runtime takes between its points (measured here on ONNX
-Runtime, a 3x3 conv at 16x16 with 32 outputs: 28 inputs 0.94 ms, 29 1.27, 30 and 31 1.86), and
-a search agent is drawn to exactly such spots: it keeps the widest layer the table says fits,
-which is where the table under-prices. So before a plan is built and measured, the widths it
-chose are timed as blocks and stored beside the grid; ``LatencyTable.lookup_ms`` returns a
-measured point before it interpolates. The measurements land where the search goes, and a
-plan whose prediction moves over its target is searched again on the corrected table.
+A sparse grid cannot see every step a runtime takes between its points (one channel more can
+cost a third more time; docs/latency.md, "The off-grid factor"), and a search agent is drawn to
+exactly such spots: it keeps the widest layer the table says fits, which is where the table
+under-prices. So before a plan is built and measured, the widths it chose are timed as blocks
+and stored beside the grid; ``LatencyTable.lookup_ms`` returns a measured point before it
+interpolates. The measurements land where the search goes, and a plan whose prediction moves
+over its target is searched again on the corrected table.
 
-The new points are timed minutes or hours after the grid, and this machine's speed drifts
-(whole-model latency 15 ms at one hour, 18 ms the next). Like the grid, every point is timed in
-:meth:`LatencyTable.block_rounds` passes, the faster run kept; and each densify round also re-times
-one grid point per signature (the *anchor*, the measured point nearest the new ones) and scales the
-new points by the median ratio of stored to current anchor times, so they are read on the
-grid's clock. The raw medians, anchors and scale are returned for the run's record, with each
-signature's ``off_grid_factor``: how far its measured widths sit from the interpolation, which
-the next search reads its other off-grid widths scaled by.
+The new points are timed minutes or hours after the grid, and a shared host's speed drifts
+between hours. Like the grid, every point is timed in :meth:`LatencyTable.block_rounds` passes,
+the faster run kept; and each densify round also re-times one grid point per signature (the
+*anchor*, the measured point nearest the new ones) and scales the new points by the median ratio
+of stored to current anchor times, so they are read on the grid's clock. The raw medians,
+anchors and scale are returned for the run's record, with each signature's ``off_grid_factor``:
+how far its measured widths sit from the interpolation, which the next search reads its other
+off-grid widths scaled by.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class TableSum:
         plus output tensors of convolutions whose widths are multiples of the table's quantum)
         stands for layout reorders: ONNX Runtime runs such a convolution in a blocked layout, so
         the block timed alone pays a reorder in and out, while a run of aligned layers in a whole
-        model pays none (we measured all-aligned ResNet-20 plans at 0.72x their table sum).
+        model pays none (all-aligned plans run well under their table sum; docs/latency.md).
         """
         keep = plan.keep if plan is not None else None
         total = act = weights = aligned = 0.0
@@ -101,8 +101,9 @@ EAGER_BACKENDS = ("torch-cpu", "torch-cuda")
 def auto_forms(backend: str) -> tuple[str, ...]:
     """The forms "auto" may choose for a table of ``backend``.
 
-    On torch-cpu the aligned forms won leave-one-out on 13 noisy plans and then missed held-out
-    plans (ResNet-20, batch 32: 8.1 % median error against 3.8 % for ``sum``; docs/latency.md).
+    An eager backend carries no layout between ops, so there the aligned term can only fit the
+    noise of a few calibration plans: it can win leave-one-out and still miss held-out plans
+    (docs/latency.md, "Calibration plans and forms").
     """
     return tuple(f for f in AUTO_FORMS if "aligned" not in f) if backend in EAGER_BACKENDS else AUTO_FORMS
 
@@ -112,9 +113,9 @@ def _solve(x: np.ndarray, y: np.ndarray, offset: bool, fitted: bool = True, iter
 
     Relative: a 1 ms miss on a 5 ms plan counts as much as a 10 ms miss on a 50 ms plan, which is
     what "within 10 %" grades. Absolute (L1, by iteratively reweighted least squares) rather than
-    squared: one calibration plan caught by a slow spell of the host (we saw +30 %) would otherwise
-    tilt the whole line, while the L1 fit follows the majority of plans and ignores it. An
-    unfitted form keeps every coefficient at 1 and no offset.
+    squared: one calibration plan caught by a slow spell of the host would otherwise tilt the
+    whole line, while the L1 fit follows the majority of plans and ignores it. An unfitted form
+    keeps every coefficient at 1 and no offset.
     """
     if not fitted:
         return np.append(np.ones(x.shape[1]), 0.0)

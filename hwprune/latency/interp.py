@@ -5,15 +5,12 @@ c_in * c_out * const, itself bilinear, so on an ideal device it would be exact o
 Bilinear weights are non-negative, so monotone data give monotone predictions. A depthwise conv
 has c_in == c_out and is a 1-D grid (``diagonal``).
 
-Real SIMD backends are not ideal: they reward *aligned* widths, in tiers. Measured on this CPU
-(AVX2, 8 floats), ONNX Runtime runs a 3x3 conv with 24 input channels about half as long as with
-21 or 29, with 20 or 28 in between, and with 22 or 26 a little faster than odd widths; oneDNN
-(torch-cpu) shows similar steps. A pruned layer's width is odd half the time and a multiple of 8
-one time in 8, so a grid on "nice" widths predicts the common case wrong, and a grid on odd
-widths the rarer aligned ones. On an AVX-512 host the blocks are 16 floats wide: there ORT ran
-the same conv (batch 32, 16x16 map) 1.6-1.9x faster per MAC at 32, 48 or 64 channels than at the
-odd widths beside them, and only 1.3x at 40 or 56, so the quantum follows the host
-(``build.default_quantum``). With ``quantum`` q > 1 the grid therefore holds:
+Real SIMD backends are not ideal: they reward *aligned* widths, in tiers (the larger the power
+of two dividing a width, the faster per MAC, up to the SIMD width; ONNX Runtime and oneDNN
+alike). A pruned layer's width is odd half the time and a multiple of 8 one time in 8, so a grid
+on "nice" widths predicts the common case wrong, and a grid on odd widths the rarer aligned
+ones. The top tier follows the host's SIMD width (``build.default_quantum``). With ``quantum``
+q > 1 the grid therefore holds:
 
 - a base grid on odd widths (plus the full width, so the unpruned layer is read exactly), and
 - per axis, one probe per alignment tier (2, 4, ... q: the largest power of two dividing the width),
@@ -21,18 +18,16 @@ odd widths beside them, and only 1.3x at 40 or 56, so the quantum follows the ho
   factor for that axis;
 - one *joint* probe with both widths multiples of q. When both are, ONNX Runtime switches to its
   blocked (NCHWc) kernels, a different code path whose speed-up is not the product of the two
-  one-axis factors (we measured all-aligned ResNet-20 plans 18 % faster than that product said).
+  one-axis factors.
 
 A query is the base interpolation times the factors of its two widths' tiers, or times the joint
 factor when both widths are in the top tier. One exception: a width that is itself a base
 point (the full width above all) is read along its measured row or column, without factors.
 That row already holds the runtime's behaviour at that width, and factors measured beside an odd
-partner do not carry over: with a 16-channel input (the full width) ONNX Runtime's blocked kernel
-pads the output channels to a multiple of 8, so 16->2, 16->4 and 16->6 all took as long as 16->8
-(1.14-1.18 ms on a 32x32 map at batch 32), where the product of tier factors said 0.57-0.72 ms.
-Within a tier the prediction is
-monotone; across tiers an aligned width may honestly be cheaper than its odd neighbour, which is
-the hardware's truth and lets a search agent prefer aligned widths.
+partner do not carry over (a runtime may pad the other axis to its block size at that width).
+Within a tier the prediction is monotone; across tiers an aligned width may honestly be cheaper
+than its odd neighbour, which is the hardware's truth and lets a search agent prefer aligned
+widths. The measurements behind each choice: docs/latency.md, "Alignment tiers".
 
 Outside the grid: below the smallest width the value is held flat (a layer pruned to almost
 nothing is dominated by fixed overhead, which the lowest point measures); above the largest it

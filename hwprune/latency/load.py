@@ -44,9 +44,8 @@ def timing_like(settings: Mapping[str, Any], profiler: Profiler) -> Profiler:
 
     A prune job warms up 1 s before each whole-model measurement (after an idle pause the first
     runs are slow), but a block it adds to the table joins points timed with the table's own
-    protocol (``hwprune profile``'s warm-up is 20 ms), and must be timed like them. With the job's
-    warm-up the demo's four densify rounds spent 54 s on 35 widths and their anchors, nearly all
-    of it warming up.
+    protocol (``hwprune profile``'s warm-up is 20 ms), and must be timed like them; timed with the
+    job's, densifying a few dozen sub-millisecond blocks would be nearly all warm-up.
     """
     timed = copy.copy(profiler)
     vars(timed).update(_protocol(settings))

@@ -187,14 +187,12 @@ class LatencyTable:
 
         Densify (``densify.py``) times the widths a search chose, and those are where the grid
         under-prices: a search keeps the widest layer the table says fits, so it is drawn to the
-        widths the interpolation gets lowest (a winner's curse). Over the 471 widths densify timed
-        in 20 earlier runs (ResNet-20 and MobileNetV2 on ONNX Runtime) the measurement was on
-        average 9 % above the interpolation (mean log ratio +0.088) and only 26 % were within 10 %
-        of it. Predicting each one left out by the interpolation times the median ratio of its
-        signature's other densified widths, shrunk towards 1 by ``n / (n + OFF_GRID_PRIOR)`` in the
-        log, cut that bias to +0.021 and the median error from 23 % to 18 %
-        (``benchmarks/studies/off_grid_bias.py``). So the next search of a run reads every still-unmeasured
-        width of the signature scaled by it; 1.0 until densify has measured one.
+        widths the interpolation gets lowest (a winner's curse). The factor is the median ratio
+        measured / interpolated over the signature's densified widths, shrunk towards 1 by
+        ``n / (n + OFF_GRID_PRIOR)`` in the log so one or two points do not swing it; on widths
+        left out it removes most of the interpolation's bias (docs/latency.md, "The off-grid
+        factor"). The next search of a run reads every still-unmeasured width of the signature
+        scaled by it; 1.0 until densify has measured one.
         """
         if key not in self._off_grid:
             ratios = [

@@ -34,7 +34,7 @@ def counting_unstable(measure: Callable[..., Measurement], *args: Any) -> tuple[
     """``measure(*args)`` with its unstable-timing warning caught: (measurement, whether it was unstable).
 
     Loops over hundreds of blocks report a count instead; one warning line per block would bury
-    the progress bar and the job's own lines (a densify round printed one per block).
+    the progress bar and the job's own lines.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnstableMeasurementWarning)
@@ -99,8 +99,8 @@ class Profiler(ABC):
         """``model`` made ready to be measured again and again (each call is one measurement; leave it unchanged).
 
         A job times the same models in several interleaved rounds; a backend that converts a model
-        before running it (ONNX export: 3.6-3.9 s for ResNet-20 on this project's VM, ~8 s for MobileNetV2)
-        does that once here, not once per round. The default converts nothing.
+        before running it (an ONNX export takes seconds) does that once here, not once per round.
+        The default converts nothing.
         """
         return functools.partial(self.measure_model, model, tuple(input_shape))
 
@@ -140,11 +140,10 @@ class Profiler(ABC):
 
         "Quietest" is the run with the lowest median (the best-of-N rule of ``timeit``). On a shared
         or virtualised CPU, interference comes in spells of about a second that slow every sample
-        in them by 10-20 %. Past the drift every plan of a round shares, one run of 30 samples
-        deviated by 7.1 % (median) and the best of 5 runs of 10 samples by 3.8 % (ResNet-20 on
-        ONNX Runtime, 2 threads: benchmarks/noise_floor.py, docs/latency.md). The kept run's
-        samples are the record; the other runs' medians are kept beside them. A kept run that is
-        still unstable warns.
+        in them, so one long run's median cannot remove it; the best of several short runs about
+        halves the noise particular to one measurement (docs/latency.md, "The noise floor"). The
+        kept run's samples are the record; the other runs' medians are kept beside them. A kept
+        run that is still unstable warns.
         """
         self._warm_up(run)
         runs = [self._collect(run) for _ in range(self.runs)]

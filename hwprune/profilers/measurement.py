@@ -145,9 +145,8 @@ class Measurement:
 def keep_faster(old: Measurement | None, new: Measurement) -> Measurement:
     """Of two runs of the same workload, the one with the lower median.
 
-    On a shared or virtualised host, slow periods last longer than one run (measured here: whole
-    runs 20-80 % slow, in ~1 of 10 runs, at zero load inside the VM), so a median cannot remove
-    them; interference only ever adds time, so the faster of runs taken minutes apart is the
-    better estimate of the device's own latency.
+    On a shared or virtualised host, slow periods can last longer than a whole run, so a median
+    cannot remove them (docs/latency.md, "The noise floor"); interference only ever adds time, so
+    the faster of runs taken minutes apart is the better estimate of the device's own latency.
     """
     return new if old is None or new.median_ms < old.median_ms else old
