@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from hwprune import __version__
@@ -87,9 +88,26 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, A
         )
     state = load_weights(weights_path)
     _check_state(model, state, weights_path, spec)
+    broken = nonfinite_tensor(state)
+    if broken:
+        raise ArtifactError(f"weights in {weights_path} are not finite: {broken}; retrain or re-export the checkpoint")
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, spec, doc
+
+
+def nonfinite_tensor(state: dict[str, Any]) -> str | None:
+    """The first floating-point tensor holding NaN or inf, described ("tensor fc.weight has 3 NaN/inf of 640").
+
+    A diverged training writes weights that load, run and score chance; every search on them
+    reads noise and every budget is "met". One NaN is as broken as all of them.
+    """
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return f"tensor {name} has {bad} NaN/inf value(s) of {tensor.numel()}"
+    return None
 
 
 def _check_state(model: nn.Module, state: dict[str, Any], path: Path, spec: ModelSpec) -> None:

@@ -1,7 +1,9 @@
 """The ``hwprune`` command: one sub-command per verb; each lives in ``hwprune.commands``.
 
 The CLI is thin: parse, call the library, print. Every ``HwpruneError`` becomes one line on
-stderr and exit status 2; Ctrl-C exits 130 after the command has saved what it had.
+stderr and exit status 2, and so does every usage error (a bad option value is refused by its
+``type=`` from ``hwprune.options`` while parsing, before any work); Ctrl-C exits 130 after the
+command has saved what it had. ``main`` returns the exit status (it does not raise SystemExit).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import NoReturn
 
 from hwprune import __version__
 from hwprune.errors import HwpruneError
+from hwprune.options import given_options, join_negative_values
 
 # verb -> module in hwprune.commands exposing HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = {
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_HelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
@@ -68,7 +71,13 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = build_parser().parse_args(argv)
+        # What the user typed, defaults aside: `prune --resume` refuses options a resumed run would ignore.
+        args.given = given_options(args._parser, argv[argv.index(args.command) + 1 :])
+    except SystemExit as exc:  # a usage error (one line, see _Parser.error), --help or --version
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None) * 2
     warnings.formatwarning = _one_line_warning
     try:
         return int(args._run(args) or 0)

@@ -42,10 +42,14 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
 def read_json(path: str | Path, kind: str, schema_version: int) -> dict[str, Any]:
     """Read a JSON artifact of ``kind``; anything unexpected is one ArtifactError line."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a directory, not a {kind} file: give the JSON file's path")
     if not path.is_file():
         raise ArtifactError(f"{kind} file not found: {path}")
     try:
         data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {kind} file {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(
             f"{kind} file {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"

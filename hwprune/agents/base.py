@@ -12,6 +12,8 @@ import difflib
 import inspect
 import math
 import time
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +243,12 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def get_agent(name: str, **options: Any) -> SearchAgent:
-    """Build a registered agent; unknown names and unknown options get a suggestion."""
+    """Build a registered agent; unknown names and unknown options get a suggestion.
+
+    Each option is checked against the type its constructor declares (``decay: float``) before the
+    constructor sees it, so ``decay=abc`` is one line naming the option and the type it takes, not
+    a TypeError from inside the agent; a float must also be finite.
+    """
     if name not in _AGENTS:
         raise ConfigError(f"unknown search agent '{name}': {_suggest(name, available_agents())}")
     cls = _AGENTS[name]
@@ -250,10 +257,38 @@ def get_agent(name: str, **options: Any) -> SearchAgent:
         for p in inspect.signature(cls.__init__).parameters.values()
         if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    for key in options:
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # an annotation that cannot be resolved here: the agent checks its values
+        hints = {}
+    for key, value in options.items():
         if key not in params:
             raise ConfigError(f"agent '{name}' has no option '{key}': {_suggest(key, params)}")
-    return cls(**options)
+        if key in hints:
+            options[key] = _typed_option(name, key, value, hints[key])
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:  # an agent's own check that did not raise ConfigError
+        raise ConfigError(f"agent '{name}' refused its options {options}: {exc}") from None
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", type(None): "null"}
+
+
+def _typed_option(agent: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the declared type (an int where a float is declared becomes a float), or ConfigError."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not all(t in _TYPE_WORDS for t in allowed):
+        return value  # a richer annotation: the agent checks the value itself
+    for t in allowed:
+        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"agent '{agent}' option {key} must be a finite number, got {value}")
+            return float(value)
+        if t is not float and type(value) is t:
+            return value
+    expected = " or ".join(_TYPE_WORDS[t] for t in allowed)
+    raise ConfigError(f"agent '{agent}' option {key} must be {expected}, got {value!r}")
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:

@@ -22,31 +22,41 @@ from hwprune.errors import ConfigError
 from hwprune.io import write_json
 from hwprune.latency.load import load_table, model_for
 from hwprune.latency.validate import check, heldout_plans, paired_meter
+from hwprune.options import REPEATS, check_out_location, integer, non_negative_int, out_file, positive_int, text
 
 HELP = "measure random pruned variants and report the latency table's prediction error"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", help="the model the table was made for, checked against it (default: the table's)")
-    which.add_argument("--checkpoint", help="or the checkpoint `profile --checkpoint` was given: its model is checked")
-    parser.add_argument("--lut", required=True, help="latency table JSON from `hwprune profile`")
-    parser.add_argument("--plans", type=int, default=20, help="random pruned variants to measure")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    which.add_argument(
+        "--model", type=text, help="the model the table was made for, checked against it (default: the table's)"
+    )
+    which.add_argument(
+        "--checkpoint", type=text, help="or the checkpoint `profile --checkpoint` was given: its model is checked"
+    )
+    parser.add_argument("--lut", required=True, type=text, help="latency table JSON from `hwprune profile`")
+    parser.add_argument("--plans", type=positive_int, default=20, help="random pruned variants to measure")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random plans")
     parser.add_argument(
         "--round-to",
-        type=int,
+        type=positive_int,
         default=1,
         help="round every width of the random plans to this multiple (the table's quantum, 16 on "
         "AVX-512 and 8 on AVX2: the aligned widths `prune --round-to` and uniform plans produce, "
         "which ONNX Runtime runs much faster)",
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed samples per run (default: the table's)")
     parser.add_argument(
-        "--runs", type=int, default=None, help="runs per measurement, the quietest kept (default: the table's)"
+        "--repeats", type=integer(REPEATS), default=None, help="timed samples per run (default: the table's)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="runs per plan, round-robin, the faster kept (default: the table's)"
+        "--runs", type=positive_int, default=None, help="runs per measurement, the quietest kept (default: the table's)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=None,
+        help="runs per plan, round-robin, the faster kept (default: the table's)",
     )
     parser.add_argument(
         "--unpaired",
@@ -54,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time each plan alone, at whatever speed the machine runs now, instead of right after "
         "the unpruned model and rescaled to the table's calibration speed",
     )
-    parser.add_argument("--out", default=None, help="JSON report (default: LUT name with .check.json)")
+    parser.add_argument("--out", default=None, type=out_file, help="JSON report (default: LUT name with .check.json)")
     parser.add_argument(
         "--allow-foreign-table", action="store_true", help="use a table profiled on another device/backend anyway"
     )
@@ -62,17 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plans < 1:
-        raise ConfigError(f"--plans must be >= 1, got {args.plans}")
-    if args.round_to < 1:
-        raise ConfigError(f"--round-to must be >= 1, got {args.round_to}")
-    if args.repeats is not None and args.repeats < 3:
-        raise ConfigError(f"--repeats must be >= 3, got {args.repeats}")
-    if args.runs is not None and args.runs < 1:
-        raise ConfigError(f"--runs must be >= 1, got {args.runs}")
-    if args.rounds is not None and args.rounds < 1:
-        raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     lut = Path(args.lut)
+    out = Path(args.out) if args.out is not None else lut.with_name(lut.stem + ".check.json")
+    check_out_location(out, "--out", directory=False)  # the default sits beside the table: it may be read-only
     table, profiler = load_table(lut, args.allow_foreign_table, repeats=args.repeats, runs=args.runs)
     expected = checkpoint_spec(Path(args.checkpoint)).name if args.checkpoint else args.model
     if expected is not None and table.settings.get("model") != expected:
@@ -84,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
         table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds, measure=measure
     )
     report |= {"lut": str(lut), "seed": args.seed, "round_to": args.round_to, "device_key": profiler.device_key()}
-    out = Path(args.out) if args.out else lut.with_name(lut.stem + ".check.json")
     write_json(out, report)
     print(format_report(report))
     print(f"wrote {out}")

@@ -28,6 +28,15 @@ from hwprune.latency.build import (
 )
 from hwprune.latency.calibrate import check_plan_count
 from hwprune.models import ModelSpec, create_model
+from hwprune.options import (
+    REPEATS,
+    integer,
+    non_negative_float,
+    non_negative_int,
+    out_file,
+    positive_int,
+    text,
+)
 from hwprune.profilers import available_profilers
 
 HELP = "build a latency lookup table for a model on this device"
@@ -35,38 +44,48 @@ HELP = "build a latency lookup table for a model on this device"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME")
+    src.add_argument("--model", type=text, help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME")
     src.add_argument(
         "--checkpoint",
+        type=text,
         help="checkpoint directory from `hwprune train`: its model spec is used (weights do not change latency)",
     )
-    parser.add_argument("--backend", default="torch-cpu", help=f"profiler: {', '.join(available_profilers())}")
-    parser.add_argument("--batch", type=int, default=1, help="batch size the model is deployed at")
-    parser.add_argument("--input-size", default=None, help="input HxW, e.g. 32x32; unset: the checkpoint's, else 32x32")
-    parser.add_argument("--in-channels", type=int, default=None, help="input channels; unset: the checkpoint's, else 3")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes; unset: the checkpoint's, else 10")
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (unset: all cores); part of the device key"
+        "--backend", default="torch-cpu", type=text, help=f"profiler: {', '.join(available_profilers())}"
     )
-    parser.add_argument("--repeats", type=int, default=10, help="timed samples per run")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size the model is deployed at")
+    parser.add_argument(
+        "--input-size", default=None, type=text, help="input HxW, e.g. 32x32; unset: the checkpoint's, else 32x32"
+    )
+    parser.add_argument(
+        "--in-channels", type=positive_int, default=None, help="input channels; unset: the checkpoint's, else 3"
+    )
+    parser.add_argument(
+        "--num-classes", type=positive_int, default=None, help="classes; unset: the checkpoint's, else 10"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads (unset: all cores); part of the device key"
+    )
+    parser.add_argument("--repeats", type=integer(REPEATS), default=10, help="timed samples per run")
     parser.add_argument(
         "--runs",
-        type=int,
+        type=positive_int,
         default=5,
         help="runs per block and per model, back to back; the quietest (lowest median) is kept",
     )
-    parser.add_argument("--warmup", type=int, default=10, help="warm-up runs before sampling (at least)")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="warm-up runs before sampling (at least)")
     parser.add_argument(
-        "--warmup-s", type=float, default=BLOCK_WARMUP_S, help="warm-up seconds before sampling (at least)"
+        "--warmup-s", type=non_negative_float, default=BLOCK_WARMUP_S, help="warm-up seconds before sampling (at least)"
     )
     parser.add_argument(
         "--grid",
+        type=text,
         default=",".join(str(f) for f in DEFAULT_FRACTIONS),
         help="grid widths as fractions of each layer's width (e.g. 0.25,0.5,1), or a count N",
     )
     parser.add_argument(
         "--quantum",
-        type=int,
+        type=positive_int,
         default=None,
         help="widest channel alignment the backend rewards: the grid sits on odd widths and each "
         "alignment tier (2, 4, .. QUANTUM) gets a measured correction; 1 = one plain grid. "
@@ -74,14 +93,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=2,
         help="times every calibration plan is timed, in separate passes (each right after the "
         "unpruned model); the faster run is kept",
     )
     parser.add_argument(
         "--block-rounds",
-        type=int,
+        type=positive_int,
         default=DEFAULT_BLOCK_ROUNDS,
         help="passes over the grid, each timing every block once; the faster run is kept (a "
         "block's runs last milliseconds, while a shared or virtualised host has slow spells of "
@@ -89,14 +108,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--calib-plans",
-        type=int,
+        type=non_negative_int,
         default=13,
         help="whole-model measurements (unpruned + random plans) to calibrate on; 0 = none",
     )
-    parser.add_argument("--calib-seed", type=int, default=1234, help="seed of the calibration plans")
-    parser.add_argument("--out", required=True, help="table JSON to write")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted table at --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
+    parser.add_argument("--calib-seed", type=non_negative_int, default=1234, help="seed of the calibration plans")
+    parser.add_argument("--out", required=True, type=out_file, help="table JSON to write")
+    existing = parser.add_mutually_exclusive_group()  # continuing a table and replacing it contradict
+    existing.add_argument("--resume", action="store_true", help="continue an interrupted table at --out")
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
     parser.add_argument(
         "--recalibrate",
         action="store_true",
@@ -117,30 +137,18 @@ def parse_input_size(text: str) -> tuple[int, int]:
 
 
 def setting_from_args(args: argparse.Namespace) -> TableSetting:
-    """Validate every option before any file is touched or any block is timed."""
+    """The table's setting, checked before any file is touched or any block is timed.
+
+    Each value was range-checked by its ``type=`` while parsing; here the checkpoint fills in what
+    was not given (``None``), and the model and backend names are checked.
+    """
     spec = checkpoint_spec(Path(args.checkpoint)) if args.checkpoint else None
     model = spec.name if spec else args.model
     input_size = parse_input_size(args.input_size) if args.input_size else (spec.input_size if spec else (32, 32))
-    in_channels = args.in_channels or (spec.in_channels if spec else 3)
-    num_classes = args.num_classes or (spec.num_classes if spec else 10)
+    in_channels = args.in_channels if args.in_channels is not None else (spec.in_channels if spec else 3)
+    num_classes = args.num_classes if args.num_classes is not None else (spec.num_classes if spec else 10)
     if args.backend not in available_profilers():
         raise ConfigError(f"unknown backend '{args.backend}': choose one of {', '.join(available_profilers())}")
-    for flag, value, least in (
-        ("--batch", args.batch, 1),
-        ("--repeats", args.repeats, 3),
-        ("--runs", args.runs, 1),
-        ("--warmup", args.warmup, 0),
-        ("--in-channels", in_channels, 1),
-        ("--num-classes", num_classes, 1),
-        ("--calib-plans", args.calib_plans, 0),
-        ("--quantum", 1 if args.quantum is None else args.quantum, 1),
-        ("--rounds", args.rounds, 1),
-        ("--block-rounds", args.block_rounds, 1),
-    ):
-        if value < least:
-            raise ConfigError(f"{flag} must be >= {least}, got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     check_plan_count(args.calib_plans, "--calib-plans")
     create_model(model, in_channels, num_classes)  # unknown model names fail here, before any work
     return TableSetting(
@@ -150,7 +158,7 @@ def setting_from_args(args: argparse.Namespace) -> TableSetting:
         input_size=input_size,
         batch=args.batch,
         backend=args.backend,
-        threads=args.threads or (os.cpu_count() or 1),
+        threads=args.threads if args.threads is not None else (os.cpu_count() or 1),
         repeats=args.repeats,
         runs=args.runs,
         warmup=args.warmup,

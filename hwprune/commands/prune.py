@@ -9,32 +9,56 @@ Example:  hwprune prune --checkpoint checkpoints/resnet20-fmnist --budget 0.5x -
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from hwprune.errors import ConfigError
+from hwprune.options import (
+    MARGIN,
+    REPEATS,
+    SLACK,
+    check_out_location,
+    fraction,
+    integer,
+    key_value,
+    non_negative_float,
+    non_negative_int,
+    number,
+    out_dir,
+    positive_float,
+    positive_int,
+    text,
+)
 
 HELP = "prune a checkpoint to a measured latency budget (or a uniform ratio), fine-tune, measure, report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_argument_group("what to prune and where to write")
-    what.add_argument("--checkpoint", help="checkpoint directory written by `hwprune train`")
-    what.add_argument("--out", help="run directory to create (plan, pruned model, report)")
-    what.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its directory")
-    what.add_argument("--data-dir", help="dataset folder, when not in the default place")
+    what.add_argument("--checkpoint", type=text, help="checkpoint directory written by `hwprune train`")
+    what.add_argument("--out", type=out_dir, help="run directory to create (plan, pruned model, report)")
+    what.add_argument(
+        "--resume",
+        metavar="DIR",
+        type=text,
+        help="continue an interrupted run from its directory, with the options it was started with",
+    )
+    what.add_argument("--data-dir", type=text, help="dataset folder, when not in the default place")
     goal = p.add_argument_group("goal")
     goal.add_argument(
         "--budget",
+        type=text,
         help="latency budget: a fraction of the unpruned model's measured latency (0.5x; judged against the "
         "unpruned model measured alongside the pruned one, so machine drift cancels) or milliseconds per batch (4.2ms)",
     )
-    goal.add_argument("--ratio", type=float, help="instead of a budget: keep this fraction of every group")
-    goal.add_argument("--plan", help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)")
-    goal.add_argument("--agent", default="netadapt", help="search agent (uniform, netadapt)")
+    goal.add_argument("--ratio", type=fraction, help="instead of a budget: keep this fraction of every group")
+    goal.add_argument(
+        "--plan", type=text, help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)"
+    )
+    goal.add_argument("--agent", default="netadapt", type=text, help="search agent (uniform, netadapt)")
     goal.add_argument(
         "--agent-option",
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -42,31 +66,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     goal.add_argument(
         "--round-to",
-        type=int,
+        type=positive_int,
         default=1,
         help="keep channel counts at multiples of this (the CPU's SIMD width in floats suits it: 16 with "
         "AVX-512, 8 with AVX2; a full width is always allowed)",
     )
     goal.add_argument(
-        "--min-keep-ratio", type=float, default=0.1, help="no group keeps fewer than this fraction of its channels"
+        "--min-keep-ratio", type=fraction, default=0.1, help="no group keeps fewer than this fraction of its channels"
     )
     goal.add_argument(
         "--margin",
-        type=float,
+        type=number(MARGIN),
         default=0.05,
         help="search for a plan predicted this fraction under the budget, so device noise "
         "does not push the measured median over it",
     )
     goal.add_argument(
         "--slack",
-        type=float,
+        type=number(SLACK),
         help="when a plan measures more than this fraction under the budget, keep it and search once more for a "
         "wider (more accurate) one against a looser target; if that one misses, search between the two while "
         "tries remain, and take the kept plan if nothing wider fits (default: twice --margin; 0 for off)",
     )
     goal.add_argument(
         "--max-tries",
-        type=int,
+        type=positive_int,
         default=3,
         help="searches in all (each later one against a target moved by what the last plan measured: tighter "
         "after a miss, looser after --slack) and measurements of the fine-tuned model before a miss counts",
@@ -74,34 +98,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev = p.add_argument_group("device and deployment setting")
     dev.add_argument(
         "--backend",
+        type=text,
         help="profiler backend: torch-cpu, onnxruntime, torch-cuda, tensorrt "
         "(default: the --lut table's, else onnxruntime)",
     )
-    dev.add_argument("--threads", type=int, help="CPU threads (default: the --lut table's, else all cores)")
+    dev.add_argument("--threads", type=positive_int, help="CPU threads (default: the --lut table's, else all cores)")
     dev.add_argument(
-        "--batch", type=int, help="batch size the model is deployed at (default: the --lut table's, else 32)"
+        "--batch", type=positive_int, help="batch size the model is deployed at (default: the --lut table's, else 32)"
     )
-    dev.add_argument("--repeats", type=int, default=10, help="timed samples per run")
+    dev.add_argument("--repeats", type=integer(REPEATS), default=10, help="timed samples per run")
     dev.add_argument(
         "--runs",
-        type=int,
+        type=positive_int,
         default=5,
         help="runs per latency measurement, back to back; the quietest (lowest median) is kept",
     )
     dev.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=3,
         help="measurements of each model judged against the budget (interleaved with the unpruned "
         "model for a relative budget); the faster is kept",
     )
     dev.add_argument(
         "--settle-s",
-        type=float,
+        type=non_negative_float,
         default=3.0,
         help="idle seconds before the measurements of a verdict (timings right after training run slow)",
     )
-    dev.add_argument("--lut", help="latency table from `hwprune profile` (default: profile now, into the run dir)")
+    dev.add_argument(
+        "--lut", type=text, help="latency table from `hwprune profile` (default: profile now, into the run dir)"
+    )
     dev.add_argument(
         "--no-densify",
         dest="densify",
@@ -115,7 +142,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     dev.add_argument(
         "--calibration-plans",
-        type=int,
+        type=non_negative_int,
         default=13,
         help="whole-model measurements that calibrate the latency predictor when the job profiles the device "
         "itself (without --lut); 0 for none, else >= 3",
@@ -123,16 +150,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tune = p.add_argument_group("accuracy")
     tune.add_argument(
         "--search-finetune-steps",
-        type=int,
+        type=non_negative_int,
         default=20,
         help="short fine-tune steps before each candidate is scored on the validation split",
     )
-    tune.add_argument("--val-samples", type=int, default=2000, help="validation samples per candidate score")
-    tune.add_argument("--finetune-steps", type=int, default=400, help="fine-tune steps after pruning")
-    tune.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tune learning rate")
+    tune.add_argument("--val-samples", type=positive_int, default=2000, help="validation samples per candidate score")
+    tune.add_argument("--finetune-steps", type=non_negative_int, default=400, help="fine-tune steps after pruning")
+    tune.add_argument("--finetune-lr", type=positive_float, default=0.01, help="fine-tune learning rate")
     tune.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=128,
         help="batch size of the fine-tune after pruning (the search's short fine-tunes use 64)",
     )
@@ -144,20 +171,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "deployed, timed and tested is fp32). auto: bf16 where the CPU has it natively "
         "(AVX512-BF16 or AMX: about half the time), else fp32",
     )
-    tune.add_argument("--seed", type=int, default=0, help="seed for data splits, fine-tuning and search")
-
-
-def _agent_options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--agent-option expects KEY=VALUE, got '{item}'")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return options
+    tune.add_argument("--seed", type=non_negative_int, default=0, help="seed for data splits, fine-tuning and search")
 
 
 def _interruptible(cfg, resume: bool):  # noqa: ANN001, ANN202 - JobConfig is imported lazily
@@ -173,26 +187,58 @@ def _interruptible(cfg, resume: bool):  # noqa: ANN001, ANN202 - JobConfig is im
 
 
 def _settings_from_table(args: argparse.Namespace) -> None:
-    """A latency table fixes the deployment setting: take what the user did not say from it."""
+    """A latency table fixes the deployment setting: take what the user did not say (None) from it.
+
+    Whether the table fits the checkpoint (model, input, batch, device) is checked by the job
+    before it measures anything.
+    """
     table = {}
-    if args.lut:
+    if args.lut is not None:
         from hwprune.latency import LatencyTable
 
         table = LatencyTable.load(args.lut, allow_foreign=True).settings
-    args.backend = args.backend or table.get("backend", "onnxruntime")
-    args.batch = args.batch or table.get("batch", 32)
-    args.threads = args.threads or table.get("threads") or None
+    if args.backend is None:
+        args.backend = table.get("backend", "onnxruntime")
+    if args.batch is None:
+        args.batch = table.get("batch", 32)
+    if args.threads is None:
+        args.threads = table.get("threads")
+
+
+def _resume(args: argparse.Namespace) -> tuple[Path, bool] | None:
+    """Continue the run at ``--resume``; None when it has finished already (its report is said where)."""
+    from hwprune.job import finished_report, resume_config
+
+    extra = [flag for dest, flag in getattr(args, "given", {}).items() if dest != "resume"]
+    if extra:
+        raise ConfigError(
+            f"--resume continues {args.resume} with the options it was started with (its job.json): drop "
+            f"{', '.join(extra)}, or start a new run with --out to change them"
+        )
+    if not Path(args.resume, "job.json").is_file():
+        raise ConfigError(
+            f"--resume {args.resume}: no prune run there (no job.json); start one with --checkpoint and --out"
+        )
+    report = finished_report(args.resume)
+    if report is not None:
+        print(f"run {args.resume} is finished: its report is {report}")
+        return None
+    check_out_location(args.resume, "--resume")
+    cfg = resume_config(args.resume)
+    cfg.out = args.resume
+    return _interruptible(cfg, resume=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwprune.job import JobConfig, resume_config
+    from hwprune.job import JobConfig
 
-    if args.resume:
-        cfg = resume_config(args.resume)
-        cfg.out = args.resume
-        report, met = _interruptible(cfg, resume=True)
+    if args.resume is not None:
+        outcome = _resume(args)
+        if outcome is None:
+            return 0  # finished earlier: nothing to do is not an error
+        report, met = outcome
     else:
-        if not args.checkpoint or not args.out:
+        if args.checkpoint is None or args.out is None:
             raise ConfigError("--checkpoint and --out are required (or --resume DIR)")
         _settings_from_table(args)
         cfg = JobConfig(
@@ -202,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             ratio=args.ratio,
             plan=args.plan,
             agent=args.agent,
-            agent_options=_agent_options(args.agent_option),
+            agent_options=dict(args.agent_option),
             backend=args.backend,
             threads=args.threads,
             batch=args.batch,

@@ -20,36 +20,52 @@ from pathlib import Path
 
 import torch
 
-from hwprune.checkpoint import save_checkpoint
+from hwprune.checkpoint import nonfinite_tensor, save_checkpoint
 from hwprune.data import DATASETS, load_data
 from hwprune.errors import ConfigError
 from hwprune.models import ModelSpec, create_model
+from hwprune.options import (
+    check_out_location,
+    non_negative_int,
+    out_dir,
+    positive_float,
+    positive_int,
+    text,
+    torch_device,
+)
 from hwprune.train import evaluate, seed_everything, train
 
 HELP = "train a baseline model and write a checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME")
-    parser.add_argument("--data", default="fashion-mnist", help=f"dataset: {', '.join(DATASETS)}")
+    parser.add_argument(
+        "--model", required=True, type=text, help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME"
+    )
+    parser.add_argument("--data", default="fashion-mnist", type=text, help=f"dataset: {', '.join(DATASETS)}")
     parser.add_argument(
         "--data-dir",
         default=None,
+        type=text,
         help="dataset folder (fashion-mnist falls back to /usr/share/datasets/fashion-mnist)",
     )
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs")
-    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (warm-up + cosine)")
-    parser.add_argument("--batch-size", type=int, default=128, help="training batch size")
-    parser.add_argument("--seed", type=int, default=0, help="seed for init, data order, split and augmentation")
-    parser.add_argument("--limit-train", type=int, default=None, help="train on the first N shuffled samples only")
-    parser.add_argument("--device", default="cpu", help="torch device to train on")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate (warm-up + cosine)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed for init, data order, split and augmentation"
+    )
+    parser.add_argument(
+        "--limit-train", type=positive_int, default=None, help="train on the first N shuffled samples only"
+    )
+    parser.add_argument("--device", default="cpu", type=torch_device, help="torch device to train on")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch CPU threads; 1 is fastest on a busy machine (unset: torch's choice)",
     )
-    parser.add_argument("--out", required=True, help="checkpoint directory to create")
+    parser.add_argument("--out", required=True, type=out_dir, help="checkpoint directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -73,12 +89,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists: choose another --out or pass --overwrite")
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if out.exists():
+        check_out_location(out.parent, "--out")  # replacing it renames in its folder
+    if args.threads is not None:  # every value is range-checked by its type= while parsing
         torch.set_num_threads(args.threads)
     create_model(args.model)  # fail on an unknown name before loading any data
     data = load_data(args.data, args.data_dir, seed=args.seed, limit_train=args.limit_train)
@@ -87,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     model = spec.build()
     start = time.perf_counter()
     history = train(model, data, args.epochs, args.lr, args.batch_size, args.seed, not args.no_progress, args.device)
+    broken = nonfinite_tensor(model.state_dict())
+    if broken:  # an all-NaN checkpoint scores chance and poisons every prune run made from it
+        raise ConfigError(f"training diverged ({broken}); nothing was written: lower --lr (it was {args.lr})")
     test_acc = evaluate(model, data.test)
     wall = time.perf_counter() - start
     meta = {

@@ -5,7 +5,7 @@ loop decides, pure) -> search_try (one try's search with densify) -> budgeted (t
 executes the policy) -> run (the whole job and its report).
 """
 
-from hwprune.job.config import JobConfig, resume_config
+from hwprune.job.config import JobConfig, finished_report, resume_config
 from hwprune.job.run import run_job
 
-__all__ = ["JobConfig", "resume_config", "run_job"]
+__all__ = ["JobConfig", "finished_report", "resume_config", "run_job"]

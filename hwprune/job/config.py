@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,17 @@ from hwprune.agents import get_agent
 from hwprune.errors import ArtifactError, ConfigError
 from hwprune.io import read_json, write_json
 from hwprune.latency.calibrate import check_plan_count
+from hwprune.options import (
+    AT_LEAST_1,
+    FRACTION,
+    MARGIN,
+    NON_NEGATIVE,
+    POSITIVE,
+    REPEATS,
+    SLACK,
+    Range,
+    check_out_location,
+)
 from hwprune.train import resolve_precision
 
 JOB_KIND = "prune-job"
@@ -59,31 +72,57 @@ class JobConfig:
         return 2 * self.margin if self.slack is None else self.slack
 
 
+PATH_FIELDS = ("checkpoint", "lut", "plan", "data_dir")
+"""Options naming files: recorded absolute in job.json, so a run resumes from any working directory."""
+
+RANGES: dict[str, Range] = {
+    "ratio": FRACTION,
+    "batch": AT_LEAST_1,
+    "threads": AT_LEAST_1,
+    "repeats": REPEATS,
+    "runs": AT_LEAST_1,
+    "rounds": AT_LEAST_1,
+    "max_tries": AT_LEAST_1,
+    "batch_size": AT_LEAST_1,
+    "val_samples": AT_LEAST_1,
+    "round_to": AT_LEAST_1,
+    "finetune_steps": NON_NEGATIVE,
+    "search_finetune_steps": NON_NEGATIVE,
+    "calibration_plans": NON_NEGATIVE,
+    "seed": NON_NEGATIVE,
+    "settle_s": NON_NEGATIVE,
+    "warmup_s": NON_NEGATIVE,
+    "min_keep_ratio": FRACTION,
+    "margin": MARGIN,
+    "slack": SLACK,
+    "finetune_lr": POSITIVE,
+}
+"""The range of every numeric option; the CLI's types check the same ones while parsing."""
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
 def validate_config(cfg: JobConfig) -> None:
-    """Refuse bad option values before anything is loaded or written."""
+    """Refuse bad option values before anything is loaded or written.
+
+    The CLI has refused most of them while parsing; this is the same check for a ``JobConfig`` built
+    in Python or read back from a ``job.json``. Every float must be finite (NaN passes ``x < 0``
+    checks and breaks far later, in a sleep or a JSON file), every path non-empty.
+    """
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value}")
+        if f.name in RANGES:
+            RANGES[f.name].check(_flag(f.name), value)
+        if f.name in PATH_FIELDS + ("out",) and value is not None and not str(value).strip():
+            raise ConfigError(f"{_flag(f.name)} must not be empty")
     if sum(x is not None for x in (cfg.budget, cfg.ratio, cfg.plan)) != 1:
         raise ConfigError("give exactly one of --budget (e.g. 0.5x or 4.2ms), --ratio (uniform keep ratio) or --plan")
-    if cfg.ratio is not None and not 0 < cfg.ratio <= 1:
-        raise ConfigError(f"--ratio must be in (0, 1], got {cfg.ratio}")
-    for name in ("batch", "repeats", "runs", "rounds", "max_tries", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.finetune_steps < 0 or cfg.search_finetune_steps < 0:
-        raise ConfigError("fine-tune steps must be >= 0")
-    if cfg.settle_s < 0 or cfg.warmup_s < 0:
-        raise ConfigError("--settle-s and the warm-up must be >= 0 seconds")
-    if cfg.round_to < 1:
-        raise ConfigError(f"--round-to must be >= 1, got {cfg.round_to}")
-    if not 0 < cfg.min_keep_ratio <= 1:
-        raise ConfigError(f"--min-keep-ratio must be in (0, 1], got {cfg.min_keep_ratio}")
-    if not 0 <= cfg.margin < 0.5:
-        raise ConfigError(f"--margin must be in [0, 0.5), got {cfg.margin}")
     if cfg.slack is not None and cfg.slack != 0 and not cfg.margin <= cfg.slack < 1:
         raise ConfigError(f"--slack must be 0 (off) or in [--margin, 1), got {cfg.slack} (--margin {cfg.margin})")
-    if cfg.val_samples < 1:
-        raise ConfigError(f"--val-samples must be >= 1, got {cfg.val_samples}")
-    if not cfg.finetune_lr > 0:
-        raise ConfigError(f"--finetune-lr must be > 0, got {cfg.finetune_lr}")
     resolve_precision(cfg.precision)  # refuses an unknown one
     if cfg.lut is None:
         check_plan_count(cfg.calibration_plans, "--calibration-plans")
@@ -92,12 +131,21 @@ def validate_config(cfg: JobConfig) -> None:
 
 
 def check_fresh_out(out: str | Path) -> None:
-    """A fresh run needs an empty or missing ``--out``: refuse before anything is loaded or measured."""
+    """A fresh run needs an empty or missing ``--out`` it can write: refuse before anything is loaded or measured."""
     run = Path(out)
     if run.exists() and not run.is_dir():
         raise ConfigError(f"--out {run} is a file: give a directory for the run")
     if run.exists() and any(run.iterdir()):
         raise ConfigError(f"run directory {run} already exists: pick another --out, or continue it with --resume {run}")
+    check_out_location(run, "--out")
+
+
+def finished_report(run_dir: str | Path) -> Path | None:
+    """The report of a run that has finished (``report.json`` is written last but one), else None."""
+    run = Path(run_dir)
+    if not (run / "report.json").is_file():
+        return None
+    return run / "report.md" if (run / "report.md").is_file() else run / "report.json"
 
 
 def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
@@ -111,7 +159,9 @@ def start_run(cfg: JobConfig, budget_ms: float | None) -> Path:
         {
             "kind": JOB_KIND,
             "schema_version": JOB_SCHEMA,
-            "config": asdict(cfg) | {"agent_options": options},
+            "config": asdict(cfg)
+            | {"agent_options": options}
+            | {name: os.path.abspath(path) for name in PATH_FIELDS if (path := getattr(cfg, name)) is not None},
             "budget_ms": budget_ms,
         },
     )

@@ -17,10 +17,11 @@ from hwprune import __version__
 from hwprune.agents import Budget, check_budget, parse_budget
 from hwprune.errors import HwpruneError
 from hwprune.io import read_json
-from hwprune.job.budgeted import budgeted_search
+from hwprune.job.budgeted import budgeted_search, latency_table
 from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
 from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, measure, summarize_model
 from hwprune.job.report import write_report
+from hwprune.options import check_out_location
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan, save_pruned
 from hwprune.train import resolve_precision
@@ -35,11 +36,17 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     """
     validate_config(cfg)
     cfg.precision = resolve_precision(cfg.precision)  # job.json and the report record what ran
-    if not resume:
+    if resume:
+        check_out_location(cfg.out, "--resume")
+    else:
         check_fresh_out(cfg.out)
     if cfg.budget is not None:
         parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
     loaded = load_inputs(cfg)
+    if cfg.lut is not None:
+        # The table must fit this checkpoint, batch and device before anything is timed (a mismatch found
+        # after the unpruned model's measurement came with that measurement's timing warnings).
+        latency_table(cfg, loaded, Path(cfg.out), resume)
     fixed = fixed_plan(cfg, loaded) if cfg.budget is None else None
     t0 = time.perf_counter()
     base_m = measure(loaded, loaded.model, cfg)

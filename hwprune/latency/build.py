@@ -11,6 +11,7 @@ or an error loses at most the block being timed, a hard kill at most a second of
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ def parse_grid(text: str) -> tuple[float, ...]:
         raise ConfigError(
             f"--grid must be a count >= 1 or comma-separated fractions like 0.25,0.5,1; got {text!r}"
         ) from None
-    if not fractions or fractions[0] <= 0 or fractions[-1] != 1.0:
+    if not all(math.isfinite(f) for f in fractions) or not fractions or fractions[0] <= 0 or fractions[-1] != 1.0:
         raise ConfigError(f"--grid fractions must lie in (0, 1] and include 1; got {text!r}")
     return fractions
 

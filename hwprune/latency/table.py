@@ -270,6 +270,11 @@ class LatencyTable:
     def from_dict(cls, data: dict[str, Any], source: str = "latency table") -> LatencyTable:
         payload_keys = ("backend", "fingerprint", "settings", "signatures", "grids", "entries", "calibration")
         payload = {k: data.get(k) for k in payload_keys}
+        where = nonfinite_number(payload)
+        if where is not None:  # JSON readers accept NaN and Infinity; no timing or setting may be one
+            raise TableError(
+                f"{source} holds a number that is not finite at {where}; re-profile with `hwprune profile`"
+            )
         if data.get("sha256") != checksum(payload):
             raise TableError(
                 f"{source} is corrupt: its sha256 does not match its entries (edited or truncated?); "
@@ -319,6 +324,29 @@ class LatencyTable:
 
     def device_key(self) -> str:
         return device_key(self.fingerprint)
+
+
+def nonfinite_number(value: Any, where: str = "") -> str | None:
+    """Where the first NaN or infinity in a JSON value sits (``entries.conv-k3s1p1-32x32-b1-float32[c_in=8,
+    c_out=16].measurement.samples_ms[2]``), or None. Table entries are named by signature and widths."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the top level"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = nonfinite_number(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            label = (
+                f"[c_in={item.get('c_in')},c_out={item.get('c_out')}]"
+                if isinstance(item, dict) and "c_in" in item
+                else f"[{i}]"
+            )
+            found = nonfinite_number(item, f"{where}{label}")
+            if found:
+                return found
+    return None
 
 
 def checksum(payload: dict[str, Any]) -> str:

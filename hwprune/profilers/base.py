@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import os
 import time
 import warnings
@@ -58,7 +59,7 @@ class Profiler(ABC):
     ) -> None:
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
-        if warmup < 0 or warmup_s < 0:
+        if warmup < 0 or not 0 <= warmup_s < math.inf:
             raise ConfigError(f"warm-up must be >= 0 runs and >= 0 s, got {warmup} runs / {warmup_s} s")
         if repeats < 3:
             raise ConfigError(f"repeats must be >= 3 for a median and IQR to mean anything, got {repeats}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ def round_channels(keep: float, original: int, round_to: int = 1) -> int:
     """Round a channel count to a multiple of ``round_to`` (hardware-friendly widths), within [1, original]."""
     k = int(round(keep / round_to)) * round_to if round_to > 1 else int(round(keep))
     return int(min(original, max(k, min(round_to, original), 1)))
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's ints are Integral
+        raise ArtifactError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -128,16 +135,28 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "plan") -> PruningPlan:
-        try:
-            groups = {}
-            for entry in data["groups"]:
-                idx = entry.get("kept_indices")
-                groups[str(entry["name"])] = GroupPlan(
-                    int(entry["original"]), int(entry["keep"]), tuple(int(i) for i in idx) if idx is not None else None
-                )
-            return cls(str(data["model"]), groups)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{source} is malformed ({exc!r}): re-create it with hwprune") from None
+        """Read a plan strictly: channel counts are JSON integers, never coerced ('8' or 7.5 is refused).
+
+        A plan can be written by hand or by another tool; coercing would turn 7.5 into 7 silently.
+        """
+        groups_in = data.get("groups") if isinstance(data, dict) else None
+        if not isinstance(groups_in, list) or not isinstance(data.get("model"), str):
+            raise ArtifactError(
+                f"{source} is malformed: it needs a 'model' name and 'groups' as a list of "
+                '{"name": ..., "original": N, "keep": K} objects; re-create it with hwprune'
+            )
+        groups = {}
+        for i, entry in enumerate(groups_in):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ArtifactError(f"{source} is malformed: group {i} is not an object with a 'name'")
+            name = entry["name"]
+            counts = [_whole(entry.get(key), f"{source}: group '{name}' {key}") for key in ("original", "keep")]
+            idx = entry.get("kept_indices")
+            if idx is not None and not isinstance(idx, list):
+                raise ArtifactError(f"{source}: group '{name}' kept_indices must be a list of whole numbers")
+            kept = tuple(_whole(v, f"{source}: group '{name}' kept_indices") for v in idx) if idx is not None else None
+            groups[name] = GroupPlan(counts[0], counts[1], kept)
+        return cls(data["model"], groups)
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
