@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_latency import FakeProfiler, setting
+from conftest import FakeProfiler, setting
 from test_prune_cli import FAST, checkpoint  # noqa: F401 - the tiny checkpoint fixture, module-scoped
 
 from hwprune.agents import get_agent
