@@ -69,13 +69,16 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
       subtracts one before learning; the raw reward is in ``info["pruning"]``. The average is the
       env's learning state and survives ``reset``; None switches it off.
 
-    ``info["action_taken"]`` is the action that gives the keep count actually taken (after rounding
-    and the budget), which is what a learner should store. The final step's ``info["pruning"]``
-    holds the episode: the actions, keep counts (in group order), how many steps the budget limited,
-    predicted ms, accuracy, loss and rewards. ``score`` replaces ``ctx.score`` (a search that already
-    knows some plans' scores); it runs with the global random states saved and restored: the
-    evaluator reseeds them for its seeded fine-tune, and a learner drawing from them must not see
-    whether a score was computed or looked up.
+    ``info["action_taken"]`` is the action that would give the keep count taken (after rounding and
+    the budget's limit) directly. A learner should store the action it asked for, as AMC does: the
+    limit is part of the env's dynamics, and a critic shown only limited actions never learns what
+    asking for more does (SB3's DDPG, fed those, drove its actor to the upper bound and stayed there).
+
+    The final step's ``info["pruning"]`` holds the episode: the actions, keep counts (in group
+    order), how many steps the budget limited, predicted ms, accuracy, loss and rewards. ``score``
+    replaces ``ctx.score`` (a search that already knows some plans' scores); it runs with the
+    global random states saved and restored: the evaluator reseeds them for its seeded fine-tune,
+    and a learner drawing from them must not see whether a score was computed or looked up.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}

@@ -32,13 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     goal.add_argument("--ratio", type=float, help="instead of a budget: keep this fraction of every group")
     goal.add_argument("--plan", help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)")
-    goal.add_argument("--agent", default="netadapt", help="search agent (uniform, netadapt)")
+    goal.add_argument(
+        "--agent",
+        default="netadapt",
+        help="search agent: netadapt (greedy), amc (reinforcement learning, DDPG), uniform (one ratio for all)",
+    )
     goal.add_argument(
         "--agent-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original",
+        help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original (netadapt), "
+        "episodes=100 (amc)",
     )
     goal.add_argument(
         "--round-to",
