@@ -153,7 +153,7 @@ class AMCAgent(SearchAgent):
 
 def episodes_of(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The episode rows of an AMC search's history (not its closing summary)."""
-    return [row for row in history if "episode" in row and "keep" in row and "accuracy" in row]
+    return [row for row in history if all(k in row for k in ("episode", "keep", "accuracy", "loss"))]
 
 
 class AMCSearch:
