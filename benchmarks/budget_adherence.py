@@ -1,6 +1,6 @@
-"""Issue-4 targets: do pruned models meet their budget *as measured*, and does NetAdapt beat uniform?
+"""Issue-4 targets: do pruned models meet their budget *as measured*, and do NetAdapt and AMC beat uniform?
 
-For every model x budget x agent this runs the real `hwprune prune` job (one latency table per
+For every model x budget x agent (uniform, NetAdapt, AMC) this runs the real `hwprune prune` job (one latency table per
 model, shared by its runs; the same seed, data split and long fine-tune for every agent), then
 prints one JSON summary: the share of final models whose measured median is <= the budget, and
 test accuracy of each agent at each budget. Budgets are relative ("0.5x"), so the job judges each
@@ -16,6 +16,7 @@ split's own standard error is ~0.3 points at 89 %).
 
     python benchmarks/budget_adherence.py                      # the README's figures
     python benchmarks/budget_adherence.py --models resnet20 --budgets 0.5 --seeds 0,1,2
+    python benchmarks/budget_adherence.py --agents uniform,amc --amc-option episodes=100
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, load_average, run  # noqa: E402
 
+from hwprune.agents import available_agents  # noqa: E402
 from hwprune.checkpoint import load_checkpoint  # noqa: E402
 from hwprune.errors import HwpruneError  # noqa: E402
 from hwprune.job import JobConfig, run_job  # noqa: E402
@@ -83,7 +85,7 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
             batch_size=args.batch_size,
             round_to=args.round_to,
             slack=args.slack,
-            agent_options=args.netadapt_options if agent == "netadapt" else {},
+            agent_options=args.agent_options.get(agent, {}),
             densify=args.densify,
             precision=args.precision,
         )
@@ -126,36 +128,55 @@ def seed_list(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def compare(rows: list[dict]) -> list[dict]:
-    """NetAdapt against uniform per model and budget: mean test accuracy over the seeds both agents
-    finished (a failed run counts as 0), each seed's pair, and on how many seeds NetAdapt was >= uniform."""
+def compare(rows: list[dict], agent: str = "netadapt") -> list[dict]:
+    """``agent`` against uniform per model and budget: mean test accuracy over the seeds both agents
+    finished (a failed run counts as 0), each seed's pair, and on how many seeds ``agent`` was >= uniform."""
     acc = {(r["model"], r["budget"], r["agent"], r["seed"]): r.get("test_accuracy") or 0.0 for r in rows}
     cells = sorted({(m, b) for m, b, a, _ in acc if a == "uniform"})
     versus = []
     for m, b in cells:
-        seeds = sorted(s for mm, bb, a, s in acc if (mm, bb, a) == (m, b, "uniform") and (m, b, "netadapt", s) in acc)
+        seeds = sorted(s for mm, bb, a, s in acc if (mm, bb, a) == (m, b, "uniform") and (m, b, agent, s) in acc)
         if not seeds:
             continue
-        net, uni = [acc[m, b, "netadapt", s] for s in seeds], [acc[m, b, "uniform", s] for s in seeds]
+        own, uni = [acc[m, b, agent, s] for s in seeds], [acc[m, b, "uniform", s] for s in seeds]
         versus.append(
             {
                 "model": m,
                 "budget": b,
                 "seeds": seeds,
-                "netadapt": round(statistics.fmean(net), 4),
+                agent: round(statistics.fmean(own), 4),
                 "uniform": round(statistics.fmean(uni), 4),
-                "per_seed": [{"seed": s, "netadapt": n, "uniform": u} for s, n, u in zip(seeds, net, uni, strict=True)],
-                "netadapt_at_least_uniform_seeds": sum(n >= u for n, u in zip(net, uni, strict=True)),
+                "per_seed": [{"seed": s, agent: n, "uniform": u} for s, n, u in zip(seeds, own, uni, strict=True)],
+                f"{agent}_at_least_uniform_seeds": sum(n >= u for n, u in zip(own, uni, strict=True)),
             }
         )
     return versus
+
+
+def agent_list(text: str) -> list[str]:
+    """``--agents uniform,netadapt,amc``; an unknown name is one usage line (argparse turns the ValueError into it)."""
+    agents = [a for a in text.split(",") if a]
+    unknown = [a for a in agents if a not in available_agents()]
+    if unknown or not agents:
+        raise argparse.ArgumentTypeError(f"unknown agent(s) {unknown}: choose from {', '.join(available_agents())}")
+    return agents
+
+
+def key_values(items: list[str]) -> dict:
+    """``KEY=VALUE`` options, each value parsed as JSON."""
+    return {k: json.loads(v) for k, v in (o.split("=", 1) for o in items)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet20,mobilenetv2")
     p.add_argument("--budgets", default="0.7,0.5,0.3")
-    p.add_argument("--agents", default="uniform,netadapt")
+    p.add_argument(
+        "--agents",
+        type=agent_list,
+        default="uniform,netadapt,amc",
+        help="comma-separated search agents, each run at every model, budget and seed",
+    )
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="inference threads (the demo's 1, see README)")
@@ -190,6 +211,13 @@ def main() -> None:
         help="NetAdapt option (value parsed as JSON), repeatable, e.g. initial_reduction=0.2",
     )
     p.add_argument(
+        "--amc-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="AMC option (value parsed as JSON), repeatable, e.g. episodes=100",
+    )
+    p.add_argument(
         "--no-densify",
         dest="densify",
         action="store_false",
@@ -197,17 +225,19 @@ def main() -> None:
     )
     p.add_argument("--out-dir", default="runs/bench-budget")
     args = p.parse_args()
-    args.netadapt_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.netadapt_option)}
+    args.netadapt_options = key_values(args.netadapt_option)
+    args.agent_options = {"netadapt": args.netadapt_options, "amc": key_values(args.amc_option)}
 
     start, rows = time.perf_counter(), []
     for model in args.models.split(","):
         lut = table_for(model, args)
         for budget in (float(b) for b in args.budgets.split(",")):
             for seed in args.seeds:
-                for agent in args.agents.split(","):
+                for agent in args.agents:
                     rows.append(run_one(model, budget, agent, seed, lut, args))
                     print(json.dumps(rows[-1]), file=sys.stderr)
     versus = compare(rows)
+    amc_versus = compare(rows, "amc")
     emit(
         {
             "benchmark": "budget_adherence",
@@ -224,12 +254,15 @@ def main() -> None:
                 "round_to": args.round_to,
                 "slack": args.slack,
                 "netadapt_options": args.netadapt_options,
+                "amc_options": args.agent_options["amc"],
                 "precision": resolve_precision(args.precision),
             },
             "adherence": sum(r["met"] for r in rows) / len(rows),
             "runs": rows,
             "netadapt_vs_uniform": versus,
             "netadapt_at_least_uniform": all(v["netadapt"] >= v["uniform"] for v in versus),
+            "amc_vs_uniform": amc_versus,
+            "amc_at_least_uniform": all(v["amc"] >= v["uniform"] for v in amc_versus) if amc_versus else None,
             "wall_s": round(time.perf_counter() - start, 1),
             "load_average": load_average(),
         }

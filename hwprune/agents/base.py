@@ -89,12 +89,12 @@ class SearchContext:
         """Every group at its minimum keep: the fastest model any agent may return."""
         return self.full_plan().with_keep({g.name: self.min_keep(g.name) for g in self.graph.groups})
 
-    def floor_ms(self) -> float:
-        """Predicted latency of the fastest minimal plan, the floor of what any search can reach.
+    def floor_plan(self) -> PruningPlan:
+        """The fastest minimal plan: the floor of what any search can reach.
 
         The minimal plans are every group at its minimum keep, and that minimum rounded up to a
         multiple of 2, 4, 8 or 16: on a SIMD backend an aligned width can run faster than a
-        narrower odd one, so the narrowest plan need not be the fastest.
+        narrower odd one, so the narrowest plan need not be the fastest. Ties go to the narrowest.
         """
         plans = [self.min_plan()] + [
             self.full_plan().with_keep(
@@ -102,7 +102,11 @@ class SearchContext:
             )
             for m in (2, 4, 8, 16)
         ]
-        return min(self.predict_ms(p) for p in plans)
+        return min(plans, key=self.predict_ms)
+
+    def floor_ms(self) -> float:
+        """Predicted latency of :meth:`floor_plan`."""
+        return self.predict_ms(self.floor_plan())
 
     def allowed_keeps(self, group: str) -> list[int]:
         """Keep counts a group may take, ascending: multiples of ``round_to`` from the minimum, and full."""

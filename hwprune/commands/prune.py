@@ -55,14 +55,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     goal.add_argument(
         "--plan", type=text, help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)"
     )
-    goal.add_argument("--agent", default="netadapt", type=text, help="search agent (uniform, netadapt)")
+    goal.add_argument(
+        "--agent",
+        default="netadapt",
+        type=text,
+        help="search agent: netadapt (greedy), amc (reinforcement learning, DDPG), uniform (one ratio for all)",
+    )
     goal.add_argument(
         "--agent-option",
         type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original",
+        help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original (netadapt), "
+        "episodes=100 (amc)",
     )
     goal.add_argument(
         "--round-to",

@@ -32,6 +32,7 @@ class LayerShape:
     depthwise: bool
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
+    groups: int = 1  # a conv's channel groups: 1 for a dense conv, its width for a depthwise one
 
     @property
     def macs(self) -> int:
@@ -113,6 +114,7 @@ class ModelGraph:
                     base.depthwise,
                     base.in_hw,
                     base.out_hw,
+                    c_out if base.depthwise else base.groups,
                 )
             )
         return shapes
@@ -165,6 +167,7 @@ def _trace_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, L
                     module.groups > 1 and module.groups == module.in_channels == module.out_channels,
                     (x.shape[-2], x.shape[-1]),
                     (output.shape[-2], output.shape[-1]),
+                    module.groups,
                 )
             else:
                 shapes[name] = LayerShape(
