@@ -21,6 +21,7 @@ COMMANDS = {
     "prune": "prune",
     "profile": "profile",
     "lut-check": "lut_check",
+    "sensitivity": "sensitivity",
 }
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from hwprune.errors import ConfigError
+from hwprune.pruning.importance import TAYLOR_BATCHES
 
 HELP = "prune a checkpoint to a measured latency budget (or a uniform ratio), fine-tune, measure, report"
 
@@ -39,6 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original",
+    )
+    goal.add_argument(
+        "--criterion",
+        help="which filters each group keeps: l2 (norm, the default), l1, fpgm (drop those nearest the "
+        "layer's geometric median), taylor (first-order loss change, from training minibatches) or random "
+        "(seeded); with --plan, default: the criterion that chose the plan's filters",
+    )
+    goal.add_argument(
+        "--taylor-batches",
+        type=int,
+        default=TAYLOR_BATCHES,
+        help="training minibatches (of 64, seeded) the taylor criterion averages over",
     )
     goal.add_argument(
         "--round-to",
@@ -219,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             margin=args.margin,
             slack=args.slack,
             round_to=args.round_to,
+            criterion=args.criterion,
+            taylor_batches=args.taylor_batches,
             min_keep_ratio=args.min_keep_ratio,
             max_tries=args.max_tries,
             densify=args.densify,

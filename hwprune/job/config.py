@@ -10,6 +10,7 @@ from hwprune.agents import get_agent
 from hwprune.errors import ArtifactError, ConfigError
 from hwprune.io import read_json, write_json
 from hwprune.latency.calibrate import check_plan_count
+from hwprune.pruning import TAYLOR_BATCHES, check_criterion
 from hwprune.train import resolve_precision
 
 JOB_KIND = "prune-job"
@@ -52,6 +53,8 @@ class JobConfig:
     calibration_plans: int = 13
     min_keep_ratio: float = 0.1
     round_to: int = 1
+    criterion: str | None = None  # filter importance; None: l2, or for --plan the criterion that chose its filters
+    taylor_batches: int = TAYLOR_BATCHES
 
     @property
     def slack_fraction(self) -> float:
@@ -85,6 +88,10 @@ def validate_config(cfg: JobConfig) -> None:
     if not cfg.finetune_lr > 0:
         raise ConfigError(f"--finetune-lr must be > 0, got {cfg.finetune_lr}")
     resolve_precision(cfg.precision)  # refuses an unknown one
+    if cfg.criterion is not None:
+        check_criterion(cfg.criterion)
+    if cfg.taylor_batches < 1:
+        raise ConfigError(f"--taylor-batches must be >= 1, got {cfg.taylor_batches}")
     if cfg.lut is None:
         check_plan_count(cfg.calibration_plans, "--calibration-plans")
     if cfg.budget is not None:
