@@ -99,17 +99,17 @@ def filter_importance(
     dg = build_dependency_graph(model, graph.input_shape)
     writers = _writers(dg, model, graph)
     if criterion in ("l1", "l2"):
-        scores = {name: _magnitude(items, 1 if criterion == "l1" else 2) for name, items in writers.items()}
+        scores = {g.name: _magnitude(writers[g.name], g.channels, 1 if criterion == "l1" else 2) for g in graph.groups}
     elif criterion == "fpgm":
-        scores = {name: _fpgm(items) for name, items in writers.items()}
+        scores = {g.name: _fpgm(writers[g.name], g.channels) for g in graph.groups}
     elif criterion == "random":
-        scores = {name: _random(name, len(_channels(items)), seed) for name, items in writers.items()}
+        scores = {g.name: _random(g.name, g.channels, seed) for g in graph.groups}
     else:
         if data is None:
             raise ConfigError("criterion 'taylor' needs data: pass the training split (or batches of it)")
         if batches < 1:
             raise ConfigError(f"Taylor batches must be >= 1, got {batches}")
-        scores = _taylor(model, writers, _first_batches(data, batches, seed))
+        scores = _taylor(model, graph, writers, _first_batches(data, batches, seed))
     return FilterImportance(criterion, scores)
 
 
@@ -120,7 +120,6 @@ class _Writer:
     module: nn.Module
     idxs: torch.Tensor
     root_idxs: torch.Tensor
-    channels: int  # the group's channel count
     bn: nn.Module | None  # the affine BN right after it, where the Taylor gate sits
 
 
@@ -137,7 +136,6 @@ def _writers(dg, model: nn.Module, graph: ModelGraph) -> dict[str, list[_Writer]
                 item.dep.target.module,
                 torch.as_tensor(item.idxs, dtype=torch.long),
                 torch.as_tensor(item.root_idxs, dtype=torch.long),
-                g.channels,
                 _bn_after(dg, item.dep.target.module),
             )
             for item in group
@@ -155,22 +153,18 @@ def _bn_after(dg, module: nn.Module) -> nn.Module | None:  # noqa: ANN001
     return None
 
 
-def _channels(items: list[_Writer]) -> torch.Tensor:
-    return torch.zeros(items[0].channels if items else 0, dtype=torch.float64)
-
-
-def _magnitude(items: list[_Writer], p: int) -> torch.Tensor:
+def _magnitude(items: list[_Writer], n: int, p: int) -> torch.Tensor:
     """Sum over the writers of ``sum |w|**p`` of each filter (p=2: the squared L2 norm)."""
-    score = _channels(items)
+    score = torch.zeros(n, dtype=torch.float64)
     for w in items:
         filters = w.module.weight.detach().double()[w.idxs].flatten(1)
         score.index_add_(0, w.root_idxs, filters.abs().pow(p).sum(1))
     return score
 
 
-def _fpgm(items: list[_Writer]) -> torch.Tensor:
+def _fpgm(items: list[_Writer], n: int) -> torch.Tensor:
     """Sum over the writers of each filter's summed distance to the layer's other filters."""
-    score = _channels(items)
+    score = torch.zeros(n, dtype=torch.float64)
     for w in items:
         filters = w.module.weight.detach().double()[w.idxs].flatten(1)
         score.index_add_(0, w.root_idxs, torch.cdist(filters, filters).sum(1))
@@ -195,7 +189,10 @@ def _first_batches(data: Dataset | Batches, n: int, seed: int) -> list[tuple[tor
 
 
 def _taylor(
-    model: nn.Module, writers: dict[str, list[_Writer]], batches: list[tuple[torch.Tensor, torch.Tensor]]
+    model: nn.Module,
+    graph: ModelGraph,
+    writers: dict[str, list[_Writer]],
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
     """Mean over ``batches`` of (sum over the channel's gates of dL/dgate)**2, the gates all at 1.
 
@@ -212,7 +209,8 @@ def _taylor(
     device = params[0].device if params else torch.device("cpu")
     flags = [p.requires_grad for p in params]
     was_training = model.training
-    totals = {name: _channels(items) for name, items in writers.items()}
+    channels = {g.name: g.channels for g in graph.groups}
+    totals = {name: torch.zeros(n, dtype=torch.float64) for name, n in channels.items()}
     model.eval()
     try:
         for p in params:
@@ -223,7 +221,7 @@ def _taylor(
                 grads = dict(zip(map(id, params), torch.autograd.grad(loss, params), strict=True))
             gate = {key: _gate_grad(m, grads) for key, m in gated.items()}
             for name, items in writers.items():
-                s = _channels(items)
+                s = torch.zeros(channels[name], dtype=torch.float64)
                 for w in items:
                     s.index_add_(0, w.root_idxs, gate[id(w.bn or w.module)][w.idxs])
                 totals[name] += s.pow(2)
