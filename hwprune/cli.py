@@ -24,6 +24,7 @@ COMMANDS = {
     "prune": "prune",
     "profile": "profile",
     "lut-check": "lut_check",
+    "sensitivity": "sensitivity",
 }
 
 

@@ -2,8 +2,10 @@
 
 Every agent ranks candidate plans by the same numbers (validation accuracy and loss after the same
 short, seeded fine-tune), so agents are compared on the same footing. By default a plan is cut
-from the *original* weights (keeping the largest-L2 filters) and fine-tuned with the same seed, so
-its score is a pure function of its channel counts, cacheable per ``plan.key()``.
+from the *original* weights (keeping the filters its ``criterion`` ranks highest, L2 norm unless
+told) and fine-tuned with the same seed, so its score is a pure function of its channel counts,
+cacheable per ``plan.key()``. Filter scores are computed once per model state a plan is cut from
+(the original, then each parent of a lineage), not per candidate: Taylor's costs gradients.
 
 A search that shrinks a model step by step (NetAdapt) can pass the ``lineage`` of plans it chose:
 the candidate is then cut from the model that lineage produced, each step cut from the one before
@@ -30,7 +32,16 @@ from torch import nn
 from hwprune import train
 from hwprune.data import DataBundle
 from hwprune.errors import ConfigError
-from hwprune.pruning import ModelGraph, PruningPlan, apply_plan
+from hwprune.pruning import (
+    DEFAULT_CRITERION,
+    TAYLOR_BATCHES,
+    FilterImportance,
+    ModelGraph,
+    PruningPlan,
+    apply_plan,
+    check_criterion,
+    filter_importance,
+)
 from hwprune.pruning.plan import GroupPlan
 
 
@@ -43,6 +54,8 @@ class Evaluator:
     remaining filters; augmentation regularises long training and only adds noise here.
     ``precision`` ("fp32" or "bf16", see :func:`hwprune.train.resolve_precision`) is the arithmetic
     of the short fine-tune and the score; part of what a cached score means, so fixed per evaluator.
+    ``criterion`` chooses the filters each plan keeps (:mod:`hwprune.pruning.importance`); ``taylor``
+    reads ``taylor_batches`` seeded minibatches of the training split.
     """
 
     def __init__(
@@ -57,6 +70,8 @@ class Evaluator:
         val_samples: int | None = None,
         augment: bool = False,
         precision: str = "fp32",
+        criterion: str = DEFAULT_CRITERION,
+        taylor_batches: int = TAYLOR_BATCHES,
     ) -> None:
         if finetune_steps < 0:
             raise ConfigError(f"fine-tune steps must be >= 0, got {finetune_steps}")
@@ -72,6 +87,9 @@ class Evaluator:
         self.val_samples = val_samples
         self.augment = augment
         self.precision = precision
+        self.criterion = check_criterion(criterion)
+        self.taylor_batches = taylor_batches
+        self._importances: dict[Lineage, FilterImportance] = {}  # the original model's and the last parent's
         self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._models: OrderedDict[Lineage, Held] = OrderedDict()
         self._parent_graph: tuple[Lineage, ModelGraph] = ((), graph)  # the last parent's, for its candidates
@@ -101,6 +119,11 @@ class Evaluator:
         self._cache[key] = result
         return result
 
+    def cut(self, plan: PruningPlan) -> tuple[nn.Module, PruningPlan]:
+        """``plan`` cut from the original weights by the evaluator's criterion (no fine-tune): the job's
+        final model when the search carried no weights; the scores are the ones the search used."""
+        return apply_plan(self.model, plan, self.graph, self._importance((), self.model, self.graph))
+
     def carried(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, PruningPlan]:
         """A copy of the model ``lineage`` produced, and its last plan with the kept filters as indices
         of the *original* model (each step's choice composed), as ``apply_plan`` returns them."""
@@ -110,7 +133,7 @@ class Evaluator:
         assert kept is not None  # set by every step of a non-empty lineage
         last = lineage[-1]
         groups = {name: GroupPlan(g.original, len(kept[name]), kept[name]) for name, g in last.groups.items()}
-        return copy.deepcopy(model), PruningPlan(last.model, groups)
+        return copy.deepcopy(model), PruningPlan(last.model, groups, self.criterion)
 
     def _parent(self, lineage: tuple[PruningPlan, ...]) -> tuple[nn.Module, ModelGraph, Kept | None]:
         """The model ``lineage`` produced, from the longest prefix still held, replayed step by step,
@@ -141,7 +164,7 @@ class Evaluator:
             return self._models[steps]
         if graph is not self.graph:  # the parent is itself pruned: plan its own groups (same names)
             plan = PruningPlan(plan.model, {g.name: GroupPlan(g.channels, plan.keep[g.name]) for g in graph.groups})
-        pruned, applied = apply_plan(model, plan, graph)
+        pruned, applied = apply_plan(model, plan, graph, self._importance(steps[:-1], model, graph))
         if self.finetune_steps:
             train.fine_tune(
                 pruned,
@@ -159,6 +182,16 @@ class Evaluator:
         while len(self._models) > HELD_MODELS:
             self._models.popitem(last=False)
         return self._models[steps]
+
+    def _importance(self, steps: Lineage, model: nn.Module, graph: ModelGraph) -> FilterImportance:
+        """Filter scores of the model ``steps`` produced, computed once while it is a parent."""
+        if steps not in self._importances:
+            for held in [k for k in self._importances if k]:
+                del self._importances[held]  # a search moves on from a parent; the original stays
+            self._importances[steps] = filter_importance(
+                model, graph, self.criterion, self.data.train, seed=self.seed, batches=self.taylor_batches
+            )
+        return self._importances[steps]
 
     def cost(self) -> dict[str, Any]:
         """Work done so far; agents report the difference over their search."""

@@ -29,6 +29,7 @@ from hwprune.options import (
     positive_int,
     text,
 )
+from hwprune.pruning.importance import TAYLOR_BATCHES
 
 HELP = "prune a checkpoint to a measured latency budget (or a uniform ratio), fine-tune, measure, report"
 
@@ -69,6 +70,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original (netadapt), "
         "episodes=100 (amc)",
+    )
+    goal.add_argument(
+        "--criterion",
+        type=text,
+        help="which filters each group keeps: l2 (norm, the default), l1, fpgm (drop those nearest the "
+        "layer's geometric median), taylor (first-order loss change, from training minibatches) or random "
+        "(seeded); with --plan, default: the criterion that chose the plan's filters",
+    )
+    goal.add_argument(
+        "--taylor-batches",
+        type=positive_int,
+        default=TAYLOR_BATCHES,
+        help="training minibatches (of 64, seeded) the taylor criterion averages over",
     )
     goal.add_argument(
         "--round-to",
@@ -271,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
             margin=args.margin,
             slack=args.slack,
             round_to=args.round_to,
+            criterion=args.criterion,
+            taylor_batches=args.taylor_batches,
             min_keep_ratio=args.min_keep_ratio,
             max_tries=args.max_tries,
             densify=args.densify,

@@ -100,6 +100,8 @@ def budgeted_search(
         seed=cfg.seed,
         val_samples=cfg.val_samples,
         precision=cfg.precision,
+        criterion=cfg.criterion or "l2",
+        taylor_batches=cfg.taylor_batches,
     )
     ctx = SearchContext(
         loaded.spec.name,
@@ -260,4 +262,4 @@ def _final_start(loaded: Loaded, evaluator: Evaluator, done: dict[str, Any]) -> 
             "short-term fine-tuned)"
         )
         return evaluator.carried(tried.lineage)
-    return apply_plan(loaded.model, tried.plan, loaded.graph)
+    return evaluator.cut(tried.plan)  # by the search's criterion, with the scores it used

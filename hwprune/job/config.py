@@ -23,6 +23,7 @@ from hwprune.options import (
     Range,
     check_out_location,
 )
+from hwprune.pruning import TAYLOR_BATCHES, check_criterion
 from hwprune.train import resolve_precision
 
 JOB_KIND = "prune-job"
@@ -65,6 +66,8 @@ class JobConfig:
     calibration_plans: int = 13
     min_keep_ratio: float = 0.1
     round_to: int = 1
+    criterion: str | None = None  # filter importance; None: l2, or for --plan the criterion that chose its filters
+    taylor_batches: int = TAYLOR_BATCHES
 
     @property
     def slack_fraction(self) -> float:
@@ -86,6 +89,7 @@ RANGES: dict[str, Range] = {
     "batch_size": AT_LEAST_1,
     "val_samples": AT_LEAST_1,
     "round_to": AT_LEAST_1,
+    "taylor_batches": AT_LEAST_1,
     "finetune_steps": NON_NEGATIVE,
     "search_finetune_steps": NON_NEGATIVE,
     "calibration_plans": NON_NEGATIVE,
@@ -124,6 +128,8 @@ def validate_config(cfg: JobConfig) -> None:
     if cfg.slack is not None and cfg.slack != 0 and not cfg.margin <= cfg.slack < 1:
         raise ConfigError(f"--slack must be 0 (off) or in [--margin, 1), got {cfg.slack} (--margin {cfg.margin})")
     resolve_precision(cfg.precision)  # refuses an unknown one
+    if cfg.criterion is not None:
+        check_criterion(cfg.criterion)
     if cfg.lut is None:
         check_plan_count(cfg.calibration_plans, "--calibration-plans")
     if cfg.budget is not None:

@@ -39,19 +39,26 @@ class Loaded:
 
 
 def load_inputs(cfg: JobConfig) -> Loaded:
-    model, spec, meta = load_checkpoint(cfg.checkpoint)
+    model, spec, meta, data, graph = load_trained(cfg.checkpoint, cfg.data_dir)
+    pin_allocator()  # tables are measured under it; the job's own timings must be too (see allocator.py)
+    profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s)
+    return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
+
+
+def load_trained(
+    checkpoint: str, data_dir: str | None
+) -> tuple[nn.Module, ModelSpec, dict[str, Any], DataBundle, ModelGraph]:
+    """A checkpoint, the dataset it was trained on (split as it was) and its channel groups."""
+    model, spec, meta = load_checkpoint(checkpoint)
     # Split with the checkpoint's own seed: the validation images the search is rewarded on must be
     # ones the baseline never trained on.
-    data = load_data(str(meta.get("data", "fashion-mnist")), cfg.data_dir, seed=int(meta.get("seed", 0)))
+    data = load_data(str(meta.get("data", "fashion-mnist")), data_dir, seed=int(meta.get("seed", 0)))
     if (data.in_channels, data.num_classes) != (spec.in_channels, spec.num_classes):
         raise ConfigError(
             f"checkpoint expects {spec.in_channels} input channels and {spec.num_classes} classes, "
             f"dataset '{data.name}' has {data.in_channels} and {data.num_classes}"
         )
-    graph = ModelGraph(model, (spec.in_channels, *spec.input_size))
-    pin_allocator()  # tables are measured under it; the job's own timings must be too (see allocator.py)
-    profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s)
-    return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
+    return model, spec, meta, data, ModelGraph(model, (spec.in_channels, *spec.input_size))
 
 
 def measure(loaded: Loaded, model: nn.Module, cfg: JobConfig) -> Measurement:

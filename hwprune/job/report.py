@@ -143,6 +143,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 else:
                     why = "The wider plan was not under the budget by half the margin"
                 lines += [f"{why}, so try {taken}'s plan is the one fine-tuned and reported.", ""]
+    criterion = report.get("criterion")
+    if criterion:
+        taylor = f", over {report['taylor_batches']} training minibatches" if report.get("taylor_batches") else ""
+        lines += [f"Filters kept in each group: the highest-scoring by criterion `{criterion}`{taylor}.", ""]
     fp = report.get("fingerprint", {})
     if fp:
         lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]

@@ -23,7 +23,15 @@ from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, meas
 from hwprune.job.report import write_report
 from hwprune.options import check_out_location
 from hwprune.profilers import Measurement
-from hwprune.pruning import PruningPlan, apply_plan, save_pruned
+from hwprune.pruning import (
+    DEFAULT_CRITERION,
+    FilterImportance,
+    GroupPlan,
+    PruningPlan,
+    apply_plan,
+    filter_importance,
+    save_pruned,
+)
 from hwprune.train import resolve_precision
 
 
@@ -47,7 +55,8 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
         # The table must fit this checkpoint, batch and device before anything is timed (a mismatch found
         # after the unpruned model's measurement came with that measurement's timing warnings).
         latency_table(cfg, loaded, Path(cfg.out), resume)
-    fixed = fixed_plan(cfg, loaded) if cfg.budget is None else None
+    # job.json and the report record the criterion that chose the filters
+    fixed, cfg.criterion = fixed_plan(cfg, loaded) if cfg.budget is None else (None, cfg.criterion or DEFAULT_CRITERION)
     t0 = time.perf_counter()
     base_m = measure(loaded, loaded.model, cfg)
     print(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
@@ -75,13 +84,43 @@ def _budget(cfg: JobConfig, base_m: Measurement, resume: bool) -> Budget:
     return budget
 
 
-def fixed_plan(cfg: JobConfig, loaded: Loaded) -> PruningPlan:
-    """The plan of a run without search: uniform ``--ratio``, or a ``--plan`` file checked against the model."""
+def fixed_plan(cfg: JobConfig, loaded: Loaded) -> tuple[PruningPlan, str]:
+    """The plan of a run without search (uniform ``--ratio``, or a ``--plan`` file checked against the
+    model) and the criterion that chooses its filters."""
     if cfg.plan is not None:
         plan = PruningPlan.load(cfg.plan)
         plan.validate(loaded.graph, loaded.spec.name)
-        return plan
-    return PruningPlan.uniform(loaded.spec.name, loaded.graph, float(cfg.ratio), cfg.round_to)
+        return plan_by_criterion(plan, cfg.criterion)
+    uniform = PruningPlan.uniform(loaded.spec.name, loaded.graph, float(cfg.ratio), cfg.round_to)
+    return uniform, cfg.criterion or DEFAULT_CRITERION
+
+
+def plan_by_criterion(plan: PruningPlan, requested: str | None) -> tuple[PruningPlan, str]:
+    """A ``--plan``'s filters and the criterion that chooses them.
+
+    A plan that records its kept filters is re-applied as it is unless ``--criterion`` names another
+    criterion: then only its channel counts are kept and that criterion chooses the filters again.
+    A plan of channel counts alone is cut by ``requested`` (default l2).
+    """
+    indexed = any(g.kept_indices is not None for g in plan.groups.values())
+    own = plan.criterion if indexed else None
+    if requested is None or requested == own:
+        return plan, own or DEFAULT_CRITERION
+    if indexed:
+        print(f"the plan's filters were chosen by {own}; choosing them by {requested} (--criterion)")
+        counts = {name: GroupPlan(g.original, g.keep) for name, g in plan.groups.items()}
+        plan = PruningPlan(plan.model, counts)
+    return plan, requested
+
+
+def importance_for(cfg: JobConfig, loaded: Loaded, plan: PruningPlan) -> FilterImportance | None:
+    """The original model's filter scores by the job's criterion, where ``plan`` still has filters to choose."""
+    if all(g.kept_indices is not None for g in plan.groups.values()):
+        return None
+    assert cfg.criterion is not None  # resolved by run_job
+    return filter_importance(
+        loaded.model, loaded.graph, cfg.criterion, loaded.data.train, seed=cfg.seed, batches=cfg.taylor_batches
+    )
 
 
 def _run_stages(
@@ -99,7 +138,7 @@ def _run_stages(
     judged: Judged | None = None
     final_measurements = 1
     if fixed is not None:
-        pruned, applied = apply_plan(loaded.model, fixed, loaded.graph)
+        pruned, applied = apply_plan(loaded.model, fixed, loaded.graph, importance_for(cfg, loaded, fixed))
         pruned_m = measure(loaded, pruned, cfg)
         long_finetune(cfg, loaded, pruned)
         final_m = measure(loaded, pruned, cfg)
@@ -137,6 +176,8 @@ def _run_stages(
         },
         "fingerprint": loaded.profiler.fingerprint(),
         "plan_keep_ratio": applied.keep_ratio(),
+        "criterion": applied.criterion,
+        "taylor_batches": cfg.taylor_batches if applied.criterion == "taylor" else None,
         "search": search,
         "budget": None
         if judged is None

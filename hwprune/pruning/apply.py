@@ -1,4 +1,4 @@
-"""Apply a plan: keep each group's largest-L2-norm filters and physically remove the rest."""
+"""Apply a plan: keep each group's most important filters (L2 norm unless told) and physically remove the rest."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 from hwprune.pruning.graph import ModelGraph, build_dependency_graph
+from hwprune.pruning.importance import DEFAULT_CRITERION, FilterImportance, filter_importance
 from hwprune.pruning.plan import GroupPlan, PruningPlan
 
 
-def filter_norms(dg, root: nn.Module) -> torch.Tensor:
+def filter_norms(dg, root: nn.Module) -> torch.Tensor:  # noqa: ANN001 - tp.DependencyGraph
     """Squared L2 norm of every channel of a group, summed over the filters that produce it.
 
     In a residual group several convs write the same channel; their filters are removed together,
     so the channel's score is the norm of all of them (the group-level generalisation of Li et al.).
+    Kept as the reference the ``l2`` criterion of :mod:`hwprune.pruning.importance` is tested against.
     """
     pruner = dg.get_pruner_of_module(root)
     n = pruner.get_out_channels(root)
@@ -29,29 +31,39 @@ def filter_norms(dg, root: nn.Module) -> torch.Tensor:
     return score
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan, graph: ModelGraph) -> tuple[nn.Module, PruningPlan]:
-    """Return a pruned copy of ``model`` and the plan with the kept indices filled in.
+def apply_plan(
+    model: nn.Module, plan: PruningPlan, graph: ModelGraph, importance: FilterImportance | None = None
+) -> tuple[nn.Module, PruningPlan]:
+    """Return a pruned copy of ``model`` and the plan with the kept indices (and their criterion) filled in.
 
-    Indices already in the plan are honoured (rebuilding a saved artifact); otherwise the
-    largest-norm filters are kept. The input model is left untouched.
+    Indices already in the plan are honoured (rebuilding a saved artifact); otherwise each group keeps
+    its highest-scoring filters by ``importance`` (from :func:`filter_importance` on this ``model``;
+    default: the L2 norm, computed now). A caller applying many plans to one model computes the
+    importance once and passes it. The input model is left untouched.
     """
     plan.validate(graph)
-    pruned = copy.deepcopy(model)
-    dg = build_dependency_graph(pruned, graph.input_shape)
-    modules = dict(pruned.named_modules())
-    # Score every group before removing anything, so a group's norms never depend on the order.
+    choose = [name for name, g in plan.groups.items() if g.kept_indices is None]
+    if choose and importance is None:
+        importance = filter_importance(model, graph, DEFAULT_CRITERION)
+    if importance is not None:
+        importance.check(graph)
+    # Every group is scored before anything is removed, so a group's choice never depends on the order.
     kept: dict[str, tuple[int, ...]] = {}
     for name, g in plan.groups.items():
         if g.kept_indices is not None:
             kept[name] = tuple(sorted(g.kept_indices))
         else:
-            order = torch.sort(-filter_norms(dg, modules[name]), stable=True).indices
-            kept[name] = tuple(sorted(order[: g.keep].tolist()))
+            assert importance is not None  # computed above whenever a group is to be chosen
+            kept[name] = importance.kept(name, g.keep)
+    pruned = copy.deepcopy(model)
+    dg = build_dependency_graph(pruned, graph.input_shape)
+    modules = dict(pruned.named_modules())
     for name, g in plan.groups.items():
         drop = sorted(set(range(g.original)) - set(kept[name]))
         if drop:
             root = modules[name]
             pruner = dg.get_pruner_of_module(root)
             dg.get_pruning_group(root, pruner.prune_out_channels, drop).prune()
-    applied = PruningPlan(plan.model, {n: GroupPlan(g.original, g.keep, kept[n]) for n, g in plan.groups.items()})
-    return pruned, applied
+    criterion = importance.criterion if choose and importance else plan.criterion
+    groups = {n: GroupPlan(g.original, g.keep, kept[n]) for n, g in plan.groups.items()}
+    return pruned, PruningPlan(plan.model, groups, criterion or DEFAULT_CRITERION)

@@ -12,6 +12,7 @@ import numpy as np
 from hwprune.errors import ArtifactError, ConfigError, PlanError
 from hwprune.io import read_json, write_json
 from hwprune.pruning.graph import ModelGraph
+from hwprune.pruning.importance import CRITERIA, DEFAULT_CRITERION
 
 PLAN_KIND = "pruning-plan"
 PLAN_SCHEMA = 1
@@ -38,10 +39,15 @@ class GroupPlan:
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """Per-group channel counts for one model; immutable so agents can cache results by ``key``."""
+    """Per-group channel counts for one model; immutable so agents can cache results by ``key``.
+
+    ``criterion`` names the filter-importance criterion that chose the kept indices (None while a
+    plan holds channel counts only): a plan re-applied later keeps its filters without rescoring.
+    """
 
     model: str
     groups: dict[str, GroupPlan] = field(default_factory=dict)
+    criterion: str | None = None
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
@@ -82,7 +88,8 @@ class PruningPlan:
         groups = dict(self.groups)
         for name, k in updates.items():
             groups[name] = GroupPlan(groups[name].original, int(k))
-        return PruningPlan(self.model, groups)
+        chosen = any(g.kept_indices is not None for g in groups.values())
+        return PruningPlan(self.model, groups, self.criterion if chosen else None)
 
     # ---- views -----------------------------------------------------------------------
     @property
@@ -131,7 +138,10 @@ class PruningPlan:
             if g.kept_indices is not None:
                 entry["kept_indices"] = list(g.kept_indices)
             groups.append(entry)
-        return {"kind": PLAN_KIND, "schema_version": PLAN_SCHEMA, "model": self.model, "groups": groups}
+        data: dict[str, Any] = {"kind": PLAN_KIND, "schema_version": PLAN_SCHEMA, "model": self.model}
+        if self.criterion is not None:
+            data["criterion"] = self.criterion
+        return data | {"groups": groups}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "plan") -> PruningPlan:
@@ -156,7 +166,14 @@ class PruningPlan:
                 raise ArtifactError(f"{source}: group '{name}' kept_indices must be a list of whole numbers")
             kept = tuple(_whole(v, f"{source}: group '{name}' kept_indices") for v in idx) if idx is not None else None
             groups[name] = GroupPlan(counts[0], counts[1], kept)
-        return cls(data["model"], groups)
+        criterion = data.get("criterion")
+        if criterion is None and any(g.kept_indices is not None for g in groups.values()):
+            criterion = DEFAULT_CRITERION  # written before criteria existed: its filters were chosen by L2 norm
+        if criterion is not None and criterion not in CRITERIA:
+            raise ArtifactError(
+                f"{source} names criterion '{criterion}', which this hwprune does not know ({', '.join(CRITERIA)})"
+            )
+        return cls(data["model"], groups, criterion)
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
