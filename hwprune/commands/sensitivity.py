@@ -23,6 +23,16 @@ from hwprune.io import read_json, write_json
 from hwprune.job.measure import load_trained
 from hwprune.latency import LatencyTable, Predictor
 from hwprune.models import ModelSpec
+from hwprune.options import (
+    Range,
+    non_negative_float,
+    non_negative_int,
+    number,
+    out_dir,
+    positive_float,
+    positive_int,
+    text,
+)
 from hwprune.pruning import CRITERIA, DEFAULT_CRITERION, TAYLOR_BATCHES, ModelGraph, check_criterion, filter_importance
 from hwprune.sensitivity import (
     RATIOS,
@@ -44,35 +54,56 @@ CSV_NAME, PNG_NAME, STATE_NAME = "sensitivity.csv", "sensitivity.png", "sensitiv
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory written by `hwprune train`")
-    p.add_argument("--out", required=True, help="directory for sensitivity.csv / .png / .json (re-run to continue)")
-    p.add_argument("--data-dir", help="dataset folder, when not in the default place")
+    p.add_argument("--checkpoint", required=True, type=text, help="checkpoint directory written by `hwprune train`")
     p.add_argument(
-        "--criterion", default=DEFAULT_CRITERION, help=f"which filters go: {', '.join(CRITERIA)} (see `prune --help`)"
+        "--out", required=True, type=out_dir, help="directory for sensitivity.csv / .png / .json (re-run to continue)"
+    )
+    p.add_argument("--data-dir", type=text, help="dataset folder, when not in the default place")
+    p.add_argument(
+        "--criterion",
+        default=DEFAULT_CRITERION,
+        type=text,
+        help=f"which filters go: {', '.join(CRITERIA)} (see `prune --help`)",
     )
     p.add_argument(
-        "--taylor-batches", type=int, default=TAYLOR_BATCHES, help="training minibatches the taylor criterion uses"
+        "--taylor-batches",
+        type=positive_int,
+        default=TAYLOR_BATCHES,
+        help="training minibatches the taylor criterion uses",
     )
     p.add_argument(
         "--ratios",
+        type=text,
         default=",".join(str(r) for r in RATIOS),
         help="fractions of each group's channels removed, comma-separated",
     )
     p.add_argument(
-        "--finetune-steps", type=int, default=0, help="seeded SGD steps after each cut, before scoring (0: none)"
+        "--finetune-steps",
+        type=non_negative_int,
+        default=0,
+        help="seeded SGD steps after each cut, before scoring (0: none)",
     )
-    p.add_argument("--finetune-lr", type=float, default=0.01, help="learning rate of those steps")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of those steps")
-    p.add_argument("--val-samples", type=int, default=2000, help="validation samples per point (the first N)")
-    p.add_argument("--lut", help="latency table from `hwprune profile`: adds the predicted latency saved per point")
+    p.add_argument("--finetune-lr", type=positive_float, default=0.01, help="learning rate of those steps")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size of those steps")
+    p.add_argument("--val-samples", type=positive_int, default=2000, help="validation samples per point (the first N)")
+    p.add_argument(
+        "--lut", type=text, help="latency table from `hwprune profile`: adds the predicted latency saved per point"
+    )
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=non_negative_float,
         default=TOLERANCE,
         help="accuracy (absolute, 0.01 = one point) a resilient group may lose at every ratio up to --resilient-at",
     )
-    p.add_argument("--resilient-at", type=float, default=RESILIENT_AT, help="see --tolerance")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tunes, taylor's batches and random")
+    p.add_argument(
+        "--resilient-at",
+        type=number(Range(0, 1, low_open=True, high_open=True)),
+        default=RESILIENT_AT,
+        help="see --tolerance",
+    )
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the fine-tunes, taylor's batches and random"
+    )
 
 
 def _settings(args: argparse.Namespace, ratios: tuple[float, ...]) -> dict[str, Any]:
