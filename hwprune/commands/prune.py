@@ -4,6 +4,9 @@
 on the device, and written with a report.
 
 Example:  hwprune prune --checkpoint checkpoints/resnet20-fmnist --budget 0.5x --agent netadapt --out runs/r20
+
+A LeGR run leaves its learned ranking in the run directory; any other budget reuses it without searching:
+          hwprune prune --checkpoint ... --agent legr --ranking runs/r20-legr/ranking.json --budget 0.3x --out ...
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     goal.add_argument("--ratio", type=float, help="instead of a budget: keep this fraction of every group")
     goal.add_argument("--plan", help="instead of a budget: apply this plan JSON (e.g. plan.json of an earlier run)")
-    goal.add_argument("--agent", default="netadapt", help="search agent (uniform, netadapt)")
+    goal.add_argument("--agent", default="netadapt", help="search agent (uniform, netadapt, legr)")
+    goal.add_argument(
+        "--ranking",
+        metavar="FILE",
+        help="with --agent legr: threshold this learned ranking (ranking.json of an earlier LeGR run on the same "
+        "model) to --budget instead of searching; no candidate is evaluated",
+    )
     goal.add_argument(
         "--agent-option",
         action="append",
@@ -220,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             slack=args.slack,
             round_to=args.round_to,
             min_keep_ratio=args.min_keep_ratio,
+            ranking=args.ranking,
             max_tries=args.max_tries,
             densify=args.densify,
             repeats=args.repeats,
