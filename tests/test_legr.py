@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,13 @@ from test_agents import Interrupting, MacsPredictor, OddWidthsSlow, ProxyEvaluat
 from hwprune import train
 from hwprune.agents import SearchContext, get_agent
 from hwprune.agents.ranking import Ranking, Thresholder, identity_pairs, scores_of, standardised_norms
+from hwprune.checkpoint import save_checkpoint
+from hwprune.cli import main
 from hwprune.data import load_data
 from hwprune.errors import ArtifactError, BudgetError, ConfigError
 from hwprune.evaluator import Evaluator
-from hwprune.models import create_model
+from hwprune.job import JobConfig, run_job
+from hwprune.models import ModelSpec, create_model
 from hwprune.pruning import ModelGraph, PruningPlan, apply_plan, channel_norms
 
 FAST = {"population": 4, "tournament": 2, "generations": 6, "progress": False}
@@ -276,3 +280,93 @@ def test_options_and_budgets_refused_in_one_line(tiny) -> None:
     with pytest.raises(BudgetError, match="impossible|out of LeGR's reach") as err:
         get_agent("legr", **FAST).search(ctx, 0.9 * ctx.predict_ms(ctx.min_plan()))
     assert "\n" not in str(err.value)
+
+
+# ---- the job: ranking.json, --ranking ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    spec = ModelSpec("resnet20", 1, 10, (32, 32))
+    out = tmp_path_factory.mktemp("ck") / "resnet20"
+    torch.manual_seed(0)
+    save_checkpoint(out, spec.build(), spec, {"data": "synthetic", "seed": 0})
+    return out
+
+
+def job_config(checkpoint: Path, out: Path, **overrides) -> JobConfig:
+    settings = {
+        "checkpoint": str(checkpoint),
+        "out": str(out),
+        "budget": "0.5x",
+        "agent": "legr",
+        "agent_options": {"population": 3, "tournament": 2, "generations": 3, "progress": False},
+        "backend": "fake",
+        "batch": 2,
+        "rounds": 1,
+        "settle_s": 0.0,
+        "finetune_steps": 2,
+        "batch_size": 16,
+        "search_finetune_steps": 0,
+        "val_samples": 64,
+        "calibration_plans": 4,
+        "margin": 0.2,
+    }
+    return JobConfig(**(settings | overrides))
+
+
+def test_a_legr_run_leaves_its_ranking_and_a_ranking_run_evaluates_nothing(checkpoint, tmp_path, monkeypatch) -> None:
+    from test_latency import FakeProfiler
+
+    from hwprune.job import measure
+
+    monkeypatch.setattr(measure, "get_profiler", lambda name, **kw: FakeProfiler(**kw))
+    learn = tmp_path / "learn"
+    _, met = run_job(job_config(checkpoint, learn))
+    report = json.loads((learn / "report.json").read_text())
+    assert met and report["artifacts"]["ranking"] == str(learn / "ranking.json")
+    ranking = Ranking.load(learn / "ranking.json")
+    assert ranking.model == "resnet20" and ranking.budget == "0.5x" and ranking.cost["evaluations"] > 0
+    assert ranking.table["backend"] == "fake" and ranking.table["setting"]["batch"] == 2
+    first_try = report["search"]["tries"][0]
+    assert ranking.budget_ms == first_try["target_ms"] and len(first_try["history"]) == 3 + 3 + 1
+    assert all("reused" in t["history"][-1] for t in report["search"]["tries"][1:])  # later tries only threshold
+
+    def no_evaluation(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a --ranking run evaluated a plan")
+
+    monkeypatch.setattr(Evaluator, "score", no_evaluation)
+    reuse = tmp_path / "reuse"
+    cfg = job_config(checkpoint, reuse, budget="0.4x", ranking=str(learn / "ranking.json"), lut=str(learn / "lut.json"))
+    assert cfg.agent_options["ranking"] == cfg.ranking  # the job field is the agent's option
+    _, met = run_job(cfg)
+    report = json.loads((reuse / "report.json").read_text())
+    assert met and report["search"]["cost"]["evaluations"] == 0
+    taken = report["search"]["tries"][report["search"]["taken_try"] - 1]
+    assert taken["predicted_ms"] <= taken["target_ms"] and taken["history"][-1]["reused"] == str(learn / "ranking.json")
+    assert Ranking.load(reuse / "ranking.json") == ranking  # copied as handed in: learned at 0.5x, in that run
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--budget", "0.5x", "--agent", "netadapt"], "use it with --agent legr"),
+        (["--ratio", "0.5", "--agent", "legr"], "--ranking needs --budget"),
+        (["--budget", "0.5x", "--agent", "legr", "--agent-option", "ranking=x.json"], "two rankings given"),
+        (["--budget", "0.5x", "--agent", "legr"], "learned for model 'vgg16_bn', not 'resnet20'"),
+        (["--budget", "0.5x", "--agent", "legr", "missing"], "not found"),
+    ],
+)
+def test_bad_rankings_are_refused_in_one_line_before_anything_is_written(
+    checkpoint, tmp_path, capsys, args, match
+) -> None:
+    graph = ModelGraph(create_model("vgg16_bn", 1, 10), (1, 32, 32))
+    foreign = tmp_path / "vgg.json"
+    Ranking("vgg16_bn", tuple((g.name, g.channels) for g in graph.groups), identity_pairs(graph), 0, 1.0).save(foreign)
+    ranking = str(tmp_path / "missing.json") if args[-1] == "missing" else str(foreign)
+    args = [a for a in args if a != "missing"]
+    out = tmp_path / "run"
+    fast = ["--backend", "torch-cpu", "--batch", "2", "--repeats", "3", "--runs", "1", "--rounds", "1"]
+    assert main(["prune", "--checkpoint", str(checkpoint), "--out", str(out), "--ranking", ranking, *fast, *args]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if ": error: " in line]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in err, err
+    assert not out.exists()
