@@ -45,8 +45,9 @@ class LegrAgent(SearchAgent):
     - ``generations`` [200; official 400]: children bred after the initial population. One search
       scores ``population + generations`` plans (fewer when two children threshold to the same plan:
       the evaluator's cache answers). At the demo's evaluator setting (10 fine-tune steps, 1000
-      validation images) a ResNet-20 plan scored in 0.7-1.5 s on the project's 2-core VM (the
-      NetAdapt runs in benchmarks/results), so the default 216 scores take about 4-5 minutes.
+      validation images) a ResNet-20 plan scored in 0.7-1.9 s on the project's 2-core VM (the
+      NetAdapt runs in benchmarks/results) and a child is priced in ~0.1 s, so the default 216
+      scores take about 5 minutes (3 to 7).
     - ``mutate_share`` [0.1; official 10 % of layers]: share of the groups a child mutates (at least
       one): one of ResNet-20's 12 groups, two of MobileNetV2's 25.
     - ``noise`` [1.0; official 1]: standard deviation of the mutation: ``kappa += noise * N(0, 1)``

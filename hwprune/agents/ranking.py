@@ -15,7 +15,9 @@ Pruning to a budget is one global threshold on the scores, with the context's mi
 ``round_to``) as the safeguard. Every distinct score is a candidate threshold, and the plan taken
 is the one that keeps the most channels among those the predictor puts under the budget: the
 candidates are priced from the widest down and the first that fits is taken. Bisection would
-assume latency grows with width, which it does not on SIMD backends (see ``uniform.py``).
+assume latency grows with width, which it does not on SIMD backends (see ``uniform.py``). The
+price is one prediction per plan wider than the answer: ~130 for ResNet-20 at 0.5x (0.1 s on
+this project's VM), 1,400-4,400 for MobileNetV2 at 0.7x-0.3x (1.3-2.9 s, about one evaluation).
 """
 
 from __future__ import annotations
