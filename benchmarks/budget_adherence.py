@@ -1,6 +1,6 @@
-"""Issue-4 targets: do pruned models meet their budget *as measured*, and do NetAdapt and AMC beat uniform?
+"""Issue-4 targets: do pruned models meet their budget *as measured*, and does NetAdapt beat uniform?
 
-For every model x budget x agent (uniform, NetAdapt, AMC) this runs the real `hwprune prune` job (one latency table per
+For every model x budget x agent this runs the real `hwprune prune` job (one latency table per
 model, shared by its runs; the same seed, data split and long fine-tune for every agent), then
 prints one JSON summary: the share of final models whose measured median is <= the budget, and
 test accuracy of each agent at each budget. Budgets are relative ("0.5x"), so the job judges each
@@ -14,8 +14,15 @@ the table and the validation split stay shared) and compares the agents on their
 accuracy: one seed's difference of half a point is within what the seed alone moves (the test
 split's own standard error is ~0.3 points at 89 %).
 
+``--agents uniform,netadapt,legr`` adds LeGR as a user would run it: one search per model and
+seed, at ``--legr-learn-at`` (the middle budget by default), and every other budget thresholds
+the ``ranking.json`` that run left (``hwprune prune --ranking``), evaluating nothing. Its search
+cost is reported summed over the budgets (the one search amortised) beside NetAdapt's and
+uniform's for the same budgets, in ``search_cost``.
+
     python benchmarks/budget_adherence.py                      # the README's figures
     python benchmarks/budget_adherence.py --models resnet20 --budgets 0.5 --seeds 0,1,2
+    python benchmarks/budget_adherence.py --agents uniform,netadapt,legr   # with LeGR
     python benchmarks/budget_adherence.py --agents uniform,amc --amc-option episodes=100
 """
 
@@ -65,9 +72,19 @@ def table_for(model: str, args: argparse.Namespace) -> Path:
     return out
 
 
-def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: argparse.Namespace) -> dict:
+AGENT_OPTIONS = ("netadapt", "amc", "legr")  # agents with a --NAME-option flag here
+
+
+def run_dir(model: str, budget: float, agent: str, seed: int, args: argparse.Namespace) -> Path:
     # seed 0 keeps the directory name of the single-seed runs, so their finished runs are reused
-    out = Path(args.out_dir) / model / (f"{agent}-{budget}x" + (f"-seed{seed}" if seed else ""))
+    return Path(args.out_dir) / model / (f"{agent}-{budget}x" + (f"-seed{seed}" if seed else ""))
+
+
+def run_one(
+    model: str, budget: float, agent: str, seed: int, lut: Path, args: argparse.Namespace, ranking: Path | None = None
+) -> dict:
+    """One job (reused when finished); ``ranking``: a LeGR ranking to threshold instead of searching."""
+    out = run_dir(model, budget, agent, seed, args)
     if not (out / "report.json").exists():
         cfg = JobConfig(
             checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"),
@@ -88,6 +105,7 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
             agent_options=args.agent_options.get(agent, {}),
             densify=args.densify,
             precision=args.precision,
+            ranking=None if ranking is None else str(ranking),
         )
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the job's progress lines; stdout is the JSON
@@ -120,7 +138,46 @@ def run_one(model: str, budget: float, agent: str, seed: int, lut: Path, args: a
         "searched_again_after_densify": sum(
             r["searched_again"] for t in report["search"]["tries"] for r in t.get("densified", [])
         ),
-    }
+    } | ({"ranking_from": str(ranking)} if ranking is not None else {})
+
+
+def learned_ranking(model: str, seed: int, lut: Path, args: argparse.Namespace) -> Path | None:
+    """The ranking LeGR learned for (model, seed) at ``--legr-learn-at``, its run made first if need be."""
+    run_one(model, args.legr_learn_at, "legr", seed, lut, args)  # a finished run is read back, not repeated
+    path = run_dir(model, args.legr_learn_at, "legr", seed, args) / "ranking.json"
+    return path if path.is_file() else None
+
+
+def search_cost(rows: list[dict]) -> list[dict]:
+    """Search seconds and evaluations per (model, seed), summed over the budgets each agent ran.
+
+    LeGR's sum holds its one search (the run at --legr-learn-at, with that run's later tries, which
+    only re-threshold) and the other budgets' thresholdings: the search amortised over the budgets.
+    Goal: at most a third of NetAdapt's for the same budgets.
+    """
+    out = []
+    for model, seed in sorted({(r["model"], r["seed"]) for r in rows}):
+        mine = [r for r in rows if (r["model"], r["seed"]) == (model, seed)]
+        budgets = sorted({r["budget"] for r in mine}, reverse=True)
+        entry: dict = {"model": model, "seed": seed, "budgets": budgets}
+        for agent in sorted({r["agent"] for r in mine}):
+            done = [r for r in mine if r["agent"] == agent and "search_s" in r]
+            entry[agent] = {
+                "search_s": round(sum(r["search_s"] for r in done), 1),
+                "evaluations": sum(r["evaluations"] for r in done),
+                "budgets_run": len(done),
+                "search_s_per_budget": round(sum(r["search_s"] for r in done) / max(len(done), 1), 1),
+            }
+        if "legr" in entry:
+            entry["legr"]["searches"] = sum(
+                "ranking_from" not in r for r in mine if r["agent"] == "legr" and "search_s" in r
+            )
+        if "legr" in entry and "netadapt" in entry and entry["netadapt"]["search_s"] > 0:
+            ratio = entry["legr"]["search_s"] / entry["netadapt"]["search_s"]
+            entry["legr_over_netadapt"] = round(ratio, 3)
+            entry["legr_at_most_a_third_of_netadapt"] = ratio <= 1 / 3
+        out.append(entry)
+    return out
 
 
 def seed_list(text: str) -> list[int]:
@@ -130,7 +187,8 @@ def seed_list(text: str) -> list[int]:
 
 def compare(rows: list[dict], agent: str = "netadapt") -> list[dict]:
     """``agent`` against uniform per model and budget: mean test accuracy over the seeds both agents
-    finished (a failed run counts as 0), each seed's pair, and on how many seeds ``agent`` was >= uniform."""
+    finished (a failed run counts as 0), each seed's pair, and on how many seeds ``agent`` was >= uniform;
+    beside it the mean of every other agent run on those seeds (NetAdapt's, for LeGR)."""
     acc = {(r["model"], r["budget"], r["agent"], r["seed"]): r.get("test_accuracy") or 0.0 for r in rows}
     cells = sorted({(m, b) for m, b, a, _ in acc if a == "uniform"})
     versus = []
@@ -138,45 +196,32 @@ def compare(rows: list[dict], agent: str = "netadapt") -> list[dict]:
         seeds = sorted(s for mm, bb, a, s in acc if (mm, bb, a) == (m, b, "uniform") and (m, b, agent, s) in acc)
         if not seeds:
             continue
-        own, uni = [acc[m, b, agent, s] for s in seeds], [acc[m, b, "uniform", s] for s in seeds]
+        net, uni = [acc[m, b, agent, s] for s in seeds], [acc[m, b, "uniform", s] for s in seeds]
+        others = sorted({a for mm, bb, a, _ in acc if (mm, bb) == (m, b)} - {agent, "uniform"})
         versus.append(
             {
                 "model": m,
                 "budget": b,
                 "seeds": seeds,
-                agent: round(statistics.fmean(own), 4),
+                agent: round(statistics.fmean(net), 4),
                 "uniform": round(statistics.fmean(uni), 4),
-                "per_seed": [{"seed": s, agent: n, "uniform": u} for s, n, u in zip(seeds, own, uni, strict=True)],
-                f"{agent}_at_least_uniform_seeds": sum(n >= u for n, u in zip(own, uni, strict=True)),
+                **{
+                    o: round(statistics.fmean(acc[m, b, o, s] for s in seeds), 4)
+                    for o in others
+                    if all((m, b, o, s) in acc for s in seeds)
+                },
+                "per_seed": [{"seed": s, agent: n, "uniform": u} for s, n, u in zip(seeds, net, uni, strict=True)],
+                f"{agent}_at_least_uniform_seeds": sum(n >= u for n, u in zip(net, uni, strict=True)),
             }
         )
     return versus
-
-
-def agent_list(text: str) -> list[str]:
-    """``--agents uniform,netadapt,amc``; an unknown name is one usage line (argparse turns the ValueError into it)."""
-    agents = [a for a in text.split(",") if a]
-    unknown = [a for a in agents if a not in available_agents()]
-    if unknown or not agents:
-        raise argparse.ArgumentTypeError(f"unknown agent(s) {unknown}: choose from {', '.join(available_agents())}")
-    return agents
-
-
-def key_values(items: list[str]) -> dict:
-    """``KEY=VALUE`` options, each value parsed as JSON."""
-    return {k: json.loads(v) for k, v in (o.split("=", 1) for o in items)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet20,mobilenetv2")
     p.add_argument("--budgets", default="0.7,0.5,0.3")
-    p.add_argument(
-        "--agents",
-        type=agent_list,
-        default="uniform,netadapt,amc",
-        help="comma-separated search agents, each run at every model, budget and seed",
-    )
+    p.add_argument("--agents", default="uniform,netadapt,amc,legr")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="inference threads (the demo's 1, see README)")
@@ -218,6 +263,19 @@ def main() -> None:
         help="AMC option (value parsed as JSON), repeatable, e.g. episodes=100",
     )
     p.add_argument(
+        "--legr-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="LeGR option (value parsed as JSON), repeatable, e.g. generations=100",
+    )
+    p.add_argument(
+        "--legr-learn-at",
+        type=float,
+        help="the budget (one of --budgets) LeGR searches at, once per model and seed; the other budgets "
+        "threshold the ranking it learned (default: the middle budget)",
+    )
+    p.add_argument(
         "--no-densify",
         dest="densify",
         action="store_false",
@@ -225,19 +283,46 @@ def main() -> None:
     )
     p.add_argument("--out-dir", default="runs/bench-budget")
     args = p.parse_args()
-    args.netadapt_options = key_values(args.netadapt_option)
-    args.agent_options = {"netadapt": args.netadapt_options, "amc": key_values(args.amc_option)}
+    args.agent_options = {
+        agent: {k: json.loads(v) for k, v in (o.split("=", 1) for o in getattr(args, f"{agent}_option"))}
+        for agent in AGENT_OPTIONS
+    }
+    args.netadapt_options = args.agent_options["netadapt"]  # as the summary has always recorded them
+    agents, budgets = args.agents.split(","), [float(b) for b in args.budgets.split(",")]
+    unknown = sorted(set(agents) - set(available_agents()))
+    if unknown:
+        p.error(f"--agents: unknown {', '.join(unknown)}; choose from {', '.join(available_agents())}")
+    if args.legr_learn_at is None:
+        args.legr_learn_at = sorted(budgets)[len(budgets) // 2]
+    if "legr" in agents and args.legr_learn_at not in budgets:
+        p.error(f"--legr-learn-at {args.legr_learn_at} is not one of --budgets {args.budgets}")
 
     start, rows = time.perf_counter(), []
     for model in args.models.split(","):
         lut = table_for(model, args)
-        for budget in (float(b) for b in args.budgets.split(",")):
+        for budget in budgets:
             for seed in args.seeds:
-                for agent in args.agents:
-                    rows.append(run_one(model, budget, agent, seed, lut, args))
+                for agent in agents:
+                    ranking = None
+                    if agent == "legr" and budget != args.legr_learn_at:
+                        ranking = learned_ranking(model, seed, lut, args)
+                        if ranking is None:
+                            rows.append(
+                                {
+                                    "model": model,
+                                    "budget": budget,
+                                    "agent": agent,
+                                    "seed": seed,
+                                    "error": f"no ranking: the LeGR run at {args.legr_learn_at}x failed",
+                                    "met": False,
+                                }
+                            )
+                            continue
+                    rows.append(run_one(model, budget, agent, seed, lut, args, ranking))
                     print(json.dumps(rows[-1]), file=sys.stderr)
     versus = compare(rows)
     amc_versus = compare(rows, "amc")
+    legr_versus = compare(rows, "legr")
     emit(
         {
             "benchmark": "budget_adherence",
@@ -255,14 +340,20 @@ def main() -> None:
                 "slack": args.slack,
                 "netadapt_options": args.netadapt_options,
                 "amc_options": args.agent_options["amc"],
+                "legr_options": args.agent_options["legr"],
+                "legr_learn_at": args.legr_learn_at if "legr" in agents else None,
                 "precision": resolve_precision(args.precision),
             },
             "adherence": sum(r["met"] for r in rows) / len(rows),
+            "adherence_by_agent": {a: statistics.fmean(r["met"] for r in rows if r["agent"] == a) for a in agents},
             "runs": rows,
             "netadapt_vs_uniform": versus,
             "netadapt_at_least_uniform": all(v["netadapt"] >= v["uniform"] for v in versus),
             "amc_vs_uniform": amc_versus,
             "amc_at_least_uniform": all(v["amc"] >= v["uniform"] for v in amc_versus) if amc_versus else None,
+            "legr_vs_uniform": legr_versus,
+            "legr_at_least_uniform": all(v["legr"] >= v["uniform"] for v in legr_versus) if legr_versus else None,
+            "search_cost": search_cost(rows),
             "wall_s": round(time.perf_counter() - start, 1),
             "load_average": load_average(),
         }

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_latency import FakeProfiler
+from conftest import FakeProfiler
 from test_prune_cli import FAST, _half_budget_on, _one_error_line
 
 from hwprune.checkpoint import load_checkpoint, save_checkpoint

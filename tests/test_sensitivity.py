@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_latency import FakeProfiler, setting
+from conftest import FakeProfiler, setting
 
 from hwprune.checkpoint import save_checkpoint
 from hwprune.cli import main

@@ -16,7 +16,7 @@ from hwprune.agents.budget import Budget, budget_fraction, check_budget, parse_b
 from hwprune.agents.state import SearchState, load_state
 
 # Importing the agent modules registers them.
-from hwprune.agents import amc, netadapt, uniform  # noqa: E402,F401  isort: skip
+from hwprune.agents import amc, legr, netadapt, uniform  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DEFAULT_MIN_KEEP_RATIO",

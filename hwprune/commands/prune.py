@@ -4,6 +4,9 @@
 on the device, and written with a report.
 
 Example:  hwprune prune --checkpoint checkpoints/resnet20-fmnist --budget 0.5x --agent netadapt --out runs/r20
+
+A LeGR run leaves its learned ranking in the run directory; any other budget reuses it without searching:
+          hwprune prune --checkpoint ... --agent legr --ranking runs/r20-legr/ranking.json --budget 0.3x --out ...
 """
 
 from __future__ import annotations
@@ -60,7 +63,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--agent",
         default="netadapt",
         type=text,
-        help="search agent: netadapt (greedy), amc (reinforcement learning, DDPG), uniform (one ratio for all)",
+        help="search agent: netadapt (greedy), amc (reinforcement learning, DDPG), legr (learned global ranking), "
+        "uniform (one ratio for all)",
+    )
+    goal.add_argument(
+        "--ranking",
+        metavar="FILE",
+        type=text,
+        help="with --agent legr: threshold this learned ranking (ranking.json of an earlier LeGR run on the same "
+        "model) to --budget instead of searching; no candidate is evaluated",
     )
     goal.add_argument(
         "--agent-option",
@@ -288,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
             criterion=args.criterion,
             taylor_batches=args.taylor_batches,
             min_keep_ratio=args.min_keep_ratio,
+            ranking=args.ranking,
             max_tries=args.max_tries,
             densify=args.densify,
             repeats=args.repeats,

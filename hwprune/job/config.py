@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.agents import get_agent
+from hwprune.agents.ranking import Ranking
 from hwprune.errors import ArtifactError, ConfigError
 from hwprune.io import read_json, write_json
 from hwprune.latency.calibrate import check_plan_count
@@ -68,6 +69,15 @@ class JobConfig:
     round_to: int = 1
     criterion: str | None = None  # filter importance; None: l2, or for --plan the criterion that chose its filters
     taylor_batches: int = TAYLOR_BATCHES
+    ranking: str | None = None  # a LeGR ranking.json to threshold to the budget: no search, no evaluation
+
+    def __post_init__(self) -> None:
+        """``ranking`` is the LeGR agent's ``ranking`` option, hoisted to a field of the job so it can be
+        checked before anything loads; either spelling sets both (a conflict is refused by validate_config)."""
+        if self.ranking is None and self.agent == "legr" and self.agent_options.get("ranking") is not None:
+            self.ranking = str(self.agent_options["ranking"])
+        elif self.ranking is not None and "ranking" not in self.agent_options:
+            self.agent_options = {**self.agent_options, "ranking": self.ranking}
 
     @property
     def slack_fraction(self) -> float:
@@ -132,8 +142,28 @@ def validate_config(cfg: JobConfig) -> None:
         check_criterion(cfg.criterion)
     if cfg.lut is None:
         check_plan_count(cfg.calibration_plans, "--calibration-plans")
+    if cfg.ranking is not None:
+        validate_ranking(cfg)
     if cfg.budget is not None:
         get_agent(cfg.agent, **cfg.agent_options)  # an unknown agent or option fails now, not after profiling
+
+
+def validate_ranking(cfg: JobConfig) -> None:
+    """A ``--ranking`` run thresholds a LeGR ranking to its budget: it needs both, and a readable ranking file.
+
+    Whether the ranking fits the model (its name and channel groups) is checked once the model is loaded
+    (``run.check_ranking``), still before anything is measured or written.
+    """
+    if cfg.agent != "legr":
+        raise ConfigError(f"--ranking is a LeGR ranking: use it with --agent legr, not --agent {cfg.agent}")
+    if cfg.budget is None:
+        raise ConfigError("--ranking needs --budget (e.g. 0.5x): the ranking is thresholded to a latency budget")
+    if cfg.agent_options.get("ranking") != cfg.ranking:
+        raise ConfigError(
+            f"two rankings given: --ranking {cfg.ranking} and --agent-option ranking={cfg.agent_options['ranking']}; "
+            "give one"
+        )
+    Ranking.load(cfg.ranking)  # missing, corrupt or another kind of file: one line now
 
 
 def check_fresh_out(out: str | Path) -> None:

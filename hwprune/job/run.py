@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hwprune import __version__
 from hwprune.agents import Budget, check_budget, parse_budget
+from hwprune.agents.ranking import Ranking
 from hwprune.errors import HwpruneError
 from hwprune.io import read_json
 from hwprune.job.budgeted import budgeted_search, latency_table
 from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
 from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, measure, summarize_model
 from hwprune.job.report import write_report
+from hwprune.latency import Predictor
 from hwprune.options import check_out_location
 from hwprune.profilers import Measurement
 from hwprune.pruning import (
@@ -57,6 +60,8 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
         latency_table(cfg, loaded, Path(cfg.out), resume)
     # job.json and the report record the criterion that chose the filters
     fixed, cfg.criterion = fixed_plan(cfg, loaded) if cfg.budget is None else (None, cfg.criterion or DEFAULT_CRITERION)
+    if cfg.ranking is not None:
+        Ranking.load(cfg.ranking).check(loaded.spec.name, loaded.graph, cfg.ranking)  # before anything is measured
     t0 = time.perf_counter()
     base_m = measure(loaded, loaded.model, cfg)
     print(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
@@ -152,6 +157,10 @@ def _run_stages(
     plan_path, model_dir = run / "plan.json", run / "model"
     applied.save(plan_path)
     save_pruned(model_dir, pruned, loaded.spec, applied, {"checkpoint": cfg.checkpoint})
+    artifacts = {"plan": str(plan_path), "model": str(model_dir)}
+    if search is not None and predictor is not None and budget is not None:
+        ranking = save_ranking(run, search, predictor, budget, handed_in=cfg.ranking is not None)
+        artifacts |= {"ranking": str(ranking)} if ranking is not None else {}
 
     report: dict[str, Any] = {
         "hwprune_version": __version__,
@@ -188,7 +197,7 @@ def _run_stages(
             "ms_at_start": budget.ms,
         },
         "wall_s": time.perf_counter() - t0,
-        "artifacts": {"plan": str(plan_path), "model": str(model_dir)},
+        "artifacts": artifacts,
     }
     if predictor is not None:
         report["unpruned"]["predicted_ms"] = predictor.predict_ms(PruningPlan.full(loaded.spec.name, loaded.graph))
@@ -196,3 +205,33 @@ def _run_stages(
     met = judged is None or judged.met
     report["budget_met"] = None if judged is None else met
     return write_report(run, report), met
+
+
+def save_ranking(
+    run: Path, search: dict[str, Any], predictor: Predictor, budget: Budget, handed_in: bool
+) -> Path | None:
+    """``ranking.json``: the ranking the taken plan was thresholded from, when the agent learned one (LeGR).
+
+    A ranking learned in this run is stamped with the run's budget and the latency table it was learned
+    against; one handed in (``--ranking``) is copied as it was, so the run directory says what it used.
+    """
+    history = search["tries"][search["taken_try"] - 1]["history"]
+    data = history[-1].get("ranking") if history else None
+    if not isinstance(data, dict):
+        return None
+    ranking = Ranking.from_dict(data)
+    if not handed_in:
+        table = predictor.table
+        ranking = replace(
+            ranking,
+            budget=budget.text,
+            table={
+                "backend": table.backend,
+                "fingerprint": table.fingerprint,
+                "setting": {k: table.settings.get(k) for k in ("model", "batch", "input_size", "threads")},
+                "sha256": table.to_dict()["sha256"],  # as the run left it (with the widths it timed)
+            },
+        )
+    path = run / "ranking.json"
+    ranking.save(path)
+    return path

@@ -1,6 +1,6 @@
 """Structured pruning: the only room that touches Torch-Pruning."""
 
-from hwprune.pruning.apply import apply_plan, filter_norms
+from hwprune.pruning.apply import apply_plan, channel_norms, filter_norms
 from hwprune.pruning.artifact import load_pruned, save_pruned
 from hwprune.pruning.graph import Group, LayerShape, ModelGraph
 from hwprune.pruning.importance import (
@@ -24,6 +24,7 @@ __all__ = [
     "ModelGraph",
     "PruningPlan",
     "apply_plan",
+    "channel_norms",
     "check_criterion",
     "filter_importance",
     "filter_norms",

@@ -31,6 +31,17 @@ def filter_norms(dg, root: nn.Module) -> torch.Tensor:  # noqa: ANN001 - tp.Depe
     return score
 
 
+def channel_norms(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tensor]:
+    """L2 norm of every channel of every group of ``model``: the importance ``apply_plan`` keeps the largest of.
+
+    The square root of :func:`filter_norms`, so a ranking built on these orders each group's channels
+    exactly as ``apply_plan`` does.
+    """
+    dg = build_dependency_graph(model, graph.input_shape)
+    modules = dict(model.named_modules())
+    return {g.name: filter_norms(dg, modules[g.name]).sqrt() for g in graph.groups}
+
+
 def apply_plan(
     model: nn.Module, plan: PruningPlan, graph: ModelGraph, importance: FilterImportance | None = None
 ) -> tuple[nn.Module, PruningPlan]:
