@@ -116,24 +116,6 @@ class AMCAgent(SearchAgent):
         )
         self.progress = progress
 
-    def options(self) -> dict[str, Any]:
-        return {
-            "episodes": self.episodes,
-            "warmup_episodes": self.warmup_episodes,
-            "reward": self.reward,
-            "baseline_alpha": self.baseline_alpha,
-            "noise_sigma": self.noise_sigma,
-            "noise_decay": self.noise_decay,
-            "hidden": self.hidden,
-            "actor_lr": self.actor_lr,
-            "critic_lr": self.critic_lr,
-            "tau": self.tau,
-            "gamma": self.gamma,
-            "batch_size": self.batch_size,
-            "buffer_episodes": self.buffer_episodes,
-            "progress": self.progress,
-        }
-
     def search(
         self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
     ) -> SearchResult:

@@ -201,9 +201,14 @@ class SearchAgent(ABC):
     #: options that do not change the search trajectory, so a resume may change them
     resume_neutral: ClassVar[frozenset[str]] = frozenset({"progress", "max_iterations"})
 
-    @abstractmethod
     def options(self) -> dict[str, Any]:
-        """The agent's option values, JSON-ready (recorded in history and state files)."""
+        """The agent's option values, JSON-ready (recorded in history and state files).
+
+        Every keyword of the constructor, read back from the attribute of the same name: an agent
+        stores each option under its own name, so a new option is recorded without a second list.
+        """
+        names = [p.name for p in inspect.signature(type(self).__init__).parameters.values() if p.name != "self"]
+        return {name: getattr(self, name) for name in names}
 
     def trajectory_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.options().items() if k not in self.resume_neutral}

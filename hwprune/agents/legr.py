@@ -100,18 +100,6 @@ class LegrAgent(SearchAgent):
         self.ranking = None if ranking is None else str(ranking)
         self.progress = progress
 
-    def options(self) -> dict[str, Any]:
-        return {
-            "population": self.population,
-            "tournament": self.tournament,
-            "generations": self.generations,
-            "mutate_share": self.mutate_share,
-            "noise": self.noise,
-            "fitness": self.fitness,
-            "ranking": self.ranking,
-            "progress": self.progress,
-        }
-
     # ---- search ------------------------------------------------------------------------------------
     def search(
         self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None

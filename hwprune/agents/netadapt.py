@@ -119,18 +119,6 @@ class NetAdaptAgent(SearchAgent):
         self.max_iterations = max_iterations
         self.progress = progress
 
-    def options(self) -> dict[str, Any]:
-        return {
-            "initial_reduction": self.initial_reduction,
-            "decay": self.decay,
-            "min_reduction": self.min_reduction,
-            "candidate_share": self.candidate_share,
-            "selection": self.selection,
-            "weights": self.weights,
-            "max_iterations": self.max_iterations,
-            "progress": self.progress,
-        }
-
     def reduction_fraction(self, iteration: int) -> float:
         """Reduction asked for at ``iteration`` (0-based), as a fraction of the unpruned latency."""
         return max(self.initial_reduction * self.decay**iteration, self.min_reduction)

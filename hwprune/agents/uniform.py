@@ -36,9 +36,6 @@ class UniformAgent(SearchAgent):
     def __init__(self, *, evaluate_final: bool = False) -> None:
         self.evaluate_final = evaluate_final
 
-    def options(self) -> dict[str, Any]:
-        return {"evaluate_final": self.evaluate_final}
-
     @staticmethod
     def plan_at(ctx: SearchContext, ratio: float) -> PruningPlan:
         keep = {}
