@@ -229,6 +229,22 @@ class LegrAgent(SearchAgent):
         finally:
             bar.close()
         assert best is not None  # population >= 2: at least the identity was scored
+        return self._conclude(ctx, thresholder, norms, budget_ms, header, history, alive, best, meter, state_path)
+
+    def _conclude(
+        self,
+        ctx: SearchContext,
+        thresholder: Thresholder,
+        norms: dict[str, np.ndarray],
+        budget_ms: float,
+        header: dict[str, Any],
+        history: list[dict[str, Any]],
+        alive: list[int],
+        best: int,
+        meter: CostMeter,
+        state_path: Path | None,
+    ) -> SearchResult:
+        """The fittest child's plan, with its pairs saved as the ranking that outlives this budget."""
         winner = history[best]
         plan, ms, _ = thresholder.fit(scores_of(norms, self.pairs_of(winner)), budget_ms)  # memoised: no new pricing
         cost = meter.total()
