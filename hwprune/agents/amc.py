@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from hwprune.agents.amc_env import REWARDS, ChannelPruningEnv
 from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchResult, check_choice, register_agent
-from hwprune.agents.state import SearchState, load_state, state_header
+from hwprune.agents.state import SearchState, begin_search
 from hwprune.errors import ConfigError
 from hwprune.pruning import PruningPlan
 
@@ -119,12 +119,9 @@ class AMCAgent(SearchAgent):
     def search(
         self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
     ) -> SearchResult:
-        full_ms = ctx.predict_ms(ctx.full_plan())
-        header = state_header(self, ctx, budget_ms, full_ms)
-        state = load_state(state_path, header) if state_path is not None else None
-        if state is not None and state.done:
-            return state.result(ctx.predict_ms(state.plan))
-        ctx.require_feasible(budget_ms)
+        header, state, finished = begin_search(self, ctx, budget_ms, state_path)
+        if finished is not None:
+            return finished
         logged = episodes_of(state.history) if state is not None else []
         prior = None if state is None else state.cost | {"resumes": state.cost.get("resumes", 0) + 1}
         if logged:

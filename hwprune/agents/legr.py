@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchResult, check_choice, register_agent
 from hwprune.agents.ranking import Pairs, Ranking, Thresholder, identity_pairs, scores_of, standardised_norms
-from hwprune.agents.state import SearchState, load_state, state_header
+from hwprune.agents.state import SearchState, begin_search
 from hwprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,9 @@ class LegrAgent(SearchAgent):
     ) -> SearchResult:
         """Learn a ranking at ``budget_ms`` and threshold it there; or, given a ranking (the ``ranking``
         option, or one ``start`` learned earlier in the job), only threshold that one."""
-        full_ms = ctx.predict_ms(ctx.full_plan())
-        header = state_header(self, ctx, budget_ms, full_ms)
-        state = load_state(state_path, header) if state_path is not None else None
-        if state is not None and state.done:
-            return state.result(ctx.predict_ms(state.plan))
-        ctx.require_feasible(budget_ms)
+        header, state, finished = begin_search(self, ctx, budget_ms, state_path)
+        if finished is not None:
+            return finished
         thresholder = Thresholder(ctx)
         thresholder.require_reachable(budget_ms)
         norms = standardised_norms(ctx.model, ctx.graph)

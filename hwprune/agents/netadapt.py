@@ -32,7 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchResult, check_choice, register_agent
-from hwprune.agents.state import SearchState, load_state, state_header
+from hwprune.agents.state import SearchState, begin_search
 from hwprune.errors import BudgetError, ConfigError
 from hwprune.pruning import PruningPlan
 
@@ -130,12 +130,10 @@ class NetAdaptAgent(SearchAgent):
         """The greedy loop; given ``start`` (an earlier search of the job, on an older table or another
         target), it continues that search's path (see :meth:`continued`) instead of starting from the
         full model."""
-        full_ms = ctx.predict_ms(ctx.full_plan())
-        header = state_header(self, ctx, budget_ms, full_ms)
-        state = load_state(state_path, header) if state_path is not None else None
-        if state is not None and state.done:
-            return state.result(ctx.predict_ms(state.plan))
-        ctx.require_feasible(budget_ms)
+        header, state, finished = begin_search(self, ctx, budget_ms, state_path)
+        if finished is not None:
+            return finished
+        full_ms = header["full_predicted_ms"]
         if state is None:
             history = self.continued(ctx, start, budget_ms) if start is not None else []
             iteration, plan = len(history), self.path(ctx, history)[-1]

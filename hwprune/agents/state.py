@@ -39,6 +39,20 @@ def state_header(agent: SearchAgent, ctx: SearchContext, budget_ms: float, full_
     }
 
 
+def begin_search(
+    agent: SearchAgent, ctx: SearchContext, budget_ms: float, state_path: Path | None
+) -> tuple[dict[str, Any], SearchState | None, SearchResult | None]:
+    """Where every agent's search starts: its header, the state an interrupted search left (None for a
+    new one) and, when that search had finished, its result (nothing is left to do). A search that
+    still has work is refused here when no plan can meet ``budget_ms``; a finished one never is."""
+    header = state_header(agent, ctx, budget_ms, ctx.predict_ms(ctx.full_plan()))
+    state = load_state(state_path, header) if state_path is not None else None
+    if state is not None and state.done:
+        return header, state, state.result(ctx.predict_ms(state.plan))
+    ctx.require_feasible(budget_ms)
+    return header, state, None
+
+
 @dataclass
 class SearchState:
     """Where a search stands after its last completed iteration."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchResult, register_agent
-from hwprune.agents.state import SearchState, load_state, state_header
+from hwprune.agents.state import SearchState, begin_search
 from hwprune.errors import BudgetError
 from hwprune.pruning import PruningPlan, round_channels
 
@@ -65,12 +65,9 @@ class UniformAgent(SearchAgent):
         self, ctx: SearchContext, budget_ms: float, state_path: Path | None = None, start: SearchResult | None = None
     ) -> SearchResult:
         """Predicting every uniform plan is cheap: an earlier search (``start``) is not needed."""
-        full_ms = ctx.predict_ms(ctx.full_plan())
-        header = state_header(self, ctx, budget_ms, full_ms)
-        state = load_state(state_path, header) if state_path is not None else None
-        if state is not None and state.done:
-            return state.result(ctx.predict_ms(state.plan))
-        ctx.require_feasible(budget_ms)
+        header, state, finished = begin_search(self, ctx, budget_ms, state_path)
+        if finished is not None:
+            return finished
         meter = CostMeter(ctx)
         ladder = self.ladder(ctx)
         predicted = [ctx.predict_ms(plan) for _, plan in ladder]
