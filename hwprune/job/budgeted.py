@@ -89,9 +89,18 @@ def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> La
 
 
 def budgeted_search(
-    cfg: JobConfig, loaded: Loaded, run: Path, budget: Budget, base: Measurement, resume: bool
+    cfg: JobConfig,
+    loaded: Loaded,
+    run: Path,
+    budget: Budget,
+    base: Measurement,
+    resume: bool,
+    table: LatencyTable | None = None,
 ) -> SearchOutcome:
-    table = latency_table(cfg, loaded, run, resume)
+    """Search, measure and judge under ``budget``; ``table`` is the user's, already loaded by
+    :func:`latency_table`, or None to load or profile it now."""
+    if table is None:
+        table = latency_table(cfg, loaded, run, resume)
     evaluator = Evaluator(
         loaded.model,
         loaded.graph,

@@ -23,7 +23,7 @@ from hwprune.job.budgeted import budgeted_search, latency_table
 from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
 from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, measure, summarize_model
 from hwprune.job.report import write_report
-from hwprune.latency import Predictor
+from hwprune.latency import LatencyTable, Predictor
 from hwprune.options import check_out_location
 from hwprune.profilers import Measurement
 from hwprune.pruning import (
@@ -54,10 +54,10 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     if cfg.budget is not None:
         parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
     loaded = load_inputs(cfg)
-    if cfg.lut is not None:
-        # The table must fit this checkpoint, batch and device before anything is timed (a mismatch found
-        # after the unpruned model's measurement came with that measurement's timing warnings).
-        latency_table(cfg, loaded, Path(cfg.out), resume)
+    # A user's table must fit this checkpoint, batch and device before anything is timed (a mismatch found
+    # after the unpruned model's measurement came with that measurement's timing warnings); the search
+    # then reads this one rather than loading it again.
+    table = latency_table(cfg, loaded, Path(cfg.out), resume) if cfg.lut is not None else None
     # job.json and the report record the criterion that chose the filters
     fixed, cfg.criterion = fixed_plan(cfg, loaded) if cfg.budget is None else (None, cfg.criterion or DEFAULT_CRITERION)
     if cfg.ranking is not None:
@@ -68,7 +68,7 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     budget = _budget(cfg, base_m, resume) if cfg.budget is not None else None
     run = Path(cfg.out) if resume else start_run(cfg, budget.ms if budget else None)
     try:
-        report_path, met = _run_stages(cfg, loaded, run, base_m, budget, fixed, resume, t0)
+        report_path, met = _run_stages(cfg, loaded, run, base_m, budget, fixed, resume, t0, table)
     except HwpruneError:
         if not resume:
             shutil.rmtree(run, ignore_errors=True)
@@ -137,6 +137,7 @@ def _run_stages(
     fixed: PruningPlan | None,
     resume: bool,
     t0: float,
+    table: LatencyTable | None,
 ) -> tuple[Path, bool]:
     search: dict[str, Any] | None = None
     predictor = None
@@ -149,7 +150,7 @@ def _run_stages(
         final_m = measure(loaded, pruned, cfg)
     else:
         assert budget is not None
-        outcome = budgeted_search(cfg, loaded, run, budget, base_m, resume)  # fine-tunes and judges (finish)
+        outcome = budgeted_search(cfg, loaded, run, budget, base_m, resume, table)  # fine-tunes and judges
         pruned, applied, pruned_m = outcome.model, outcome.plan, outcome.measured
         search, predictor = outcome.search, outcome.predictor
         judged, final_measurements = outcome.final, outcome.final_measurements
