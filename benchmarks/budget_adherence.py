@@ -6,8 +6,9 @@ prints one JSON summary: the share of final models whose measured median is <= t
 test accuracy of each agent at each budget. Budgets are relative ("0.5x"), so the job judges each
 final model against the unpruned model measured alongside it, and every agent's first search
 target is the same fraction of the shared table's predicted unpruned latency: a slow spell during
-one run cannot hand one agent a looser budget. Runs already finished in --out-dir are reused, so
-an interrupted benchmark continues where it stopped.
+one run cannot hand one agent a looser budget. The matrix of one model and seed is `hwprune
+compare`'s (hwprune.compare, without its twins and control) in ``--out-dir/MODEL/seedN``: runs
+already finished there are reused, so an interrupted benchmark continues where it stopped.
 
 ``--seeds 0,1,2`` repeats every run with each seed (fine-tune order, search and candidate scores;
 the table and the validation split stay shared) and compares the agents on their mean test
@@ -42,8 +43,8 @@ from _common import emit, load_average, run  # noqa: E402
 
 from hwprune.agents import available_agents  # noqa: E402
 from hwprune.checkpoint import load_checkpoint  # noqa: E402
-from hwprune.errors import HwpruneError  # noqa: E402
-from hwprune.job import JobConfig, run_job  # noqa: E402
+from hwprune.compare import CellOutcome, CompareConfig  # noqa: E402
+from hwprune.compare.runner import resume_compare, start_compare  # noqa: E402
 from hwprune.latency import TableSetting, profile_model  # noqa: E402
 from hwprune.latency.build import BLOCK_WARMUP_S  # noqa: E402
 from hwprune.train import resolve_precision  # noqa: E402
@@ -75,49 +76,60 @@ def table_for(model: str, args: argparse.Namespace) -> Path:
 AGENT_OPTIONS = ("netadapt", "amc", "legr")  # agents with a --NAME-option flag here
 
 
-def run_dir(model: str, budget: float, agent: str, seed: int, args: argparse.Namespace) -> Path:
-    # seed 0 keeps the directory name of the single-seed runs, so their finished runs are reused
-    return Path(args.out_dir) / model / (f"{agent}-{budget}x" + (f"-seed{seed}" if seed else ""))
+def compare_dir(model: str, seed: int, args: argparse.Namespace) -> Path:
+    return Path(args.out_dir) / model / f"seed{seed}"
 
 
-def run_one(
-    model: str, budget: float, agent: str, seed: int, lut: Path, args: argparse.Namespace, ranking: Path | None = None
-) -> dict:
-    """One job (reused when finished); ``ranking``: a LeGR ranking to threshold instead of searching."""
-    out = run_dir(model, budget, agent, seed, args)
-    if not (out / "report.json").exists():
-        cfg = JobConfig(
+def run_matrix(
+    model: str, seed: int, lut: Path, budgets: list[float], agents: list[str], args: argparse.Namespace
+) -> list[dict]:
+    """Every agent at every budget for (model, seed): the matrix of `hwprune compare` (its library), on the
+    model's shared table, without twins or control; a finished matrix is read back, an interrupted one resumed."""
+    out = compare_dir(model, seed, args)
+    if (out / "compare.json").is_file():
+        outcomes = resume_compare(out)
+    else:
+        cfg = CompareConfig(
             checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"),
             out=str(out),
-            budget=f"{budget}x",
-            agent=agent,
-            backend=args.backend,
-            threads=args.threads,
-            batch=args.batch,
-            lut=str(lut),
-            seed=seed,
-            search_finetune_steps=args.search_finetune_steps,
-            val_samples=args.val_samples,
-            finetune_steps=args.finetune_steps,
-            batch_size=args.batch_size,
-            round_to=args.round_to,
-            slack=args.slack,
-            agent_options=args.agent_options.get(agent, {}),
-            densify=args.densify,
-            precision=args.precision,
-            ranking=None if ranking is None else str(ranking),
+            budgets=[f"{b}x" for b in budgets],
+            agents=agents,
+            twins=[],
+            agent_options={a: o for a, o in args.agent_options.items() if a in agents and o},
+            legr_learn_at=f"{args.legr_learn_at}x",
+            control=False,
+            job={
+                "backend": args.backend,
+                "threads": args.threads,
+                "batch": args.batch,
+                "lut": str(lut),
+                "seed": seed,
+                "search_finetune_steps": args.search_finetune_steps,
+                "val_samples": args.val_samples,
+                "finetune_steps": args.finetune_steps,
+                "batch_size": args.batch_size,
+                "round_to": args.round_to,
+                "slack": args.slack,
+                "densify": args.densify,
+                "precision": args.precision,
+            },
         )
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # the job's progress lines; stdout is the JSON
-                run_job(cfg, resume=(out / "job.json").exists())
-        except HwpruneError as exc:
-            return {"model": model, "budget": budget, "agent": agent, "seed": seed, "error": str(exc), "met": False}
-    report = json.loads((out / "report.json").read_text())
-    return {
-        "model": model,
-        "budget": budget,
-        "agent": agent,
-        "seed": seed,
+        with contextlib.redirect_stdout(sys.stderr):  # the jobs' progress lines; stdout is the JSON
+            outcomes = start_compare(cfg)
+    return [row_of(model, seed, o) for o in outcomes]
+
+
+def row_of(model: str, seed: int, outcome: CellOutcome) -> dict:
+    """One cell as this benchmark's row (its own columns: adherence, budget use, densify counts)."""
+    cell = outcome.cell
+    assert cell.budget is not None and cell.agent is not None
+    base = {"model": model, "budget": float(cell.budget.rstrip("x")), "agent": cell.agent, "seed": seed}
+    if cell.ranking_from is not None:
+        base["ranking_from"] = str(outcome.run.parent / cell.ranking_from / "ranking.json")
+    if outcome.status != "done":
+        return base | {"error": outcome.reason, "met": False}
+    report = json.loads((outcome.run / "report.json").read_text())
+    return base | {
         "budget_ms": round(report["budget"]["ms"], 3),
         "measured_ms": round(report["pruned"]["measured"]["summary"]["median_ms"], 3),
         "measured_iqr_ms": round(report["pruned"]["measured"]["summary"]["iqr_ms"], 3),
@@ -138,14 +150,7 @@ def run_one(
         "searched_again_after_densify": sum(
             r["searched_again"] for t in report["search"]["tries"] for r in t.get("densified", [])
         ),
-    } | ({"ranking_from": str(ranking)} if ranking is not None else {})
-
-
-def learned_ranking(model: str, seed: int, lut: Path, args: argparse.Namespace) -> Path | None:
-    """The ranking LeGR learned for (model, seed) at ``--legr-learn-at``, its run made first if need be."""
-    run_one(model, args.legr_learn_at, "legr", seed, lut, args)  # a finished run is read back, not repeated
-    path = run_dir(model, args.legr_learn_at, "legr", seed, args) / "ranking.json"
-    return path if path.is_file() else None
+    }
 
 
 def search_cost(rows: list[dict]) -> list[dict]:
@@ -300,26 +305,10 @@ def main() -> None:
     start, rows = time.perf_counter(), []
     for model in args.models.split(","):
         lut = table_for(model, args)
-        for budget in budgets:
-            for seed in args.seeds:
-                for agent in agents:
-                    ranking = None
-                    if agent == "legr" and budget != args.legr_learn_at:
-                        ranking = learned_ranking(model, seed, lut, args)
-                        if ranking is None:
-                            rows.append(
-                                {
-                                    "model": model,
-                                    "budget": budget,
-                                    "agent": agent,
-                                    "seed": seed,
-                                    "error": f"no ranking: the LeGR run at {args.legr_learn_at}x failed",
-                                    "met": False,
-                                }
-                            )
-                            continue
-                    rows.append(run_one(model, budget, agent, seed, lut, args, ranking))
-                    print(json.dumps(rows[-1]), file=sys.stderr)
+        for seed in args.seeds:
+            for row in run_matrix(model, seed, lut, budgets, agents, args):
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
     versus = compare(rows)
     amc_versus = compare(rows, "amc")
     legr_versus = compare(rows, "legr")

@@ -39,7 +39,7 @@ HELP = "prune a checkpoint to a measured latency budget (or a uniform ratio), fi
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_argument_group("what to prune and where to write")
-    what.add_argument("--checkpoint", type=text, help="checkpoint directory written by `hwprune train`")
+    add_source_arguments(what)
     what.add_argument("--out", type=out_dir, help="run directory to create (plan, pruned model, report)")
     what.add_argument(
         "--resume",
@@ -47,7 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=text,
         help="continue an interrupted run from its directory, with the options it was started with",
     )
-    what.add_argument("--data-dir", type=text, help="dataset folder, when not in the default place")
     goal = p.add_argument_group("goal")
     goal.add_argument(
         "--budget",
@@ -82,50 +81,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="agent option (value parsed as JSON), repeatable, e.g. decay=0.96 or weights=original (netadapt), "
         "episodes=100 (amc)",
     )
-    goal.add_argument(
+    add_search_arguments(goal)
+    add_device_arguments(p)
+    add_accuracy_arguments(p)
+
+
+# The groups below are shared with `hwprune compare`, whose every cell is a prune job with these settings.
+
+
+def add_source_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--checkpoint", type=text, help="checkpoint directory written by `hwprune train`")
+    group.add_argument("--data-dir", type=text, help="dataset folder, when not in the default place")
+
+
+def add_search_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--criterion",
         type=text,
         help="which filters each group keeps: l2 (norm, the default), l1, fpgm (drop those nearest the "
         "layer's geometric median), taylor (first-order loss change, from training minibatches) or random "
         "(seeded); with --plan, default: the criterion that chose the plan's filters",
     )
-    goal.add_argument(
+    group.add_argument(
         "--taylor-batches",
         type=positive_int,
         default=TAYLOR_BATCHES,
         help="training minibatches (of 64, seeded) the taylor criterion averages over",
     )
-    goal.add_argument(
+    group.add_argument(
         "--round-to",
         type=positive_int,
         default=1,
         help="keep channel counts at multiples of this (the CPU's SIMD width in floats suits it: 16 with "
         "AVX-512, 8 with AVX2; a full width is always allowed)",
     )
-    goal.add_argument(
+    group.add_argument(
         "--min-keep-ratio", type=fraction, default=0.1, help="no group keeps fewer than this fraction of its channels"
     )
-    goal.add_argument(
+    group.add_argument(
         "--margin",
         type=number(MARGIN),
         default=0.05,
         help="search for a plan predicted this fraction under the budget, so device noise "
         "does not push the measured median over it",
     )
-    goal.add_argument(
+    group.add_argument(
         "--slack",
         type=number(SLACK),
         help="when a plan measures more than this fraction under the budget, keep it and search once more for a "
         "wider (more accurate) one against a looser target; if that one misses, search between the two while "
         "tries remain, and take the kept plan if nothing wider fits (default: twice --margin; 0 for off)",
     )
-    goal.add_argument(
+    group.add_argument(
         "--max-tries",
         type=positive_int,
         default=3,
         help="searches in all (each later one against a target moved by what the last plan measured: tighter "
         "after a miss, looser after --slack) and measurements of the fine-tuned model before a miss counts",
     )
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
     dev = p.add_argument_group("device and deployment setting")
     dev.add_argument(
         "--backend",
@@ -178,6 +194,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="whole-model measurements that calibrate the latency predictor when the job profiles the device "
         "itself (without --lut); 0 for none, else >= 3",
     )
+
+
+def add_accuracy_arguments(p: argparse.ArgumentParser) -> None:
     tune = p.add_argument_group("accuracy")
     tune.add_argument(
         "--search-finetune-steps",
@@ -217,7 +236,7 @@ def _interruptible(cfg, resume: bool):  # noqa: ANN001, ANN202 - JobConfig is im
         raise
 
 
-def _settings_from_table(args: argparse.Namespace) -> None:
+def settings_from_table(args: argparse.Namespace) -> None:
     """A latency table fixes the deployment setting: take what the user did not say (None) from it.
 
     Whether the table fits the checkpoint (model, input, batch, device) is checked by the job
@@ -271,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.checkpoint is None or args.out is None:
             raise ConfigError("--checkpoint and --out are required (or --resume DIR)")
-        _settings_from_table(args)
+        settings_from_table(args)
         cfg = JobConfig(
             checkpoint=args.checkpoint,
             out=args.out,

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from torch import nn
 
-from hwprune.agents import Budget, SearchContext, check_budget
+from hwprune.agents import Budget, LatencyPredictor, SearchContext, check_budget
 from hwprune.errors import BudgetError, TableError
 from hwprune.evaluator import Evaluator
 from hwprune.job.config import JobConfig
@@ -27,7 +27,7 @@ from hwprune.job.policy import TryPolicy
 from hwprune.job.search_try import search_try
 from hwprune.job.targets import first_target
 from hwprune.job.tries import as_result, judged_from, load_tries, record_of, save_tries, total_cost
-from hwprune.latency import LatencyTable, Predictor, TableSetting, profile_model, timing_like
+from hwprune.latency import FlopsPredictor, LatencyTable, Predictor, TableSetting, profile_model, timing_like
 from hwprune.latency.build import BLOCK_WARMUP_S
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
@@ -39,7 +39,7 @@ class SearchOutcome:
     plan: PruningPlan
     measured: Measurement
     search: dict[str, Any]
-    predictor: Predictor
+    predictor: Predictor | FlopsPredictor  # the latency table's, or a MACs twin's (macs_twin.py)
     final: Judged  # the fine-tuned model, judged
     final_measurements: int
 
@@ -101,27 +101,7 @@ def budgeted_search(
     :func:`latency_table`, or None to load or profile it now."""
     if table is None:
         table = latency_table(cfg, loaded, run, resume)
-    evaluator = Evaluator(
-        loaded.model,
-        loaded.graph,
-        loaded.data,
-        finetune_steps=cfg.search_finetune_steps,
-        seed=cfg.seed,
-        val_samples=cfg.val_samples,
-        precision=cfg.precision,
-        criterion=cfg.criterion or "l2",
-        taylor_batches=cfg.taylor_batches,
-    )
-    ctx = SearchContext(
-        loaded.spec.name,
-        loaded.model,
-        loaded.graph,
-        Predictor(table, loaded.graph),
-        evaluator,
-        seed=cfg.seed,
-        min_keep_ratio=cfg.min_keep_ratio,
-        round_to=cfg.round_to,
-    )
+    ctx, evaluator = search_context(cfg, loaded, Predictor(table, loaded.graph))
     check_budget(budget.ms, base.median_ms, ctx.floor_ms())
     full_ms = ctx.predict_ms(ctx.full_plan())
     if abs(base.median_ms - full_ms) > 0.25 * full_ms:
@@ -165,6 +145,33 @@ def budgeted_search(
         + ", ".join(f"{t['measured']['summary']['median_ms']:.3f}" for t in tries)
         + " ms): the latency table mispredicts this setting; check it with `hwprune lut-check` or raise --max-tries"
     )
+
+
+def search_context(cfg: JobConfig, loaded: Loaded, predictor: LatencyPredictor) -> tuple[SearchContext, Evaluator]:
+    """What every search of the job sees: ``predictor`` (the latency table's, or the MACs twin's) and one
+    evaluator, so agents compared under either predictor are scored alike."""
+    evaluator = Evaluator(
+        loaded.model,
+        loaded.graph,
+        loaded.data,
+        finetune_steps=cfg.search_finetune_steps,
+        seed=cfg.seed,
+        val_samples=cfg.val_samples,
+        precision=cfg.precision,
+        criterion=cfg.criterion or "l2",
+        taylor_batches=cfg.taylor_batches,
+    )
+    ctx = SearchContext(
+        loaded.spec.name,
+        loaded.model,
+        loaded.graph,
+        predictor,
+        evaluator,
+        seed=cfg.seed,
+        min_keep_ratio=cfg.min_keep_ratio,
+        round_to=cfg.round_to,
+    )
+    return ctx, evaluator
 
 
 def _try(
@@ -243,7 +250,7 @@ def _finish_try(
     done = tries[take]
     if "final" in done:
         return None
-    pruned, applied = _final_start(loaded, evaluator, done)
+    pruned, applied = final_start(loaded, evaluator, done)
     final, taken = finish(cfg, loaded, pruned, budget)
     if final.met or accept_miss:
         predictor = cast(Predictor, ctx.predictor)
@@ -261,7 +268,7 @@ def _finish_try(
     return None
 
 
-def _final_start(loaded: Loaded, evaluator: Evaluator, done: dict[str, Any]) -> tuple[nn.Module, PruningPlan]:
+def final_start(loaded: Loaded, evaluator: Evaluator, done: dict[str, Any]) -> tuple[nn.Module, PruningPlan]:
     """What a taken try's long fine-tune starts from: the model its search reached, for a search that
     carried its weights (NetAdapt's default), else its plan cut from the original weights."""
     tried = as_result(done)

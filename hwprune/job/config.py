@@ -28,6 +28,7 @@ from hwprune.pruning import TAYLOR_BATCHES, check_criterion
 from hwprune.train import resolve_precision
 
 JOB_KIND = "prune-job"
+PREDICTORS = ("table", "macs")
 JOB_SCHEMA = 1
 
 
@@ -70,6 +71,7 @@ class JobConfig:
     criterion: str | None = None  # filter importance; None: l2, or for --plan the criterion that chose its filters
     taylor_batches: int = TAYLOR_BATCHES
     ranking: str | None = None  # a LeGR ranking.json to threshold to the budget: no search, no evaluation
+    predictor: str = "table"  # "macs": a FLOPs-targeted twin (job/macs_twin.py), no table and one search
 
     def __post_init__(self) -> None:
         """``ranking`` is the LeGR agent's ``ranking`` option, hoisted to a field of the job so it can be
@@ -144,6 +146,10 @@ def validate_config(cfg: JobConfig) -> None:
         check_plan_count(cfg.calibration_plans, "--calibration-plans")
     if cfg.ranking is not None:
         validate_ranking(cfg)
+    if cfg.predictor not in PREDICTORS:
+        raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}, got {cfg.predictor!r}")
+    if cfg.predictor == "macs" and cfg.budget is None:
+        raise ConfigError("the MACs predictor searches to a --budget: give one (e.g. 0.5x), not --ratio or --plan")
     if cfg.budget is not None:
         get_agent(cfg.agent, **cfg.agent_options)  # an unknown agent or option fails now, not after profiling
 

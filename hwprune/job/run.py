@@ -21,9 +21,10 @@ from hwprune.errors import HwpruneError
 from hwprune.io import read_json
 from hwprune.job.budgeted import budgeted_search, latency_table
 from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
+from hwprune.job.macs_twin import macs_targeted_search
 from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, measure, summarize_model
 from hwprune.job.report import write_report
-from hwprune.latency import LatencyTable, Predictor
+from hwprune.latency import FlopsPredictor, LatencyTable, Predictor
 from hwprune.options import check_out_location
 from hwprune.profilers import Measurement
 from hwprune.pruning import (
@@ -57,7 +58,9 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     # A user's table must fit this checkpoint, batch and device before anything is timed (a mismatch found
     # after the unpruned model's measurement came with that measurement's timing warnings); the search
     # then reads this one rather than loading it again.
-    table = latency_table(cfg, loaded, Path(cfg.out), resume) if cfg.lut is not None else None
+    table = (
+        latency_table(cfg, loaded, Path(cfg.out), resume) if cfg.lut is not None and cfg.predictor == "table" else None
+    )
     # job.json and the report record the criterion that chose the filters
     fixed, cfg.criterion = fixed_plan(cfg, loaded) if cfg.budget is None else (None, cfg.criterion or DEFAULT_CRITERION)
     if cfg.ranking is not None:
@@ -150,7 +153,10 @@ def _run_stages(
         final_m = measure(loaded, pruned, cfg)
     else:
         assert budget is not None
-        outcome = budgeted_search(cfg, loaded, run, budget, base_m, resume, table)  # fine-tunes and judges
+        if cfg.predictor == "macs":  # a FLOPs-targeted twin: one search to the budget's share of MACs
+            outcome = macs_targeted_search(cfg, loaded, run, budget, base_m, resume)
+        else:
+            outcome = budgeted_search(cfg, loaded, run, budget, base_m, resume, table)  # fine-tunes and judges
         pruned, applied, pruned_m = outcome.model, outcome.plan, outcome.measured
         search, predictor = outcome.search, outcome.predictor
         judged, final_measurements = outcome.final, outcome.final_measurements
@@ -209,7 +215,7 @@ def _run_stages(
 
 
 def save_ranking(
-    run: Path, search: dict[str, Any], predictor: Predictor, budget: Budget, handed_in: bool
+    run: Path, search: dict[str, Any], predictor: Predictor | FlopsPredictor, budget: Budget, handed_in: bool
 ) -> Path | None:
     """``ranking.json``: the ranking the taken plan was thresholded from, when the agent learned one (LeGR).
 
@@ -221,7 +227,7 @@ def save_ranking(
     if not isinstance(data, dict):
         return None
     ranking = Ranking.from_dict(data)
-    if not handed_in:
+    if not handed_in and isinstance(predictor, Predictor):  # a MACs twin's ranking was learned on no table
         table = predictor.table
         ranking = replace(
             ranking,

@@ -56,6 +56,9 @@ class FlopsPredictor:
         macs = sum(s.macs for s in self.graph.layer_shapes(plan.keep))
         return self.full_ms * macs / self._full_macs
 
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "full_ms": self.full_ms, "full_macs": self._full_macs}
+
 
 class Predictor:
     """The calibrated predictor: a linear function of the table sum (and the volume features) fitted per table.
