@@ -39,6 +39,7 @@ from hwprune.pruning import ModelGraph, PruningPlan
 TRAIN = ["train", "--model", "resnet20", "--data", "synthetic", "--epochs", "1"]
 PROFILE = ["profile", "--model", "resnet20", "--grid", "1", "--calib-plans", "0"]
 PRUNE = ["prune", "--checkpoint", "{ck}", "--out", "{out}", *FAST]
+COMPARE = ["compare", "--checkpoint", "{ck}", "--out", "{out}", *FAST]
 
 
 def _table(path: Path, **overrides: object) -> Path:
@@ -208,6 +209,28 @@ CASES = [
     ("resume-empty", ["prune", "--resume", ""], "--resume: must not be empty"),
     ("resume-missing", ["prune", "--resume", "{missing}"], "no prune run there"),
     ("resume-not-a-run", ["prune", "--resume", "{dir}"], "no prune run there"),
+    # ---- compare ------------------------------------------------------------------------------
+    ("compare-no-checkpoint", ["compare", "--out", "{out}"], "--checkpoint and --out are required"),
+    ("compare-checkpoint-missing", [*COMPARE, "--checkpoint", "{missing}"], "not found"),
+    ("compare-budget-malformed", [*COMPARE, "--budgets", "0.5x,half"], "malformed budget 'half'"),
+    ("compare-budget-twice", [*COMPARE, "--budgets", "0.5x,0.5x"], "0.5x more than once"),
+    ("compare-budget-empty-entry", [*COMPARE, "--budgets", "0.5x,"], "has an empty entry"),
+    ("compare-budgets-empty", [*COMPARE, "--budgets", ""], "--budgets: must not be empty"),
+    ("compare-agent-unknown", [*COMPARE, "--agents", "uniform,netadpt"], "did you mean netadapt"),
+    ("compare-twin-unknown", [*COMPARE, "--twins", "unifrm"], "did you mean uniform"),
+    ("compare-nothing", [*COMPARE, "--agents", "none", "--twins", "none"], "nothing to compare"),
+    ("compare-option-no-agent", [*COMPARE, "--agent-option", "episodes=3"], "write AGENT.KEY=VALUE"),
+    ("compare-option-stray", [*COMPARE, "--agents", "uniform", "--agent-option", "amc.episodes=3"], "not in --agents"),
+    ("compare-option-unknown", [*COMPARE, "--agent-option", "netadapt.decy=0.9"], "did you mean decay"),
+    ("compare-option-nan", [*COMPARE, "--agent-option", "netadapt.decay=NaN"], "decay must be a finite"),
+    ("compare-learn-at", [*COMPARE, "--budgets", "0.7x,0.5x", "--legr-learn-at", "0.3x"], "not one of --budgets"),
+    ("compare-margin-nan", [*COMPARE, "--margin", "nan"], "--margin: must be a finite"),
+    ("compare-other-model-table", [*COMPARE, "--lut", "{other_lut}"], "model='resnet56'"),
+    ("compare-out-not-empty", ["compare", "--checkpoint", "{ck}", "--out", "{finished}"], "--resume"),
+    ("compare-out-is-file", ["compare", "--checkpoint", "{ck}", "--out", "{file}"], "is a file"),
+    ("compare-resume-missing", ["compare", "--resume", "{missing}"], "no compare there"),
+    ("compare-resume-a-prune-run", ["compare", "--resume", "{finished}"], "no compare there"),
+    ("compare-resume-conflict", ["compare", "--resume", "{finished}", "--budgets", "0.5x"], "drop --budgets"),
     # ---- usage --------------------------------------------------------------------------------
     ("no-verb", [], "required"),
     ("unknown-verb", ["prun"], "invalid choice"),

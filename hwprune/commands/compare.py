@@ -25,9 +25,11 @@ from hwprune.options import key_value, out_dir, text
 
 HELP = "run every search agent at every budget on one device and table; results, a Pareto plot and a report"
 
-COMPARE_DEFAULTS = {"finetune_steps": 200, "search_finetune_steps": 10, "val_samples": 500}
-"""A compare runs ~19 prune jobs: a shorter long fine-tune and cheaper candidate scores than one prune
-run's defaults keep the full ResNet-20 matrix near 45 minutes on 2 cores (benchmarks/compare.py)."""
+COMPARE_DEFAULTS = {"finetune_steps": 150, "search_finetune_steps": 10, "val_samples": 500}
+"""A compare runs 19 prune jobs (4 agents x 3 budgets, 2 twins x 3, the control): a shorter long fine-tune
+and cheaper candidate scores than one prune run's keep the full ResNet-20 matrix near 45 minutes on 2
+cores (the estimate is in benchmarks/compare.py). Every cell gets the same ones, so the comparison is fair;
+for accuracy figures to quote, give a longer --finetune-steps."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="AGENT.KEY=VALUE",
         help="an option of one agent (value parsed as JSON), repeatable, e.g. amc.episodes=100 or "
-        "legr.generations=200; a compare's own defaults: amc episodes=40 warmup_episodes=10, legr generations=40",
+        "legr.generations=200; a compare's own defaults: amc episodes=30 warmup_episodes=10, legr generations=30",
     )
     search = p.add_argument_group("search (every cell)")
     add_search_arguments(search)
@@ -97,8 +99,8 @@ def names(value: str, flag: str) -> list[str]:
 
 
 COMPARE_AGENT_OPTIONS: dict[str, dict[str, object]] = {
-    "amc": {"episodes": 40, "warmup_episodes": 10},
-    "legr": {"generations": 40},
+    "amc": {"episodes": 30, "warmup_episodes": 10},
+    "legr": {"generations": 30},
 }
 """Smaller searches than one prune run's defaults, for the same reason as COMPARE_DEFAULTS."""
 

@@ -1,0 +1,125 @@
+"""Issue-38 targets: the full `hwprune compare` on ResNet-20, and what it says about hardware awareness.
+
+Runs (or continues) ``hwprune compare`` with its documented defaults: 4 agents x 3 budgets, the
+MACs-targeted twins of uniform and NetAdapt, and the unpruned model given the same fine-tune (19
+prune jobs on one latency table), then prints one JSON summary: wall time against the 45-minute
+target, and per budget the best hardware-aware model beside the control and each agent beside its
+twin. The compare directory keeps every cell, so an interrupted benchmark continues where it stopped.
+
+    python benchmarks/compare.py                     # the target: defaults, --out runs/bench-compare
+    python benchmarks/compare.py --finetune-steps 2000 --out runs/bench-compare-long   # accuracy figures
+
+Time estimate on the project's 2-vCPU AVX2 EPYC VM (fp32; not measured as a whole): the table is
+profiled once (~2.5 min); every budgeted cell pays ~82 s of measurement and bookkeeping (the unpruned
+model at the start, two paired judgement sessions before and two after the fine-tune, ONNX exports,
+densify, two test evaluations; from budget_adherence's uniform runs) -> 18 x 82 s = 25 min, plus ~3 min
+for second tries; the control ~35 s; 150 fine-tune steps ~28 s x 19 = 9 min; NetAdapt ~100 candidate
+scores at 10 steps on 500 images (~0.85 s each) ~85 s x 3, and as much for its twins = 8.5 min; AMC
+30 episodes ~40 s x 3 = 2 min; LeGR 46 scores once ~40 s; uniform nothing. About 50 minutes there, and
+about 35-40 on the AVX-512 Xeon VM where fine-tunes and scores run in bf16 (the demo takes 6 minutes
+there, 10 on the EPYC one). The fixed measurement cost dominates: if the target is missed, the levers
+are --finetune-steps, --rounds and the NetAdapt twin (--twins uniform), in that order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, load_average, run  # noqa: E402
+
+from hwprune.cli import main as hwprune  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_S = 45 * 60
+
+
+def summary(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    rows = [r for r in results["rows"] if r["status"] == "done"]
+    control = next((r for r in rows if r["predictor"] == "none"), None)
+    budgets = list(dict.fromkeys(r["budget"] for r in results["rows"] if r["budget"]))
+    per_budget = []
+    for budget in budgets:
+        aware = [r for r in rows if r["budget"] == budget and r["predictor"] == "table" and r["budget_met"]]
+        best = max(aware, key=lambda r: r["test_accuracy"], default=None)
+        twins = []
+        for twin in (r for r in rows if r["budget"] == budget and r["predictor"] == "macs"):
+            mine = next(
+                (r for r in rows if (r["budget"], r["agent"], r["predictor"]) == (budget, twin["agent"], "table")), None
+            )
+            if mine is not None:
+                twins.append(
+                    {
+                        "agent": twin["agent"],
+                        "table": {k: mine[k] for k in ("measured_ms", "budget_met", "test_accuracy")},
+                        "macs_twin": {k: twin[k] for k in ("measured_ms", "budget_met", "test_accuracy")},
+                        # the issue's test: at least as accurate at equal or lower measured latency
+                        "at_least_twin": mine["test_accuracy"] >= twin["test_accuracy"]
+                        and mine["measured_ms"] <= twin["measured_ms"],
+                    }
+                )
+        per_budget.append(
+            {
+                "budget": budget,
+                "best_hardware_aware": None
+                if best is None
+                else {"agent": best["agent"], "test_accuracy": best["test_accuracy"]},
+                "best_vs_control_points": None
+                if best is None or control is None
+                else round(100 * (best["test_accuracy"] - control["test_accuracy"]), 2),
+                "twins": twins,
+            }
+        )
+    return {
+        "references": results["references"],
+        "cells": len(results["rows"]),
+        "failed": [r["cell"] for r in results["rows"] if r["status"] == "failed"],
+        "budget_met": {r["cell"]: r["budget_met"] for r in rows if r["budget_met"] is not None},
+        "per_budget": per_budget,
+        "command": results["command"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench-compare")
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "resnet20-fmnist"))
+    p.add_argument("--finetune-steps", type=int, help="the long fine-tune of every cell (default: the compare's)")
+    args = p.parse_args()
+    out = Path(args.out)
+    if (out / "compare.json").is_file():
+        argv = ["compare", "--resume", str(out)]
+    else:
+        argv = ["compare", "--checkpoint", args.checkpoint, "--out", str(out)]
+        argv += ["--budgets", "0.7x,0.5x,0.3x", "--agents", "uniform,netadapt,amc,legr", "--twins", "uniform,netadapt"]
+        argv += ["--backend", "onnxruntime", "--batch", "32", "--threads", "1"]  # the demo's deployment setting
+        argv += ["--finetune-steps", str(args.finetune_steps)] if args.finetune_steps else []
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # the jobs' progress lines; stdout is the JSON
+        code = hwprune(argv)
+    wall = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(code)
+    emit(
+        {
+            "benchmark": "compare",
+            "command": "python " + " ".join(sys.argv),
+            "wall_s": round(wall, 1),  # this session's; a resumed compare's earlier sessions are not in it
+            "resumed": argv[1] == "--resume",
+            "target_s": TARGET_S,
+            "within_target": wall <= TARGET_S,
+            **summary(out),
+            "load_average": load_average(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    run(main, "finished cells stay in --out: run the same command to continue")
