@@ -14,7 +14,6 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
@@ -151,4 +150,4 @@ def outcomes_of(out: str | Path) -> tuple[CompareConfig, list[CellOutcome]]:
     return cfg, found
 
 
-__all__: list[Any] = ["CellOutcome", "outcomes_of", "resume_compare", "run_cells", "start_compare"]
+__all__ = ["CellOutcome", "outcomes_of", "resume_compare", "run_cells", "start_compare"]
