@@ -25,6 +25,7 @@ COMMANDS = {
     "profile": "profile",
     "lut-check": "lut_check",
     "sensitivity": "sensitivity",
+    "export": "export",  # issue 38: export
 }
 
 
