@@ -177,7 +177,7 @@ def _train_and_save(
     args: argparse.Namespace, model: torch.nn.Module, spec: ModelSpec, data: Any, out: Path, resume: bool
 ) -> tuple[float, dict[str, Any]]:
     """Train (saving the state each epoch), check the weights, test, and write the checkpoint."""
-    options = {key: getattr(args, key) for key in RECORDED}
+    options = {key: getattr(args, key) for key in (*RECORDED, "threads")}
     history = train(
         model,
         data,
@@ -254,4 +254,6 @@ def _resume_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"{folder / STATE_JSON} does not record the options of `hwprune train`: it cannot be resumed")
     for key in RECORDED:
         setattr(args, key, options[key])
+    if args.threads is None:  # the thread count it was started with, unless the user sets it anew
+        args.threads = options.get("threads")
     args.out = str(folder)
