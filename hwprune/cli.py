@@ -26,6 +26,7 @@ COMMANDS = {
     "lut-check": "lut_check",
     "sensitivity": "sensitivity",
     "compare": "compare",
+    "export": "export",
 }
 
 

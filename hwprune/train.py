@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from hwprune.data import Augment, DataBundle, make_loader
 from hwprune.errors import ConfigError, DataError
+from hwprune.train_state import TrainState, capture_rng, load_train_state, restore_rng, save_train_state
 
 Device = str | torch.device | None
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -120,16 +122,26 @@ def train(
     seed: int = 0,
     progress: bool = True,
     device: Device = None,
+    precision: str = "fp32",
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+    state_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train from scratch: SGD (momentum 0.9, Nesterov, wd 5e-4), warm-up + cosine over all steps.
 
     Augmentation comes from ``data.augment`` and draws from its own seeded generator, so the run
     is a function of ``seed`` alone. Returns a history with one row per epoch (train loss and
-    accuracy, validation accuracy, seconds). Ctrl-C propagates as ``KeyboardInterrupt`` after the
-    current step; the caller decides what (if anything) to keep.
+    accuracy, validation accuracy, seconds). ``precision`` bf16 trains under bf16 autocast with
+    fp32 weights. Ctrl-C propagates as ``KeyboardInterrupt`` after the current step.
+
+    With ``state_dir``, the whole training state is saved there after every epoch
+    (hwprune/train_state.py), so an interruption loses at most the epoch in progress; ``resume``
+    continues from that state and ends with the weights of an uninterrupted run.
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if resume and state_dir is None:
+        raise ConfigError("resuming a training needs the folder its state was saved in")
     dev = _device_of(model, device)
     model.to(dev)
     seed_everything(seed)
@@ -138,14 +150,36 @@ def train(
     if len(loader) == 0:
         raise DataError("the training set is empty")
     aug_gen = torch.Generator().manual_seed(seed + 1)
+    generators = {"data_order": loader.generator, "augment": aug_gen}
     optimizer = _sgd(model, lr)
     total = epochs * len(loader)
     scheduler = _cosine(optimizer, total, warmup_steps=max(1, total // 20))
     history: dict[str, Any] = {"epochs": [], "seed": seed, "lr": lr, "batch_size": batch_size}
-    for epoch in range(1, epochs + 1):
+    settings = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "precision": precision,
+        "train_samples": len(data.train),  # type: ignore[arg-type]
+        "steps_per_epoch": len(loader),
+    }
+    first = 1
+    if resume:
+        assert state_dir is not None
+        state = load_train_state(state_dir)
+        state.check_settings(settings, state_dir)
+        model.load_state_dict(state.model, strict=True)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        restore_rng(state.rng, generators, dev)
+        history["epochs"], first = list(state.history), state.epoch + 1
+    for epoch in range(first, epochs + 1):
         start = time.perf_counter()
         desc = f"epoch {epoch}/{epochs}"
-        loss, acc = _train_epoch(model, loader, optimizer, scheduler, data.augment, aug_gen, dev, desc, progress)
+        loss, acc = _train_epoch(
+            model, loader, optimizer, scheduler, data.augment, aug_gen, dev, desc, progress, precision
+        )
         val_acc = evaluate(model, data.val, device=dev) if len(data.val) else float("nan")  # type: ignore[arg-type]
         row = {
             "epoch": epoch,
@@ -155,6 +189,18 @@ def train(
             "seconds": time.perf_counter() - start,
         }
         history["epochs"].append(row)
+        if state_dir is not None:
+            state = TrainState(
+                epoch,
+                settings,
+                history["epochs"],
+                model.state_dict(),
+                optimizer.state_dict(),
+                scheduler.state_dict(),
+                capture_rng(generators, dev),
+                state_extra or {},
+            )
+            save_train_state(state_dir, state)
         if progress:
             tqdm.write(
                 f"epoch {epoch}/{epochs}: loss {row['loss']:.4f}  train acc {row['train_acc']:.4f}  "
@@ -175,6 +221,7 @@ def _train_epoch(
     dev: torch.device,
     desc: str,
     progress: bool,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
     """One pass over ``loader``; returns mean loss and accuracy. The bar closes even on Ctrl-C."""
     model.train()
@@ -184,7 +231,7 @@ def _train_epoch(
             x, y = x.to(dev), y.to(dev)
             if augment is not None:
                 x = augment(x, aug_gen)
-            loss, hits = _step(model, optimizer, x, y)
+            loss, hits = _step(model, optimizer, x, y, precision)
             scheduler.step()
             loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")

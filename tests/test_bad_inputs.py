@@ -87,7 +87,10 @@ def inputs(tmp_path_factory, checkpoint: Path) -> dict[str, Path]:  # noqa: F811
     (finished / "report.md").write_text("# report\n")
     (root / "a-file").write_text("not a folder")
     (root / "a-dir").mkdir()
+    unfinished = root / "unfinished-training"  # a training state that records no options (not resumable)
+    write_json(unfinished / "train-state.json", {"kind": "train-state", "schema_version": 1, "epoch": 1})
     return {
+        "unfinished": unfinished,
         "ck": checkpoint,
         "nan_ck": _checkpoint_with(root / "nan-ck", "one"),
         "all_nan_ck": _checkpoint_with(root / "all-nan-ck", "all"),
@@ -123,6 +126,14 @@ CASES = [
     ("train-model-unknown", ["train", "--model", "resnet21", "--out", "{out}"], "unknown model 'resnet21'"),
     ("train-data-dir-empty", [*TRAIN, "--data-dir", "", "--out", "{out}"], "--data-dir: must not be empty"),
     ("train-no-out", TRAIN, "--out"),
+    ("train-precision", [*TRAIN, "--precision", "fp16", "--out", "{out}"], "invalid choice"),
+    ("train-out-unfinished", [*TRAIN, "--out", "{unfinished}"], "holds an unfinished training"),
+    ("train-resume-option", ["train", "--resume", "{unfinished}", "--epochs", "3"], "drop --epochs"),
+    ("train-resume-overwrite", ["train", "--resume", "{unfinished}", "--overwrite"], "drop --overwrite"),
+    ("train-resume-empty", ["train", "--resume", ""], "--resume: must not be empty"),
+    ("train-resume-missing", ["train", "--resume", "{missing}"], "no training state there"),
+    ("train-resume-finished", ["train", "--resume", "{ck}"], "has finished"),
+    ("train-resume-no-options", ["train", "--resume", "{unfinished}"], "cannot be resumed"),
     # ---- profile ------------------------------------------------------------------------------
     ("profile-out-under-file", [*PROFILE, "--out", "{file}/t.json"], "is a file, not a directory"),
     ("profile-out-dir", [*PROFILE, "--out", "{dir}"], "is a directory: give a file name"),
@@ -231,6 +242,20 @@ CASES = [
     ("compare-resume-missing", ["compare", "--resume", "{missing}"], "no compare there"),
     ("compare-resume-a-prune-run", ["compare", "--resume", "{finished}"], "no compare there"),
     ("compare-resume-conflict", ["compare", "--resume", "{finished}", "--budgets", "0.5x"], "drop --budgets"),
+    # ---- export -------------------------------------------------------------------------------
+    ("export-run-missing", ["export", "--run", "{missing}", "--format", "onnx"], "no such directory"),
+    ("export-run-empty", ["export", "--run", "", "--format", "onnx"], "--run: must not be empty"),
+    ("export-no-model", ["export", "--run", "{dir}", "--format", "onnx"], "holds no model to export"),
+    ("export-unfinished-run", ["export", "--run", "{finished}", "--format", "onnx"], "has no model yet"),
+    ("export-format", ["export", "--run", "{ck}", "--format", "tflite"], "invalid choice"),
+    ("export-no-format", ["export", "--run", "{ck}"], "--format"),
+    ("export-batch-0", ["export", "--run", "{ck}", "--format", "onnx", "--batch", "0"], "--batch: must be >= 1"),
+    ("export-tolerance-nan", ["export", "--run", "{ck}", "--format", "onnx", "--tolerance", "nan"], "finite"),
+    ("export-opset-torchscript", ["export", "--run", "{ck}", "--format", "torchscript", "--opset", "17"], "ONNX"),
+    ("export-out-dir", ["export", "--run", "{ck}", "--format", "onnx", "--out", "{dir}"], "is a directory"),
+    ("export-out-under-file", ["export", "--run", "{ck}", "--format", "onnx", "--out", "{file}/m.onnx"], "is a file"),
+    ("export-out-exists", ["export", "--run", "{ck}", "--format", "onnx", "--out", "{file}"], "--overwrite"),
+    ("export-repeats-2", ["export", "--run", "{ck}", "--format", "onnx", "--repeats", "2"], "--repeats: must be >= 3"),
     # ---- usage --------------------------------------------------------------------------------
     ("no-verb", [], "required"),
     ("unknown-verb", ["prun"], "invalid choice"),

@@ -311,7 +311,7 @@ def test_tensorrt_measures_a_block_and_a_model_and_builds_a_deployed_model_once(
     assert len(m.samples_ms) == FAST["repeats"] and m.median_ms > 0
     assert profiler.measure_model(_tiny_cnn(), (1, 3, 16, 16)).median_ms > 0
     assert profiler.fingerprint()["gpu_name"]
-    builds, build = [], profiler._build_engine
-    profiler._build_engine = lambda model_bytes: builds.append(1) or build(model_bytes)
+    builds, build = [], profiler._build_serialized
+    profiler._build_serialized = lambda model_bytes: builds.append(1) or build(model_bytes)
     deployed = profiler.deploy(_tiny_cnn(), (1, 3, 16, 16))  # a judged model is timed in several rounds
     assert deployed().median_ms > 0 and deployed().median_ms > 0 and len(builds) == 1

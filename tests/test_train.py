@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
+import hwprune.train as train_loop
 from hwprune import cli
 from hwprune.checkpoint import load_checkpoint, save_checkpoint
 from hwprune.data import load_data
 from hwprune.errors import ArtifactError, ConfigError
 from hwprune.models import ModelSpec
 from hwprune.train import evaluate, fine_tune, resolve_precision, score, train
+from hwprune.train_state import load_train_state
 
 
 def _tiny() -> nn.Module:
@@ -167,15 +171,111 @@ def test_cli_unknown_model_exits_2_and_writes_nothing(main, tmp_path: Path, caps
     assert not out.exists()
 
 
-def test_cli_interrupt_leaves_nothing(main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hwprune.commands import train as train_cmd
-
-    def interrupted_save(out_dir, *args, **kwargs):
-        (Path(out_dir) / "model.safetensors").write_bytes(b"half")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_cmd, "save_checkpoint", interrupted_save)
+def test_cli_interrupt_before_an_epoch_ends_leaves_nothing(main, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in the first epoch: no epoch finished, so there is no state worth keeping."""
+    monkeypatch.setattr(train_loop, "_step", _interrupt_at(1))
     out = tmp_path / "ck"
-    argv = ["train", "--model", "resnet20", "--data", "synthetic", "--epochs", "1", "--limit-train", "64"]
-    assert main([*argv, "--out", str(out), "--no-progress"]) == 130
+    assert main([*TINY_TRAIN, "--out", str(out)]) == 130
     assert list(tmp_path.iterdir()) == []
+
+
+TINY_TRAIN = [
+    "train", "--model", "resnet20", "--data", "synthetic", "--epochs", "2", "--limit-train", "96",
+    "--batch-size", "32", "--no-progress",
+]  # fmt: skip
+
+
+def _interrupt_at(at: int):  # noqa: ANN202 - a stand-in for train._step
+    """``train._step`` that raises KeyboardInterrupt (Ctrl-C) when called for the ``at``-th time."""
+    real, calls = train_loop._step, [0]
+
+    def step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls[0] += 1
+        if calls[0] == at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return step
+
+
+def test_resumed_training_ends_with_the_uninterrupted_weights(bundle, tmp_path: Path) -> None:
+    """2 epochs straight == 1 epoch, a Ctrl-C in the second, and a resume: bit for bit.
+
+    Exact equality is the right test, not a tolerance: the state holds every input of the
+    remaining computation (fp32 weights and momentum buffers in safetensors, the schedule's step
+    count, every RNG stream), on the same machine and thread count the arithmetic is deterministic,
+    and a state that missed anything (say the data-order generator) would diverge by far more
+    than rounding.
+    """
+    small = load_data("synthetic", limit_train=96)
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return _tiny()
+
+    straight = fresh()
+    train(straight, small, epochs=2, lr=0.05, batch_size=32, progress=False)
+    interrupted = fresh()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_loop, "_step", _interrupt_at(5))  # epoch 2 has steps 4-6
+        with pytest.raises(KeyboardInterrupt):
+            train(interrupted, small, epochs=2, lr=0.05, batch_size=32, progress=False, state_dir=tmp_path)
+    assert load_train_state(tmp_path).epoch == 1  # the second epoch is lost, the first is not
+    resumed = fresh()  # a new process: other initial weights would be overwritten by the state
+    history = train(resumed, small, epochs=2, lr=0.05, batch_size=32, progress=False, state_dir=tmp_path, resume=True)
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2]
+    expected = straight.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in resumed.state_dict().items())
+    assert not all(torch.equal(expected[k], v) for k, v in interrupted.state_dict().items())  # it did change
+
+
+def test_resume_with_other_settings_is_refused(bundle, tmp_path: Path) -> None:
+    small = load_data("synthetic", limit_train=64)
+    train(_tiny(), small, epochs=2, lr=0.05, batch_size=32, progress=False, state_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"made with lr=0.05, not 0.1"):
+        train(_tiny(), small, epochs=2, lr=0.1, batch_size=32, progress=False, state_dir=tmp_path, resume=True)
+
+
+def test_training_state_loads_without_pickle(bundle, tmp_path: Path, monkeypatch) -> None:
+    """Tensors in safetensors, the rest in versioned JSON: loading never reaches pickle or torch.load."""
+    small = load_data("synthetic", limit_train=64)
+    model = _tiny()
+    train(model, small, epochs=1, lr=0.05, batch_size=32, progress=False, state_dir=tmp_path)
+    doc = json.loads((tmp_path / "train-state.json").read_text())
+    assert doc["kind"] == "train-state" and doc["schema_version"] == 1 and doc["epoch"] == 1
+    assert doc["optimizer"]["param_groups"][0]["momentum"] == 0.9  # the group settings are readable JSON
+    assert doc["best_val_acc"] == doc["last_val_acc"] == doc["history"][0]["val_acc"]
+    with safe_open(str(tmp_path / doc["tensors"]), "pt") as f:
+        names = set(f.keys())
+    assert {"optimizer/state/0/momentum_buffer", "rng/torch", "rng/gen_data_order", "model/0.weight"} <= names
+
+    def forbidden(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a training state must load without unpickling")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, forbidden)
+    state = load_train_state(tmp_path)
+    assert state.epoch == 1 and torch.equal(state.model["0.weight"], model.state_dict()["0.weight"])
+    momentum = state.optimizer["state"][0]["momentum_buffer"]
+    assert momentum.shape == model[0].weight.shape and momentum.abs().sum() > 0
+
+
+def test_cli_ctrl_c_mid_epoch_then_resume(main, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The command keeps the last completed epoch on Ctrl-C, and --resume finishes with the straight run's weights."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert main([*TINY_TRAIN, "--out", str(straight)]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_loop, "_step", _interrupt_at(5))
+        assert main([*TINY_TRAIN, "--out", str(interrupted)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert (interrupted / "train-state.json").is_file() and not (interrupted / "model.json").exists()
+    assert main([*TINY_TRAIN, "--out", str(interrupted)]) == 2  # a fresh start would discard it: refused
+    assert "holds an unfinished training (epoch 1 of 2 done)" in capsys.readouterr().err
+    assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
+    a, _, meta = load_checkpoint(straight)
+    b, _, meta_b = load_checkpoint(interrupted)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert meta_b["command"] == meta["command"].replace(str(straight), str(interrupted))
+    assert sorted(p.name for p in interrupted.iterdir()) == ["model.json", "model.safetensors"]  # state removed
+    assert main(["train", "--resume", str(interrupted)]) == 2
+    assert "has finished" in capsys.readouterr().err

@@ -61,25 +61,27 @@ def _quiet_export() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int | None = None) -> bytes:
     """Serialized ONNX of ``model`` at a fixed input shape (batch is part of the deployment).
 
     The torch.export-based exporter (the default since torch 2.9) is used first, with its
     progress output off; the deprecated TorchScript exporter is the fallback for models that
     torch.export cannot trace. Both run on a CPU copy in eval mode, leaving the caller's model alone.
+    ``opset`` None is the exporter's own default.
     """
     module = copy.deepcopy(model).cpu().eval()
     example = (torch.randn(tuple(input_shape)),)
     errors: list[str] = []
+    versions = {} if opset is None else {"opset_version": opset}
     with _quiet_export():
         try:
-            program = torch.onnx.export(module, example, dynamo=True, verbose=False, optimize=True)
+            program = torch.onnx.export(module, example, dynamo=True, verbose=False, optimize=True, **versions)
             return program.model_proto.SerializeToString()
         except Exception as exc:  # the exporter raises many unrelated types; all mean "try the other one"
             errors.append(f"torch.export-based exporter: {_first_line(exc)}")
         try:
             buffer = io.BytesIO()
-            torch.onnx.export(module, example, buffer, dynamo=False, do_constant_folding=True)
+            torch.onnx.export(module, example, buffer, dynamo=False, do_constant_folding=True, **versions)
             return buffer.getvalue()
         except Exception as exc:
             errors.append(f"TorchScript exporter: {_first_line(exc)}")

@@ -98,13 +98,22 @@ class TensorRTProfiler(CudaEventTiming, OnnxProfiler):
         return self.deploy_onnx(model_bytes, what)()
 
     def deploy_onnx(self, model_bytes: bytes, what: str = "ONNX model") -> Callable[[], Measurement]:
-        """Built into an engine with bound buffers once (a build takes seconds to minutes); each call times it.
+        """Built into an engine with bound buffers once (a build takes seconds to minutes); each call times it."""
+        return self.deploy_engine(self.serialize_engine(model_bytes), what)
+
+    def serialize_engine(self, model_bytes: bytes) -> bytes:
+        """An ONNX model built into a serialized engine (a ``.engine`` / ``.plan`` file's content) for this GPU."""
+        with torch.cuda.device(self.device):
+            return bytes(self._build_serialized(model_bytes))
+
+    def deploy_engine(self, serialized: bytes, what: str = "TensorRT engine") -> Callable[[], Measurement]:
+        """A serialized engine made ready to be timed again and again (each call is one measurement).
 
         The engine, its context and buffers live as long as the returned handle; every measurement
         ends with its stream synchronized, so no kernel still uses the buffers when they are freed.
         """
         with torch.cuda.device(self.device):
-            engine = self._build_engine(model_bytes)
+            engine = self._deserialize(serialized)
             context = engine.create_execution_context()
             if context is None:
                 raise ModelError("tensorrt could not create an execution context (out of GPU memory?)")
@@ -127,7 +136,32 @@ class TensorRTProfiler(CudaEventTiming, OnnxProfiler):
                 self._stream = None
                 stream.synchronize()
 
-    def _build_engine(self, model_bytes: bytes) -> Any:
+    def run_engine(self, serialized: bytes, inputs: torch.Tensor) -> torch.Tensor:
+        """The engine's single output for ``inputs`` (one input tensor), on the CPU: for checking parity."""
+        trt = _trt()
+        with torch.cuda.device(self.device):
+            engine = self._deserialize(serialized)
+            context = engine.create_execution_context()
+            if context is None:
+                raise ModelError("tensorrt could not create an execution context (out of GPU memory?)")
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            outs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+            if len(ins) != 1 or len(outs) != 1:
+                raise ModelError(f"tensorrt engine has {len(ins)} inputs and {len(outs)} outputs; expected one of each")
+            x = inputs.to(self.device, _torch_dtype(trt, engine.get_tensor_dtype(ins[0]))).contiguous()
+            out_shape = tuple(engine.get_tensor_shape(outs[0]))
+            y = torch.empty(out_shape, dtype=_torch_dtype(trt, engine.get_tensor_dtype(outs[0])), device=self.device)
+            context.set_tensor_address(ins[0], x.data_ptr())
+            context.set_tensor_address(outs[0], y.data_ptr())
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))  # x was written on the current stream
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise ModelError("tensorrt execute_async_v3 failed")
+            stream.synchronize()
+            return y.float().cpu()
+
+    def _build_serialized(self, model_bytes: bytes) -> Any:
         trt = _trt()
         builder = trt.Builder(_logger())
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -144,6 +178,10 @@ class TensorRTProfiler(CudaEventTiming, OnnxProfiler):
                 f"tensorrt could not build an engine (workspace {self.workspace_mib} MiB, "
                 f"{'fp16' if self.fp16 else 'fp32'}); try a larger workspace_mib"
             )
+        return serialized
+
+    def _deserialize(self, serialized: Any) -> Any:
+        trt = _trt()
         if self._runtime is None:  # kept on the profiler: a runtime must outlive the engines it made
             self._runtime = trt.Runtime(_logger())
         engine = self._runtime.deserialize_cuda_engine(serialized)
