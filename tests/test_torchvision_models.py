@@ -254,3 +254,22 @@ def test_a_model_with_nothing_prunable_is_refused_in_one_line() -> None:
     model = nn.Sequential(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(ModelError, match="nothing hwprune can prune"):
         ModelGraph(model, (3, 8, 8))
+
+
+def test_a_grouped_conv_is_profiled_as_one_with_its_groups(grouped) -> None:
+    from conftest import FakeProfiler, setting
+
+    from hwprune.latency.build import profile_model
+    from hwprune.latency.predictor import SumPredictor
+
+    model, graph = grouped
+    table, _ = profile_model(
+        setting(input_size=(8, 8), calib_plans=0), None, progress=False, profiler=FakeProfiler(), model=model
+    )
+    keys = [k for k, sig in table.signatures.items() if sig.groups == 4]
+    assert len(keys) == 1 and "-g4-" in keys[0]
+    points = [(ci, co) for sig, ci, co in table.planned_points() if sig == keys[0]]
+    assert points and all(ci % 4 == 0 and co % 4 == 0 for ci, co in points)
+    assert all(table.signatures[keys[0]].block(ci, co).conv_groups == 4 for ci, co in points)
+    half = PruningPlan.uniform("g", graph, 0.5)
+    assert SumPredictor(table, graph).predict_ms(half) < SumPredictor(table, graph).predict_ms(None)
