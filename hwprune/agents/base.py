@@ -82,8 +82,12 @@ class SearchContext:
     def full_plan(self) -> PruningPlan:
         return PruningPlan.full(self.model_name, self.graph)
 
+    def step(self, group: str) -> int:
+        """Keep counts of ``group`` are multiples of this: ``round_to``, and its grouped convolutions' groups."""
+        return math.lcm(self.round_to, self.graph.group_by_name[group].step)
+
     def min_keep(self, group: str) -> int:
-        return min_keep_count(self.graph.group_by_name[group].channels, self.min_keep_ratio, self.round_to)
+        return min_keep_count(self.graph.group_by_name[group].channels, self.min_keep_ratio, self.step(group))
 
     def min_plan(self) -> PruningPlan:
         """Every group at its minimum keep: the fastest model any agent may return."""
@@ -111,7 +115,7 @@ class SearchContext:
     def allowed_keeps(self, group: str) -> list[int]:
         """Keep counts a group may take, ascending: multiples of ``round_to`` from the minimum, and full."""
         channels = self.graph.group_by_name[group].channels
-        return sorted(set(range(self.min_keep(group), channels, self.round_to)) | {channels})
+        return sorted(set(range(self.min_keep(group), channels, self.step(group))) | {channels})
 
     def clamp_keep(self, group: str, k: int) -> int:
         """Nearest allowed keep count to ``k`` (ties go to the larger count)."""

@@ -40,7 +40,7 @@ class UniformAgent(SearchAgent):
     def plan_at(ctx: SearchContext, ratio: float) -> PruningPlan:
         keep = {}
         for g in ctx.graph.groups:
-            k = round_channels(ratio * g.channels, g.channels, ctx.round_to)
+            k = round_channels(ratio * g.channels, g.channels, ctx.step(g.name))
             keep[g.name] = max(k, ctx.min_keep(g.name))
         return ctx.full_plan().with_keep(keep)
 
@@ -51,8 +51,13 @@ class UniformAgent(SearchAgent):
         A group's keep changes only where ``ratio * channels / round_to`` crosses a half, so the
         edges and the midpoints between them reach every plan.
         """
-        q, lo = ctx.round_to, ctx.min_keep_ratio
-        edges = {lo, 1.0} | {(j + 0.5) * q / g.channels for g in ctx.graph.groups for j in range(g.channels // q + 1)}
+        lo = ctx.min_keep_ratio
+        steps = {g.name: ctx.step(g.name) for g in ctx.graph.groups}
+        edges = {lo, 1.0} | {
+            (j + 0.5) * steps[g.name] / g.channels
+            for g in ctx.graph.groups
+            for j in range(g.channels // steps[g.name] + 1)
+        }
         edges = sorted(e for e in edges if lo <= e <= 1.0)
         ratios = sorted(set(edges) | {(a + b) / 2 for a, b in pairwise(edges)})
         plans: dict[tuple[int, ...], tuple[float, PruningPlan]] = {}

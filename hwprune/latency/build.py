@@ -201,6 +201,12 @@ def plan_grids(
         key = sig.key()
         signatures[key] = sig
         low = narrow[layer.name]
+        if sig.groups > 1:  # a grouped conv: widths stay multiples of its groups, no alignment tiers below them
+            c_in = split_axis(layer.c_in, fractions, sig.groups) if low.c_in != layer.c_in else (layer.c_in,)
+            c_out = split_axis(layer.c_out, fractions, sig.groups) if low.c_out != layer.c_out else (layer.c_out,)
+            if (grid := Grid(c_in, c_out)) not in grids.setdefault(key, []):
+                grids[key].append(grid)
+            continue
         c_out = axis_points(layer.c_out, fractions, quantum) if low.c_out != layer.c_out else (layer.c_out,)
         c_in = (
             c_out
@@ -221,6 +227,11 @@ def plan_grids(
         if grid not in grids.setdefault(key, []):
             grids[key].append(grid)
     return signatures, grids
+
+
+def split_axis(full: int, fractions: Sequence[float], groups: int) -> tuple[int, ...]:
+    """Grid widths of a grouped conv's axis: each fraction of ``full`` rounded to a multiple of ``groups``."""
+    return tuple(sorted({min(full, groups * max(1, round(f * full / groups))) for f in fractions} | {full}))
 
 
 def new_table(setting: TableSetting, graph: ModelGraph, profiler: Profiler) -> LatencyTable:
@@ -320,7 +331,7 @@ def _estimate_s(sig: Signature, c_in: int, c_out: int, profiler: Profiler) -> fl
     """Rough seconds to time one block (warm-up floor + samples at ~20 GMAC/s + call overhead); ETA only."""
     block = sig.block(c_in, c_out)
     h, w = block.out_hw
-    macs = sig.batch * c_out * h * w * (1 if sig.depthwise else c_in) * sig.kernel * sig.kernel
+    macs = sig.batch * c_out * h * w * (1 if sig.depthwise else c_in // sig.groups) * sig.kernel * sig.kernel
     run_s = macs / 2e10 + 5e-5
     return max(profiler.warmup_s, profiler.warmup * run_s) + profiler.runs * profiler.repeats * run_s
 

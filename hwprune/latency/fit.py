@@ -60,7 +60,7 @@ class TableSum:
             total += self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full, corrected=self.corrected)
             out_vol = shape.c_out * shape.out_hw[0] * shape.out_hw[1]
             act += out_vol
-            weights += shape.c_out * (1 if shape.depthwise else shape.c_in) * shape.kernel**2
+            weights += shape.c_out * (1 if shape.depthwise else shape.c_in // shape.groups) * shape.kernel**2
             if self._aligned(shape):
                 aligned += out_vol + shape.c_in * shape.in_hw[0] * shape.in_hw[1]
         return {

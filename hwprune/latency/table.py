@@ -45,26 +45,48 @@ class Signature:
     in_hw: tuple[int, int]
     batch: int
     dtype: str = "float32"
+    groups: int = 1  # a grouped (not depthwise) conv's groups: pruning never changes them
 
     @classmethod
     def of(cls, layer: LayerShape, batch: int, dtype: str = "float32") -> Signature:
+        groups = layer.groups if layer.kind == "conv" and not layer.depthwise else 1
         return cls(
-            layer.kind, layer.kernel, layer.stride, layer.padding, layer.depthwise, tuple(layer.in_hw), batch, dtype
+            layer.kind,
+            layer.kernel,
+            layer.stride,
+            layer.padding,
+            layer.depthwise,
+            tuple(layer.in_hw),
+            batch,
+            dtype,
+            groups,
         )
 
     def key(self) -> str:
         """Readable, stable string: it is the JSON key and what error messages show."""
-        dw = "-dw" if self.depthwise else ""
+        dw = "-dw" if self.depthwise else (f"-g{self.groups}" if self.groups > 1 else "")
         h, w = self.in_hw
         return f"{self.kind}{dw}-k{self.kernel}s{self.stride}p{self.padding}-{h}x{w}-b{self.batch}-{self.dtype}"
 
     def block(self, c_in: int, c_out: int) -> BlockSpec:
         return BlockSpec(
-            self.kind, c_in, c_out, self.kernel, self.stride, self.padding, self.depthwise, self.in_hw, self.batch
+            self.kind,
+            c_in,
+            c_out,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.depthwise,
+            self.in_hw,
+            self.batch,
+            self.groups,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"in_hw": list(self.in_hw)}
+        data = asdict(self) | {"in_hw": list(self.in_hw)}
+        if self.groups == 1:
+            del data["groups"]  # tables of dense layers read and hash as they always did
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
@@ -77,6 +99,7 @@ class Signature:
             (int(data["in_hw"][0]), int(data["in_hw"][1])),
             int(data["batch"]),
             str(data.get("dtype", "float32")),
+            int(data.get("groups", 1)),
         )
 
 

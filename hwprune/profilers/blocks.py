@@ -39,6 +39,7 @@ class BlockSpec:
     depthwise: bool = False
     in_hw: tuple[int, int] = (1, 1)
     batch: int = 1
+    groups: int = 1  # a grouped (not depthwise) conv's groups: each filter reads c_in / groups channels
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -51,6 +52,10 @@ class BlockSpec:
         object.__setattr__(self, "in_hw", (int(self.in_hw[0]), int(self.in_hw[1])))
         if self.kind == "linear" and (self.depthwise or self.kernel != 1 or self.stride != 1 or self.padding):
             raise ConfigError("a linear block has no kernel, stride, padding or depthwise option")
+        if self.groups < 1 or (self.groups > 1 and (self.kind != "conv" or self.depthwise)):
+            raise ConfigError(f"only a dense conv block can be grouped, got groups={self.groups}")
+        if self.c_in % self.groups or self.c_out % self.groups:
+            raise ConfigError(f"a {self.groups}-group conv needs c_in and c_out divisible by {self.groups}")
         if self.depthwise and self.c_in != self.c_out:
             raise ConfigError(f"a depthwise conv needs c_in == c_out, got {self.c_in} -> {self.c_out}")
         if self.kind == "conv" and min(self.out_hw) < 1:
@@ -60,7 +65,7 @@ class BlockSpec:
         """Short label for warnings and logs, e.g. ``conv3x3/s1 dw 32->32 @16x16 b8``."""
         if self.kind == "linear":
             return f"linear {self.c_in}->{self.c_out} b{self.batch}"
-        dw = " dw" if self.depthwise else ""
+        dw = " dw" if self.depthwise else (f" g{self.groups}" if self.groups > 1 else "")
         h, w = self.in_hw
         return (
             f"conv{self.kernel}x{self.kernel}/s{self.stride}p{self.padding}{dw} "
@@ -68,8 +73,9 @@ class BlockSpec:
         )
 
     @property
-    def groups(self) -> int:
-        return self.c_in if self.depthwise else 1
+    def conv_groups(self) -> int:
+        """The convolution's ``groups``: its width when depthwise."""
+        return self.c_in if self.depthwise else self.groups
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -115,8 +121,10 @@ def torch_block(spec: BlockSpec, seed: int = 0) -> nn.Module:
             linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) / math.sqrt(spec.c_in))
             linear.bias.copy_(torch.randn(spec.c_out, generator=gen) * 0.01)
             return linear.eval()
-        conv = nn.Conv2d(spec.c_in, spec.c_out, spec.kernel, spec.stride, spec.padding, groups=spec.groups, bias=False)
-        fan_in = (spec.c_in // spec.groups) * spec.kernel * spec.kernel
+        conv = nn.Conv2d(
+            spec.c_in, spec.c_out, spec.kernel, spec.stride, spec.padding, groups=spec.conv_groups, bias=False
+        )
+        fan_in = (spec.c_in // spec.conv_groups) * spec.kernel * spec.kernel
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
         bn = nn.BatchNorm2d(spec.c_out)
         bn.weight.copy_(torch.rand(spec.c_out, generator=gen) + 0.5)
@@ -159,7 +167,7 @@ def onnx_block(spec: BlockSpec, module: nn.Module | None = None, seed: int = 0) 
                 kernel_shape=[spec.kernel, spec.kernel],
                 strides=[spec.stride, spec.stride],
                 pads=[p, p, p, p],
-                group=spec.groups,
+                group=spec.conv_groups,
             ),
             helper.make_node("Relu", ["conv_out"], [OUTPUT_NAME]),
         ]

@@ -8,6 +8,7 @@ predictor can price thousands of candidate plans without touching the model agai
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ import torch_pruning as tp
 from torch import nn
 
 from hwprune.errors import ModelError
+from hwprune.pruning.trace import channel_cells, channel_groups, find_attention, trace_dependencies
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class LayerShape:
     @property
     def macs(self) -> int:
         """Multiply-accumulates for one sample: the FLOPs proxy the reference predictor uses."""
-        per_filter = (1 if self.depthwise else self.c_in) * self.kernel * self.kernel
+        per_filter = (1 if self.depthwise else self.c_in // max(self.groups, 1)) * self.kernel * self.kernel
         return self.c_out * per_filter * self.out_hw[0] * self.out_hw[1]
 
 
@@ -48,24 +52,53 @@ class Group:
     name: str
     channels: int
     layers: tuple[str, ...]  # conv/linear layers whose output channels belong to the group
+    step: int = 1  # keep counts must be multiples of it: the equal parts grouped convolutions split it into
 
 
 class ModelGraph:
-    """Channel groups of one model and the coupling of each layer's width to those groups."""
+    """Channel groups of one model and the coupling of each layer's width to those groups.
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int]) -> None:
+    Groups Torch-Pruning cannot prune safely are *frozen* (left out, with a warning naming their
+    layers) rather than failing the model: those passing through a reshape it cannot map (a channel
+    shuffle) and those whose grouped layers split them unevenly. A group feeding or produced by a
+    grouped convolution keeps a multiple of ``Group.step`` channels, the same number in every one
+    of the ``cells[group]`` parts, so the convolution's groups stay equal.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], name: str | None = None) -> None:
         self.input_shape = tuple(input_shape)
-        self.head = find_head(model)
+        self.model_name = name or type(model).__name__
         self._base: dict[str, LayerShape] = _trace_layers(model, self.input_shape)
-        dg = build_dependency_graph(model, self.input_shape)
+        attention = find_attention(model, torch.zeros(1, *self.input_shape))
+        if attention is not None:
+            raise ModelError(
+                f"{self.model_name} mixes tokens by attention (in '{attention}'): hwprune prunes convolutional "
+                "networks, whose latency its conv/linear block tables can price; use a CNN"
+            )
+        modules = dict(model.named_modules())
+        self.head = modules[_head_name(self._base, self.model_name)]
+        dg, untraced = trace_dependencies(model, self.input_shape, self.model_name)
         names = {m: n for n, m in model.named_modules()}
         order = {n: i for i, n in enumerate(names.values())}
         groups: list[Group] = []
+        frozen: dict[str, str] = {}
+        self.cells: dict[str, torch.Tensor] = {}
         # tie[g][layer] = how many of the layer's (in, out) channels move with group g's channels
         self._tie_out: dict[str, dict[str, int]] = {}
         self._tie_in: dict[str, dict[str, int]] = {}
-        for tp_group in dg.get_all_groups(ignored_layers=[self.head], root_module_types=(nn.Conv2d, nn.Linear)):
-            root = names[tp_group[0].dep.target.module]
+        for root_module, tp_group, why in channel_groups(dg, self.head, untraced):
+            root = names[root_module]
+            channels = self._base[root].c_out if root in self._base else 0
+            if channels < 2:
+                continue
+            if tp_group is None:
+                frozen[root] = why or "unknown"
+                continue
+            try:
+                cells = channel_cells(dg, tp_group, channels)
+            except ValueError as exc:
+                frozen[root] = str(exc)
+                continue
             tie_out: dict[str, int] = defaultdict(int)
             tie_in: dict[str, int] = defaultdict(int)
             for item in tp_group:
@@ -76,13 +109,31 @@ class ModelGraph:
                     tie_out[names[module]] += len(item.idxs)
                 elif dg.is_in_channel_pruning_fn(item.dep.handler):
                     tie_in[names[module]] += len(item.idxs)
-            channels = self._base[root].c_out
-            if channels < 2:
-                continue
-            groups.append(Group(root, channels, tuple(sorted(tie_out, key=order.__getitem__))))
+            step = 1 if cells is None else int(cells.max()) + 1
+            if cells is not None:
+                self.cells[root] = cells
+            groups.append(Group(root, channels, tuple(sorted(tie_out, key=order.__getitem__)), step))
             self._tie_out[root], self._tie_in[root] = dict(tie_out), dict(tie_in)
         self.groups: list[Group] = sorted(groups, key=lambda g: order[g.name])
         self.group_by_name: dict[str, Group] = {g.name: g for g in self.groups}
+        self.frozen: dict[str, str] = dict(sorted(frozen.items(), key=lambda kv: order[kv[0]]))
+        if self.frozen:
+            shown = ", ".join(list(self.frozen)[:8]) + (
+                f" (+{len(self.frozen) - 8} more)" if len(self.frozen) > 8 else ""
+            )
+            reasons = sorted(set(self.frozen.values()))
+            log.warning(
+                "%s: %d channel group(s) left unpruned, rooted at %s: %s",
+                self.model_name,
+                len(self.frozen),
+                shown,
+                "; ".join(reasons),
+            )
+        if not self.groups:
+            raise ModelError(
+                f"{self.model_name} has nothing hwprune can prune: no conv/linear layer has output channels "
+                "that can be removed" + (" (every group is frozen, see the warning above)" if self.frozen else "")
+            )
 
     def layer_shapes(self, keep: dict[str, int] | None = None) -> list[LayerShape]:
         """Every conv/linear layer's shape when group ``g`` keeps ``keep[g]`` channels."""
@@ -121,30 +172,20 @@ class ModelGraph:
 
 
 def build_dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
-    was_training = model.training
-    model.eval()
-    try:
-        example = torch.randn(1, *input_shape)
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    except Exception as exc:  # tracing failures come from arbitrary user models
-        raise ModelError(f"cannot trace the model's channel dependencies: {exc}") from None
-    finally:
-        model.train(was_training)
+    """Torch-Pruning's dependency graph of ``model`` (nodes it cannot map are left to :class:`ModelGraph`)."""
+    return trace_dependencies(model, input_shape, type(model).__name__)[0]
 
 
-def find_head(model: nn.Module) -> nn.Module:
+def find_head(model: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
     """The classifier layer: its output units are the classes and are never pruned."""
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                last = m
-    if last is None:
-        raise ModelError("model has no Conv2d or Linear layer to prune")
-    return last
+    return dict(model.named_modules())[_head_name(_trace_layers(model, input_shape), type(model).__name__)]
+
+
+def _head_name(layers: dict[str, LayerShape], model_name: str) -> str:
+    """The last conv/linear layer to run: a Linear classifier, or a conv one as in SqueezeNet."""
+    if not layers:
+        raise ModelError(f"{model_name} has no Conv2d or Linear layer to prune")
+    return list(layers)[-1]
 
 
 def _trace_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShape]:

@@ -64,10 +64,13 @@ class FilterImportance:
     criterion: str
     scores: dict[str, torch.Tensor]
 
-    def kept(self, group: str, keep: int) -> tuple[int, ...]:
-        """The ``keep`` highest-scoring channels of ``group``, ascending (ties: the lower index)."""
-        order = torch.sort(-self.scores[group], stable=True).indices
-        return tuple(sorted(order[:keep].tolist()))
+    def kept(self, group: str, keep: int, cells: torch.Tensor | None = None) -> tuple[int, ...]:
+        """The ``keep`` highest-scoring channels of ``group``, ascending (ties: the lower index).
+
+        With ``cells`` (a grouped convolution's parts, from ``ModelGraph.cells``) the channels are
+        ranked within each cell and every cell keeps ``keep / cells`` of its own best.
+        """
+        return top_channels(self.scores[group], keep, cells)
 
     def check(self, graph: ModelGraph) -> None:
         """Refuse scores made for another model state (a channel count that differs)."""
@@ -78,6 +81,22 @@ class FilterImportance:
                     f"filter scores for group '{g.name}' do not fit the model being pruned "
                     f"({g.channels} channels): compute them on that model"
                 )
+
+
+def top_channels(score: torch.Tensor, keep: int, cells: torch.Tensor | None = None) -> tuple[int, ...]:
+    """Indices of the ``keep`` highest scores, ascending; with ``cells``, the same count from each cell."""
+    if cells is None:
+        order = torch.sort(-score, stable=True).indices
+        return tuple(sorted(order[:keep].tolist()))
+    n_cells = int(cells.max()) + 1
+    if keep % n_cells:
+        raise PlanError(f"{keep} channels cannot be kept evenly from {n_cells} grouped-convolution parts")
+    chosen: list[int] = []
+    for c in range(n_cells):
+        members = torch.nonzero(cells == c).flatten()
+        order = torch.sort(-score[members], stable=True).indices
+        chosen += members[order[: keep // n_cells]].tolist()
+    return tuple(sorted(chosen))
 
 
 def filter_importance(

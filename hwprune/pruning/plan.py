@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,9 @@ class PruningPlan:
         return cls(
             model,
             {
-                g.name: GroupPlan(g.channels, round_channels(ratio * g.channels, g.channels, round_to))
+                g.name: GroupPlan(
+                    g.channels, round_channels(ratio * g.channels, g.channels, math.lcm(round_to, g.step))
+                )
                 for g in graph.groups
             },
         )
@@ -76,13 +79,27 @@ class PruningPlan:
         high: float = 1.0,
         round_to: int = 1,
     ) -> PruningPlan:
-        return cls(
-            model,
-            {
-                g.name: GroupPlan(g.channels, round_channels(rng.uniform(low, high) * g.channels, g.channels, round_to))
-                for g in graph.groups
-            },
-        )
+        keep = {}
+        for g in graph.groups:
+            draw = rng.uniform(low, high)  # one draw per group whatever its step, so seeds give the same plans
+            keep[g.name] = GroupPlan(
+                g.channels, round_channels(draw * g.channels, g.channels, math.lcm(round_to, g.step))
+            )
+        return cls(model, keep)
+
+    def fit_steps(self, graph: ModelGraph) -> PruningPlan:
+        """This plan with each unchosen keep count moved to the nearest multiple of its group's ``step``.
+
+        A grouped convolution needs every one of its groups to keep as many channels; ties go to the
+        larger count. Counts that already fit, and groups with chosen indices, are left as they are.
+        """
+        updates = {}
+        for name, g in self.groups.items():
+            group = graph.group_by_name.get(name)
+            if group is None or g.kept_indices is not None or g.keep % group.step == 0:
+                continue
+            updates[name] = round_channels(g.keep + 1e-9, g.original, group.step)
+        return self.with_keep(updates) if updates else self
 
     def with_keep(self, updates: dict[str, int]) -> PruningPlan:
         groups = dict(self.groups)
@@ -122,6 +139,12 @@ class PruningPlan:
                 raise PlanError(
                     f"group '{name}' keeps {g.keep} of {g.original} channels: keep must be in [1, original]"
                 )
+            group = graph.group_by_name[name]
+            if g.keep % group.step:
+                raise PlanError(
+                    f"group '{name}' keeps {g.keep} of {g.original} channels, but its grouped convolution splits "
+                    f"them into {group.step} equal parts: keep a multiple of {group.step}"
+                )
             if g.kept_indices is not None and (
                 len(g.kept_indices) != g.keep
                 or len(set(g.kept_indices)) != g.keep
@@ -129,6 +152,14 @@ class PruningPlan:
                 or max(g.kept_indices) >= g.original
             ):
                 raise PlanError(f"group '{name}' has invalid kept_indices")
+            cells = graph.cells.get(name)
+            if g.kept_indices is not None and cells is not None:
+                per_cell = np.bincount(cells[list(g.kept_indices)].numpy(), minlength=group.step)
+                if len(set(per_cell.tolist())) != 1:
+                    raise PlanError(
+                        f"group '{name}' keeps unequal numbers of channels in its grouped convolution's "
+                        f"{group.step} parts ({per_cell.tolist()}): re-create the plan with hwprune"
+                    )
 
     # ---- JSON ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
