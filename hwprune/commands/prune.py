@@ -39,13 +39,19 @@ HELP = "prune a checkpoint to a measured latency budget (or a uniform ratio), fi
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_argument_group("what to prune and where to write")
-    what.add_argument("--checkpoint", type=text, help="checkpoint directory written by `hwprune train`")
+    what.add_argument("--checkpoint", type=text, help="checkpoint directory written by `hwprune train` or `import`")
     what.add_argument("--out", type=out_dir, help="run directory to create (plan, pruned model, report)")
     what.add_argument(
         "--resume",
         metavar="DIR",
         type=text,
         help="continue an interrupted run from its directory, with the options it was started with",
+    )
+    what.add_argument(
+        "--data",
+        type=text,
+        help="dataset to fine-tune and score on (default: the checkpoint's); a checkpoint imported without "
+        "--data names none, and is then pruned by --ratio or --plan with --finetune-steps 0 (accuracy unknown)",
     )
     what.add_argument("--data-dir", type=text, help="dataset folder, when not in the default place")
     goal = p.add_argument_group("goal")
@@ -286,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             lut=args.lut,
             allow_foreign_table=args.allow_foreign_table,
             data_dir=args.data_dir,
+            data=args.data,
             seed=args.seed,
             search_finetune_steps=args.search_finetune_steps,
             val_samples=args.val_samples,

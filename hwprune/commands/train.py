@@ -40,7 +40,10 @@ HELP = "train a baseline model and write a checkpoint"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, type=text, help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME"
+        "--model",
+        required=True,
+        type=text,
+        help="zoo name (resnet20, mobilenetv2, ...), torchvision:NAME or package.module:factory (see README)",
     )
     parser.add_argument("--data", default="fashion-mnist", type=text, help=f"dataset: {', '.join(DATASETS)}")
     parser.add_argument(
