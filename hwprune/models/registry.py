@@ -113,7 +113,8 @@ def _user_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
         factory = getattr(factory, part)
     if not callable(factory):
         raise ModelError(
-            f"model '{name}': '{attr_path}' in '{module_name}' is a {type(factory).__name__}, not callable"
+            f"model '{name}': '{attr_path}' in '{module_name}' is not callable "
+            f"(an object of type {type(factory).__name__})"
         )
     call = f"{name}(in_channels={in_channels}, num_classes={num_classes})"
     try:
