@@ -19,6 +19,8 @@ from hwprune.checkpoint import load_checkpoint
 from hwprune.cli import main
 from hwprune.data import load_data
 from hwprune.errors import ArtifactError, ModelError
+from hwprune.job.config import JobConfig
+from hwprune.job.measure import data_needs
 from hwprune.models import ModelSpec, create_model
 from hwprune.pruning import load_pruned
 from hwprune.train import evaluate
@@ -245,3 +247,18 @@ def test_user_architecture_end_to_end_train_prune_load(user_nets, tmp_path: Path
     assert report["pruned"]["test_accuracy"] is None and report["unpruned"]["test_accuracy"] is None
     assert "| test accuracy | - | - |" in (run2 / "report.md").read_text()
     assert load_pruned(run2 / "model")[0](torch.zeros(1, 1, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("options", "needs"),
+    [
+        ({"ratio": 0.5, "finetune_steps": 0}, None),
+        ({"plan": "p.json", "finetune_steps": 0, "criterion": "fpgm"}, None),
+        ({"ratio": 0.5}, "the fine-tune after pruning (--finetune-steps 400)"),
+        ({"ratio": 0.5, "finetune_steps": 0, "criterion": "taylor"}, "--criterion taylor"),
+        ({"budget": "0.5x", "finetune_steps": 0}, "the search under --budget"),
+    ],
+)
+def test_what_in_a_run_needs_a_dataset(options: dict, needs: str | None) -> None:
+    found = data_needs(JobConfig(checkpoint="ck", out="run", **options))
+    assert found == needs if needs is None else needs in found

@@ -8,9 +8,8 @@ save torch.save(model.state_dict(), PATH) instead. A checkpoint dict holding the
 
 The test accuracy is recorded only when --data names a dataset to evaluate on (its test split),
 and stays unknown (null) otherwise: such a checkpoint is profiled, and pruned by --ratio or --plan
-with --finetune-steps 0; a search under --budget, a fine-tune and sensitivity need a dataset (--data
-here, or on those commands).
-Nothing is written until the weights have loaded and been evaluated.
+with --finetune-steps 0; a search under --budget, a fine-tune and sensitivity need a dataset
+(--data here, or on those commands). Nothing is written until the weights have loaded and run.
 
 Example:  hwprune import --model torchvision:resnet18 --weights r18.pth --num-classes 10 --input-size 32x32 \\
               --data cifar10 --data-dir data/cifar10 --out checkpoints/r18
@@ -43,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=text,
         help="architecture: zoo name, torchvision:NAME, or package.module:factory (called as "
-        "factory(in_channels=C, num_classes=N); the module must be importable, e.g. on PYTHONPATH)",
+        "factory(in_channels=C, num_classes=N) from a module on PYTHONPATH; importing it runs its code, and "
+        "loading the checkpoint imports it again)",
     )
     parser.add_argument("--weights", required=True, type=text, help="the trained weights: .safetensors, .pth or .pt")
     parser.add_argument("--num-classes", required=True, type=positive_int, help="classes the weights were trained for")
