@@ -248,6 +248,11 @@ def test_user_architecture_end_to_end_train_prune_load(user_nets, tmp_path: Path
     assert "| test accuracy | - | - |" in (run2 / "report.md").read_text()
     assert load_pruned(run2 / "model")[0](torch.zeros(1, 1, 32, 32)).shape == (1, 10)
 
+    table = tmp_path / "lut.json"
+    quick = ["--grid", "1", "--calib-plans", "0", "--repeats", "3", "--runs", "1", "--block-rounds", "1"]
+    assert main(["profile", "--checkpoint", str(imported), *quick, "--warmup-s", "0", "--out", str(table)]) == 0
+    assert json.loads(table.read_text())["settings"]["model"] == FACTORY
+
 
 @pytest.mark.parametrize(
     ("options", "needs"),

@@ -100,7 +100,7 @@ def _user_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
             raise ModelError(
                 f"model '{name}': cannot import module '{module_name}' (no module named '{missing}'): "
-                "run from the folder that holds it or add that folder to PYTHONPATH"
+                "add the folder that holds it to PYTHONPATH (e.g. PYTHONPATH=. hwprune ...)"
             ) from None
         raise ModelError(f"model '{name}': importing '{module_name}' failed: {one_line(exc)}") from None
     factory: object = module
