@@ -7,7 +7,12 @@ records how the weights were made, so a shipped baseline can be reproduced and a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ import torch
 from torch import nn
 
 from hwprune import __version__
-from hwprune.errors import ArtifactError, HwpruneError
+from hwprune.errors import ArtifactError, ConfigError, HwpruneError
 from hwprune.io import load_weights, read_json, save_weights, write_json
 from hwprune.models import ModelSpec
 
@@ -25,7 +30,7 @@ JSON_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -49,7 +54,7 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, spec: ModelSpec, meta
         "hwprune_version": __version__,
         "spec": spec.to_dict(),
         "weights": WEIGHTS_NAME,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
     }
     # Keep the identifying keys first so the file reads well.
     head = ("kind", "schema_version", "hwprune_version", "spec")
@@ -82,7 +87,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, A
         model = spec.build()
     except HwpruneError as exc:
         raise ArtifactError(f"checkpoint {json_path}: {exc}") from None
-    if weights_path.is_file() and doc.get("weights_sha256") and _sha256(weights_path) != doc["weights_sha256"]:
+    if weights_path.is_file() and doc.get("weights_sha256") and file_sha256(weights_path) != doc["weights_sha256"]:
         raise ArtifactError(
             f"{weights_path} does not match the checksum in {json_path}: the file is corrupt or was replaced"
         )
@@ -112,20 +117,59 @@ def nonfinite_tensor(state: dict[str, Any]) -> str | None:
 
 def _check_state(model: nn.Module, state: dict[str, Any], path: Path, spec: ModelSpec) -> None:
     """Compare names and shapes first, so a mismatch is one readable line, not torch's paragraph."""
-    expected = model.state_dict()
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ArtifactError(f"weights in {path} do not fit model '{spec.name}': tensors {mismatch}")
+
+
+def state_mismatch(expected: dict[str, Any], state: dict[str, Any], shown: int = 3) -> str | None:
+    """Missing, unexpected and mis-shaped tensors as one phrase with counts and the first few names, or None.
+
+    e.g. "2 missing (fc.weight, fc.bias); 1 of the wrong shape (conv1.weight: (8, 3, 3, 3) vs (16, 3, 3, 3))".
+    """
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if not (missing or unexpected or wrong):
-        return
+
+    def first(names: list[str], describe: Callable[[str], str] = str) -> str:
+        more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+        return ", ".join(describe(n) for n in names[:shown]) + more
+
+    def shapes(k: str) -> str:
+        return f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        parts.append(f"{len(missing)} missing ({first(missing)})")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        parts.append(f"{len(unexpected)} unexpected ({first(unexpected)})")
     if wrong:
-        k = wrong[0]
-        parts.append(
-            f"{len(wrong)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
-        )
-    raise ArtifactError(f"weights in {path} do not fit model '{spec.name}': tensors {'; '.join(parts)}")
+        parts.append(f"{len(wrong)} of the wrong shape ({first(wrong, shapes)})")
+    return "; ".join(parts) or None
+
+
+def save_checkpoint_dir(
+    out: str | Path, model: nn.Module, spec: ModelSpec, meta: dict[str, Any], overwrite: bool = False
+) -> Path:
+    """:func:`save_checkpoint` into a hidden sibling folder renamed to ``out``: readers never see half a checkpoint,
+    and a failure leaves nothing behind. An existing ``out`` is replaced only with ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists: choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        save_checkpoint(tmp, model, spec, meta)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise
+    return out / JSON_NAME

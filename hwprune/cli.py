@@ -21,6 +21,7 @@ from hwprune.options import given_options, join_negative_values
 # verb -> module in hwprune.commands exposing HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "train": "train",
+    "import": "import_",
     "prune": "prune",
     "profile": "profile",
     "lut-check": "lut_check",

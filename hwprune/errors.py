@@ -35,3 +35,10 @@ class TableError(HwpruneError):
 
 class BudgetError(HwpruneError):
     """A latency budget that is malformed, already met, or impossible."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``TypeError: message`` on one line, cut to ``limit`` characters: an error raised by the user's own code
+    (a model factory, a forward pass), quoted inside the one line the CLI prints."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

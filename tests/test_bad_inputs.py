@@ -40,6 +40,7 @@ TRAIN = ["train", "--model", "resnet20", "--data", "synthetic", "--epochs", "1"]
 PROFILE = ["profile", "--model", "resnet20", "--grid", "1", "--calib-plans", "0"]
 PRUNE = ["prune", "--checkpoint", "{ck}", "--out", "{out}", *FAST]
 COMPARE = ["compare", "--checkpoint", "{ck}", "--out", "{out}", *FAST]
+IMPORT = ["import", "--model", "resnet20", "--num-classes", "10", "--in-channels", "1", "--input-size", "32x32"]
 
 
 def _table(path: Path, **overrides: object) -> Path:
@@ -86,6 +87,16 @@ def inputs(tmp_path_factory, checkpoint: Path) -> dict[str, Path]:  # noqa: F811
     write_json(finished / "report.json", {"kind": "prune-report", "schema_version": 1})
     (finished / "report.md").write_text("# report\n")
     (root / "a-file").write_text("not a folder")
+    nodata_ck = root / "nodata-ck"  # as `hwprune import` writes one without --data
+    save_checkpoint(
+        nodata_ck,
+        ModelSpec("resnet20", 1, 10, (32, 32)).build(),
+        ModelSpec("resnet20", 1, 10, (32, 32)),
+        {"data": None},
+    )
+    torch.save(ModelSpec("resnet20", 1, 10, (32, 32)).build(), root / "whole-module.pth")
+    torch.save(load_checkpoint(checkpoint)[0].state_dict(), root / "r20.pth")
+    (root / "garbage.pth").write_bytes(b"not a pickle" * 8)
     (root / "a-dir").mkdir()
     unfinished = root / "unfinished-training"  # a training state that records no options (not resumable)
     write_json(unfinished / "train-state.json", {"kind": "train-state", "schema_version": 1, "epoch": 1})
@@ -98,6 +109,10 @@ def inputs(tmp_path_factory, checkpoint: Path) -> dict[str, Path]:  # noqa: F811
         "nan_lut": nan_lut,
         "other_lut": _table(root / "resnet56.json", model="resnet56"),
         "finished": finished,
+        "nodata_ck": nodata_ck,
+        "whole_module": root / "whole-module.pth",
+        "r20_pth": root / "r20.pth",
+        "garbage_pth": root / "garbage.pth",
         "file": root / "a-file",
         "dir": root / "a-dir",
         "missing": root / "missing",
@@ -256,6 +271,61 @@ CASES = [
     ("export-out-under-file", ["export", "--run", "{ck}", "--format", "onnx", "--out", "{file}/m.onnx"], "is a file"),
     ("export-out-exists", ["export", "--run", "{ck}", "--format", "onnx", "--out", "{file}"], "--overwrite"),
     ("export-repeats-2", ["export", "--run", "{ck}", "--format", "onnx", "--repeats", "2"], "--repeats: must be >= 3"),
+    # ---- prune / sensitivity: a checkpoint that names no dataset ------------------------------
+    ("prune-nodata-budget", [*PRUNE, "--budget", "0.5x", "--checkpoint", "{nodata_ck}"], "needs one: pass --data"),
+    ("prune-nodata-finetune", [*PRUNE, "--ratio", "0.5", "--checkpoint", "{nodata_ck}"], "or --finetune-steps 0"),
+    (
+        "prune-nodata-taylor",
+        [*PRUNE, "--ratio", "0.5", "--checkpoint", "{nodata_ck}", "--finetune-steps", "0", "--criterion", "taylor"],
+        "--criterion taylor",
+    ),
+    ("prune-data-unknown", [*PRUNE, "--ratio", "0.5", "--data", "nosuch"], "unknown dataset 'nosuch'"),
+    ("prune-data-empty", [*PRUNE, "--ratio", "0.5", "--data", ""], "--data: must not be empty"),
+    ("sensitivity-nodata", ["sensitivity", "--checkpoint", "{nodata_ck}", "--out", "{out}"], "pass --data"),
+    # ---- import -------------------------------------------------------------------------------
+    ("import-whole-module", [*IMPORT, "--weights", "{whole_module}", "--out", "{out}"], "model.state_dict()"),
+    ("import-garbage", [*IMPORT, "--weights", "{garbage_pth}", "--out", "{out}"], "not a readable torch state"),
+    ("import-other-arch", [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--model", "resnet56"], "missing ("),
+    ("import-classes", [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--num-classes", "5"], "wrong shape"),
+    ("import-channels", [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--in-channels", "3"], "wrong shape"),
+    (
+        "import-safetensors-arch",
+        [*IMPORT, "--weights", "{ck}/model.safetensors", "--out", "{out}", "--model", "mobilenetv2"],
+        "do not fit",
+    ),
+    ("import-weights-missing", [*IMPORT, "--weights", "{missing}.pth", "--out", "{out}"], "not found"),
+    ("import-weights-dir", [*IMPORT, "--weights", "{dir}", "--out", "{out}"], "is a directory"),
+    ("import-weights-format", [*IMPORT, "--weights", "{file}", "--out", "{out}"], "unknown weights format"),
+    ("import-weights-empty", [*IMPORT, "--weights", "", "--out", "{out}"], "--weights: must not be empty"),
+    ("import-no-weights", [*IMPORT, "--out", "{out}"], "--weights"),
+    (
+        "import-module-missing",
+        [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--model", "no_such_pkg.nets:build"],
+        "PYTHONPATH",
+    ),
+    (
+        "import-model-malformed",
+        [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--model", "my-nets:build"],
+        "package.module:factory",
+    ),
+    (
+        "import-input-size",
+        [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--input-size", "big"],
+        "must look like",
+    ),
+    ("import-classes-0", [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--num-classes", "0"], "must be >= 1"),
+    (
+        "import-data-unknown",
+        [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--data", "nosuch"],
+        "unknown dataset",
+    ),
+    (
+        "import-data-shape",
+        [*IMPORT, "--weights", "{r20_pth}", "--out", "{out}", "--data", "synthetic", "--in-channels", "3"],
+        "--data synthetic has 1 input channels",
+    ),
+    ("import-out-exists", [*IMPORT, "--weights", "{r20_pth}", "--out", "{dir}"], "already exists"),
+    ("import-out-is-file", [*IMPORT, "--weights", "{r20_pth}", "--out", "{file}"], "is a file"),
     # ---- usage --------------------------------------------------------------------------------
     ("no-verb", [], "required"),
     ("unknown-verb", ["prun"], "invalid choice"),

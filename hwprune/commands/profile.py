@@ -44,11 +44,14 @@ HELP = "build a latency lookup table for a model on this device"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=text, help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME")
+    src.add_argument(
+        "--model", type=text, help="zoo name (resnet20, mobilenetv2, ...), torchvision:NAME or package.module:factory"
+    )
     src.add_argument(
         "--checkpoint",
         type=text,
-        help="checkpoint directory from `hwprune train`: its model spec is used (weights do not change latency)",
+        help="checkpoint directory from `hwprune train` or `import`: its model spec is used (weights do not "
+        "change latency)",
     )
     parser.add_argument(
         "--backend", default="torch-cpu", type=text, help=f"profiler: {', '.join(available_profilers())}"

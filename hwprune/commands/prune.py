@@ -90,7 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_source_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--checkpoint", type=text, help="checkpoint directory written by `hwprune train`")
+    group.add_argument("--checkpoint", type=text, help="checkpoint directory written by `hwprune train` or `import`")
+    group.add_argument(
+        "--data",
+        type=text,
+        help="dataset to fine-tune and score on (default: the checkpoint's); a checkpoint imported without "
+        "--data names none, and is then pruned by --ratio or --plan with --finetune-steps 0 (accuracy unknown)",
+    )
     group.add_argument("--data-dir", type=text, help="dataset folder, when not in the default place")
 
 
@@ -305,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
             lut=args.lut,
             allow_foreign_table=args.allow_foreign_table,
             data_dir=args.data_dir,
+            data=args.data,
             seed=args.seed,
             search_finetune_steps=args.search_finetune_steps,
             val_samples=args.val_samples,

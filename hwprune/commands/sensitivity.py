@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from hwprune import train
+from hwprune.data import DATASETS
 from hwprune.errors import ConfigError, TableError
 from hwprune.io import read_json, write_json
 from hwprune.job.measure import load_trained
@@ -54,10 +55,13 @@ CSV_NAME, PNG_NAME, STATE_NAME = "sensitivity.csv", "sensitivity.png", "sensitiv
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, type=text, help="checkpoint directory written by `hwprune train`")
+    p.add_argument(
+        "--checkpoint", required=True, type=text, help="checkpoint directory written by `hwprune train` or `import`"
+    )
     p.add_argument(
         "--out", required=True, type=out_dir, help="directory for sensitivity.csv / .png / .json (re-run to continue)"
     )
+    p.add_argument("--data", type=text, help="dataset to score on (default: the checkpoint's)")
     p.add_argument("--data-dir", type=text, help="dataset folder, when not in the default place")
     p.add_argument(
         "--criterion",
@@ -110,6 +114,7 @@ def _settings(args: argparse.Namespace, ratios: tuple[float, ...]) -> dict[str, 
     """What the points depend on: a continued run must have been started with the same."""
     return {
         "checkpoint": str(Path(args.checkpoint).resolve()),
+        "data": args.data,
         "criterion": args.criterion,
         "taylor_batches": args.taylor_batches if args.criterion == "taylor" else None,
         "ratios": list(ratios),
@@ -165,7 +170,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     state = _earlier(out, settings)
 
-    model, spec, _, data, graph = load_trained(args.checkpoint, args.data_dir)
+    model, spec, _, data, graph = load_trained(args.checkpoint, args.data_dir, args.data)
+    if data is None:
+        raise ConfigError(
+            f"checkpoint {args.checkpoint} names no dataset to score on: pass --data ({', '.join(DATASETS)})"
+        )
     predictor = _predictor(args.lut, spec, graph) if args.lut else None
     if state is None:
         accuracy, loss = train.score(model, data.val, max_samples=args.val_samples)

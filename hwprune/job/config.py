@@ -49,6 +49,7 @@ class JobConfig:
     lut: str | None = None
     allow_foreign_table: bool = False
     data_dir: str | None = None
+    data: str | None = None  # dataset to fine-tune and score on; None: the checkpoint's
     seed: int = 0
     search_finetune_steps: int = 20
     val_samples: int = 2000

@@ -12,7 +12,7 @@ from torch import nn
 
 from hwprune.agents import Budget
 from hwprune.checkpoint import load_checkpoint
-from hwprune.data import DataBundle, load_data
+from hwprune.data import DATASETS, DataBundle, load_data
 from hwprune.errors import ConfigError
 from hwprune.job.config import JobConfig
 from hwprune.latency.allocator import pin_allocator
@@ -27,7 +27,7 @@ class Loaded:
     model: nn.Module
     spec: ModelSpec
     meta: dict[str, Any]
-    data: DataBundle
+    data: DataBundle | None  # None: the checkpoint names no dataset (imported without --data) and none was given
     graph: ModelGraph
     profiler: Profiler
     input_shape: tuple[int, ...]  # as deployed: (batch, channels, height, width)
@@ -39,20 +39,45 @@ class Loaded:
 
 
 def load_inputs(cfg: JobConfig) -> Loaded:
-    model, spec, meta, data, graph = load_trained(cfg.checkpoint, cfg.data_dir)
+    model, spec, meta, data, graph = load_trained(cfg.checkpoint, cfg.data_dir, cfg.data)
+    if data is None and (needs := data_needs(cfg)):
+        raise ConfigError(
+            f"checkpoint {cfg.checkpoint} names no dataset, and {needs} needs one: pass --data "
+            f"({', '.join(DATASETS)})" + (", or --finetune-steps 0 to skip the fine-tune" if cfg.budget is None else "")
+        )
     pin_allocator()  # tables are measured under it; the job's own timings must be too (see allocator.py)
     profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s)
     return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
 
 
+def data_needs(cfg: JobConfig) -> str | None:
+    """What in this run needs a dataset ("the search under --budget"), or None: a run by --ratio or --plan
+    with no fine-tune and a data-free criterion prunes a checkpoint that names none (accuracy unknown)."""
+    if cfg.budget is not None:
+        return "the search under --budget (it scores candidates on the validation split)"
+    if cfg.finetune_steps > 0:
+        return f"the fine-tune after pruning (--finetune-steps {cfg.finetune_steps})"
+    if cfg.criterion == "taylor":
+        return "--criterion taylor (it scores filters on training batches)"
+    return None
+
+
 def load_trained(
-    checkpoint: str, data_dir: str | None
-) -> tuple[nn.Module, ModelSpec, dict[str, Any], DataBundle, ModelGraph]:
-    """A checkpoint, the dataset it was trained on (split as it was) and its channel groups."""
+    checkpoint: str, data_dir: str | None, dataset: str | None = None
+) -> tuple[nn.Module, ModelSpec, dict[str, Any], DataBundle | None, ModelGraph]:
+    """A checkpoint, the dataset it was trained on (split as it was) and its channel groups.
+
+    ``dataset`` overrides the checkpoint's; the data is None when neither names one (a checkpoint
+    ``hwprune import`` wrote without ``--data``). A checkpoint from before datasets were recorded
+    was trained on fashion-mnist.
+    """
     model, spec, meta = load_checkpoint(checkpoint)
+    name = dataset or meta.get("data", "fashion-mnist")
+    if not name:
+        return model, spec, meta, None, ModelGraph(model, (spec.in_channels, *spec.input_size))
     # Split with the checkpoint's own seed: the validation images the search is rewarded on must be
     # ones the baseline never trained on.
-    data = load_data(str(meta.get("data", "fashion-mnist")), data_dir, seed=int(meta.get("seed", 0)))
+    data = load_data(str(name), data_dir, seed=int(meta.get("seed") or 0))
     if (data.in_channels, data.num_classes) != (spec.in_channels, spec.num_classes):
         raise ConfigError(
             f"checkpoint expects {spec.in_channels} input channels and {spec.num_classes} classes, "
@@ -189,6 +214,9 @@ def macs_of(graph: ModelGraph, plan: PruningPlan | None) -> int:
 
 
 def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
+    if loaded.data is None:  # load_inputs let it through: --finetune-steps 0
+        print("no dataset: the pruned model is not fine-tuned, and its accuracy is unknown")
+        return
     print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
     fine_tune(
         model,
@@ -206,7 +234,7 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
 def summarize_model(loaded: Loaded, model: nn.Module, plan: PruningPlan | None, m: Measurement) -> dict[str, Any]:
     return {
         "measured": m.to_dict(),
-        "test_accuracy": evaluate(model, loaded.data.test),
+        "test_accuracy": None if loaded.data is None else evaluate(model, loaded.data.test),
         "params": params_of(model),
         "macs": macs_of(loaded.graph, plan),
     }

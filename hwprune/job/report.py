@@ -67,7 +67,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| predicted latency, ms | {_num(base.get('predicted_ms'), '.3f')} "
         f"| {_num(pruned.get('predicted_ms'), '.3f')} |",
         f"| measured speed-up | 1.00x | {speedup:.2f}x |",
-        f"| test accuracy | {base['test_accuracy']:.4f} | {pruned['test_accuracy']:.4f} |",
+        f"| test accuracy | {_num(base['test_accuracy'], '.4f')} | {_num(pruned['test_accuracy'], '.4f')} |",
         f"| parameters | {_num(base['params'])} | {_num(pruned['params'])} |",
         f"| MACs per sample | {_num(base['macs'])} | {_num(pruned['macs'])} |",
         "",

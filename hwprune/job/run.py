@@ -127,7 +127,12 @@ def importance_for(cfg: JobConfig, loaded: Loaded, plan: PruningPlan) -> FilterI
         return None
     assert cfg.criterion is not None  # resolved by run_job
     return filter_importance(
-        loaded.model, loaded.graph, cfg.criterion, loaded.data.train, seed=cfg.seed, batches=cfg.taylor_batches
+        loaded.model,
+        loaded.graph,
+        cfg.criterion,
+        loaded.data.train if loaded.data else None,
+        seed=cfg.seed,
+        batches=cfg.taylor_batches,
     )
 
 
