@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=text,
-        help="zoo name (resnet20, mobilenetv2, ...) or torchvision:NAME or package.module:factory (see README; required unless --resume)",
+        help="zoo name (resnet20, mobilenetv2, ...), torchvision:NAME or package.module:factory (see README); "
+        "required unless --resume",
     )
     parser.add_argument("--data", default="fashion-mnist", type=text, help=f"dataset: {', '.join(DATASETS)}")
     parser.add_argument(
