@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from hwprune.models import ModelSpec
 from hwprune.profilers import Measurement, Profiler, get_profiler, keep_faster
 from hwprune.pruning import ModelGraph, PruningPlan
 from hwprune.train import evaluate, fine_tune
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,7 +170,7 @@ def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budg
     """
     judged, taken = measure_judged(loaded, model, cfg, budget), 1
     while not judged.met and taken < cfg.max_tries:
-        print(f"final model {judged.describe()}: over, measuring again (the machine may be busy)")
+        log.info(f"final model {judged.describe()}: over, measuring again (the machine may be busy)")
         judged, taken = judged.merge(measure_judged(loaded, model, cfg, budget)), taken + 1
     return judged, taken
 
@@ -176,7 +179,7 @@ def finish(cfg: JobConfig, loaded: Loaded, model: nn.Module, budget: Budget) -> 
     """Long fine-tune ``model`` in place, then judge it (:func:`measure_final`)."""
     long_finetune(cfg, loaded, model)
     judged, taken = measure_final(loaded, model, cfg, budget)
-    print(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
+    log.info(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
     return judged, taken
 
 
@@ -189,7 +192,7 @@ def macs_of(graph: ModelGraph, plan: PruningPlan | None) -> int:
 
 
 def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
-    print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
+    log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
     fine_tune(
         model,
         loaded.data.train,

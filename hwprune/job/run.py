@@ -8,6 +8,7 @@ success the device did not show. Every stage writes into the run directory as it
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import replace
@@ -37,6 +38,8 @@ from hwprune.pruning import (
 )
 from hwprune.train import resolve_precision
 
+log = logging.getLogger(__name__)
+
 
 def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
     """Run (or resume) a pruning job; returns the path of ``report.md`` and whether the budget was met.
@@ -64,7 +67,7 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
         Ranking.load(cfg.ranking).check(loaded.spec.name, loaded.graph, cfg.ranking)  # before anything is measured
     t0 = time.perf_counter()
     base_m = measure(loaded, loaded.model, cfg)
-    print(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
+    log.info(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
     budget = _budget(cfg, base_m, resume) if cfg.budget is not None else None
     run = Path(cfg.out) if resume else start_run(cfg, budget.ms if budget else None)
     try:
@@ -112,7 +115,7 @@ def plan_by_criterion(plan: PruningPlan, requested: str | None) -> tuple[Pruning
     if requested is None or requested == own:
         return plan, own or DEFAULT_CRITERION
     if indexed:
-        print(f"the plan's filters were chosen by {own}; choosing them by {requested} (--criterion)")
+        log.info(f"the plan's filters were chosen by {own}; choosing them by {requested} (--criterion)")
         counts = {name: GroupPlan(g.original, g.keep) for name, g in plan.groups.items()}
         plan = PruningPlan(plan.model, counts)
     return plan, requested
