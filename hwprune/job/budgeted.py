@@ -86,7 +86,12 @@ def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> La
     )
     log.info(f"profiling {loaded.spec.name} blocks on {cfg.backend} into {run / 'lut.json'}")
     table, _ = profile_model(
-        setting, run / "lut.json", resume=resume, model=loaded.model, profiler=timing_like(setting.to_dict(), fp)
+        setting,
+        run / "lut.json",
+        resume=resume,
+        model=loaded.model,
+        profiler=timing_like(setting.to_dict(), fp),
+        progress=cfg.progress,
     )
     return table
 
@@ -114,6 +119,7 @@ def budgeted_search(
         precision=cfg.precision,
         criterion=cfg.criterion or "l2",
         taylor_batches=cfg.taylor_batches,
+        user=loaded.user,
     )
     ctx = SearchContext(
         loaded.spec.name,

@@ -1,4 +1,9 @@
-"""Loading a run's inputs, measuring models as deployed, and judging them against the budget."""
+"""Loading a run's inputs, measuring models as deployed, and judging them against the budget.
+
+A run's inputs come from a checkpoint and its dataset (``hwprune prune``), or from a model and the
+user's own score / fine-tune functions handed in through the Python API (:func:`inputs_from_model`);
+the job after loading is the same for both.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from hwprune.models import ModelSpec
 from hwprune.profilers import Measurement, Profiler, get_profiler, keep_faster
 from hwprune.pruning import ModelGraph, PruningPlan
 from hwprune.train import evaluate, fine_tune
+from hwprune.user_training import UserTraining
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +36,11 @@ class Loaded:
     model: nn.Module
     spec: ModelSpec
     meta: dict[str, Any]
-    data: DataBundle
+    data: DataBundle | None  # None when the user's own functions (``user``) train and score
     graph: ModelGraph
     profiler: Profiler
     input_shape: tuple[int, ...]  # as deployed: (batch, channels, height, width)
+    user: UserTraining | None = None
 
     @cached_property
     def timed_unpruned(self) -> Callable[[], Measurement]:
@@ -46,6 +53,25 @@ def load_inputs(cfg: JobConfig) -> Loaded:
     pin_allocator()  # tables are measured under it; the job's own timings must be too (see allocator.py)
     profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s)
     return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
+
+
+def inputs_from_model(
+    cfg: JobConfig,
+    model: nn.Module,
+    spec: ModelSpec,
+    profiler: Profiler,
+    *,
+    data: DataBundle | None = None,
+    user: UserTraining | None = None,
+) -> Loaded:
+    """A run's inputs from a model in memory (the Python API): its graph at ``spec``'s input, and who trains it.
+
+    ``user`` (the user's score / fine-tune) or ``data`` (a built-in dataset) is what the search ranks
+    plans by and what fine-tunes them; the model is timed by ``profiler`` at ``cfg.batch``.
+    """
+    pin_allocator()
+    graph = ModelGraph(model, (spec.in_channels, *spec.input_size))
+    return Loaded(model, spec, {}, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size), user)
 
 
 def load_trained(
@@ -192,6 +218,12 @@ def macs_of(graph: ModelGraph, plan: PruningPlan | None) -> int:
 
 
 def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
+    if loaded.user is not None:
+        if loaded.user.finetune is not None and cfg.finetune_steps:
+            log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps (your finetune function)")
+        loaded.user.fine_tune(model, cfg.finetune_steps, cfg.seed)
+        return
+    assert loaded.data is not None  # a run has a dataset or the user's functions
     log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
     fine_tune(
         model,
@@ -200,16 +232,17 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
         lr=cfg.finetune_lr,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        progress=True,
+        progress=cfg.progress,
         augment=loaded.data.augment,
         precision=cfg.precision,
     )
 
 
 def summarize_model(loaded: Loaded, model: nn.Module, plan: PruningPlan | None, m: Measurement) -> dict[str, Any]:
-    return {
-        "measured": m.to_dict(),
-        "test_accuracy": evaluate(model, loaded.data.test),
-        "params": params_of(model),
-        "macs": macs_of(loaded.graph, plan),
-    }
+    """A model's line of the report: latency, accuracy on the test split (or the user's score), size."""
+    if loaded.user is not None:
+        quality: dict[str, Any] = {"test_accuracy": None, "score": loaded.user.evaluate(model)}
+    else:
+        assert loaded.data is not None
+        quality = {"test_accuracy": evaluate(model, loaded.data.test)}
+    return {"measured": m.to_dict(), **quality, "params": params_of(model), "macs": macs_of(loaded.graph, plan)}

@@ -41,12 +41,14 @@ from hwprune.train import resolve_precision
 log = logging.getLogger(__name__)
 
 
-def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
+def run_job(cfg: JobConfig, resume: bool = False, loaded: Loaded | None = None) -> tuple[Path, bool]:
     """Run (or resume) a pruning job; returns the path of ``report.md`` and whether the budget was met.
 
     Everything that can be refused (options, checkpoint, data, backend, an already-met budget) is
     checked before the run directory is created; a fresh run that fails later is removed whole,
-    while an interrupted one stays for ``--resume``.
+    while an interrupted one stays for ``--resume``. ``loaded``: the inputs already in memory (the
+    Python API's model and the user's functions, :func:`~hwprune.job.measure.inputs_from_model`)
+    instead of ``cfg.checkpoint``'s.
     """
     validate_config(cfg)
     cfg.precision = resolve_precision(cfg.precision)  # job.json and the report record what ran
@@ -56,7 +58,7 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
         check_fresh_out(cfg.out)
     if cfg.budget is not None:
         parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
-    loaded = load_inputs(cfg)
+    loaded = loaded if loaded is not None else load_inputs(cfg)
     # A user's table must fit this checkpoint, batch and device before anything is timed (a mismatch found
     # after the unpruned model's measurement came with that measurement's timing warnings); the search
     # then reads this one rather than loading it again.
@@ -126,9 +128,8 @@ def importance_for(cfg: JobConfig, loaded: Loaded, plan: PruningPlan) -> FilterI
     if all(g.kept_indices is not None for g in plan.groups.values()):
         return None
     assert cfg.criterion is not None  # resolved by run_job
-    return filter_importance(
-        loaded.model, loaded.graph, cfg.criterion, loaded.data.train, seed=cfg.seed, batches=cfg.taylor_batches
-    )
+    data = loaded.user.batches if loaded.user is not None else loaded.data.train  # type: ignore[union-attr]
+    return filter_importance(loaded.model, loaded.graph, cfg.criterion, data, seed=cfg.seed, batches=cfg.taylor_batches)
 
 
 def _run_stages(
