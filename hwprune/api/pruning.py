@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from hwprune.agents import get_agent
+from hwprune.agents import get_agent, parse_budget
 from hwprune.api.latency import as_table, backend_name_of
 from hwprune.api.model import model_spec
 from hwprune.data import DataBundle, load_data
@@ -130,6 +130,8 @@ def prune(
             f'budget must be a string like "0.5x" (of the unpruned latency) or "4.2ms", got {budget!r}; '
             "for a uniform keep ratio pass ratio="
         )
+    if budget is not None:
+        parse_budget(budget, 1.0)  # a malformed budget is refused before anything is traced or timed
     _check_options(options)
     source = as_table(table) if table is not None else None
     settings = source.settings if source is not None else {}
