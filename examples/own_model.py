@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
     data = None if args.quick else fashion_mnist(20000, 2000)
     if data is None:
         size, classes = (16, 4) if args.quick else (32, 10)
-        data = synthetic(1024 if args.quick else 8000, size, classes, 0), synthetic(256, size, classes, 1)
+        data = (
+            synthetic(512 if args.quick else 8000, size, classes, 0),
+            synthetic(128 if args.quick else 1000, size, classes, 1),
+        )
     train_set, val_set = data
     shape = tuple(train_set[0][0].shape)  # (C, H, W)
     classes = int(max(int(train_set.tensors[1].max()), int(val_set.tensors[1].max()))) + 1
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = DataLoader(val_set, batch_size=256)
 
     model = SmallNet(shape[0], classes, width=16 if args.quick else 32)
-    train(model, train_loader, 60 if args.quick else 600)
+    train(model, train_loader, 40 if args.quick else 600)
     before_acc = accuracy(model, val_loader)
     print(f"trained SmallNet: validation accuracy {before_acc:.3f}")
 
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         agent=args.agent,
         score=lambda m: accuracy(m, val_loader),
         finetune=lambda m, steps: train(m, train_loader, steps, lr=0.01),
-        search_finetune_steps=2 if light else 20,
+        search_finetune_steps=1 if light else 20,
         finetune_steps=20 if light else 300,
         rounds=1 if light else 3,
         settle_s=0.0 if light else 3.0,
