@@ -9,9 +9,12 @@ command has saved what it had. ``main`` returns the exit status (it does not rai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import NoReturn
 
 from hwprune import __version__
@@ -74,6 +77,43 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
     return f"hwprune: warning: {message}\n"
 
 
+class _StdoutLines(logging.Handler):
+    """A log record as a plain line on the *current* stdout (tests swap sys.stdout between runs)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - logging's own rule: a failing handler never breaks the command
+            self.handleError(record)
+
+
+SHOWN_LOGGERS = ("hwprune.job", "hwprune.compare")
+"""Library loggers whose INFO lines the CLI prints: the prune job's progress (searches, measurements, verdict)
+and a compare's cell by cell.
+
+Everything else (an agent's resume notes, the Python API's own lines) stays at logging's defaults: a
+warning reaches stderr, info is silent, as a library user who configured nothing would see it.
+"""
+
+
+@contextlib.contextmanager
+def _progress_lines() -> Iterator[None]:
+    """Show the job's progress lines on stdout for the length of one command, then leave logging as it was."""
+    handler = _StdoutLines()
+    loggers = [logging.getLogger(name) for name in SHOWN_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -84,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None) * 2
     warnings.formatwarning = _one_line_warning
     try:
-        return int(args._run(args) or 0)
+        with _progress_lines():
+            return int(args._run(args) or 0)
     except HwpruneError as exc:
         print(f"hwprune {args.command}: error: {exc}", file=sys.stderr)
         return 2

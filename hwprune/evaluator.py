@@ -18,6 +18,10 @@ job the model a lineage produced, so the final model is long fine-tuned from the
 weights, as the paper does, rather than cut afresh from the original ones.
 
 The test split is never touched here: searching on it would leak it into the model selection.
+
+A library user's own data and loop come in as :class:`~hwprune.user_training.UserTraining` (``user=``):
+the short fine-tune is their ``finetune(model, steps)`` and the score their ``score(model)``, seeded
+the same way, so the rest (cutting, lineages, the cache) is shared with the built-in path.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from hwprune.pruning import (
     filter_importance,
 )
 from hwprune.pruning.plan import GroupPlan
+from hwprune.user_training import UserTraining
 
 
 class Evaluator:
@@ -56,13 +61,14 @@ class Evaluator:
     of the short fine-tune and the score; part of what a cached score means, so fixed per evaluator.
     ``criterion`` chooses the filters each plan keeps (:mod:`hwprune.pruning.importance`); ``taylor``
     reads ``taylor_batches`` seeded minibatches of the training split.
+    ``user`` replaces ``data`` by the user's own score and fine-tune (``data`` may then be None).
     """
 
     def __init__(
         self,
         model: nn.Module,
         graph: ModelGraph,
-        data: DataBundle,
+        data: DataBundle | None,
         finetune_steps: int = 0,
         lr: float = 0.01,
         batch_size: int = 64,
@@ -72,7 +78,11 @@ class Evaluator:
         precision: str = "fp32",
         criterion: str = DEFAULT_CRITERION,
         taylor_batches: int = TAYLOR_BATCHES,
+        *,
+        user: UserTraining | None = None,
     ) -> None:
+        if data is None and (user is None or user.score is None):
+            raise ConfigError("an evaluator needs a dataset or a score function (score=) to rank plans by")
         if finetune_steps < 0:
             raise ConfigError(f"fine-tune steps must be >= 0, got {finetune_steps}")
         if val_samples is not None and val_samples < 1:
@@ -89,6 +99,7 @@ class Evaluator:
         self.precision = precision
         self.criterion = check_criterion(criterion)
         self.taylor_batches = taylor_batches
+        self.user = user
         self._importances: dict[Lineage, FilterImportance] = {}  # the original model's and the last parent's
         self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._models: OrderedDict[Lineage, Held] = OrderedDict()
@@ -112,7 +123,7 @@ class Evaluator:
         start = time.perf_counter()
         try:
             pruned, _ = self._trained(self._parent(lineage), plan, (*steps, plan.key()))
-            result = train.score(pruned, self.data.val, max_samples=self.val_samples, precision=self.precision)
+            result = self._score(pruned)
         finally:
             self.seconds += time.perf_counter() - start
         self.evaluations += 1
@@ -166,16 +177,7 @@ class Evaluator:
             plan = PruningPlan(plan.model, {g.name: GroupPlan(g.channels, plan.keep[g.name]) for g in graph.groups})
         pruned, applied = apply_plan(model, plan, graph, self._importance(steps[:-1], model, graph))
         if self.finetune_steps:
-            train.fine_tune(
-                pruned,
-                self.data.train,
-                self.finetune_steps,
-                lr=self.lr,
-                batch_size=self.batch_size,
-                seed=self.seed,
-                augment=self.data.augment if self.augment else None,
-                precision=self.precision,
-            )
+            self._fine_tune(pruned)
             self.finetune_steps_done += self.finetune_steps
         chosen = {n: g.kept_indices or () for n, g in applied.groups.items()}
         self._models[steps] = (pruned, {n: tuple(kept[n][i] for i in ix) if kept else ix for n, ix in chosen.items()})
@@ -188,10 +190,35 @@ class Evaluator:
         if steps not in self._importances:
             for held in [k for k in self._importances if k]:
                 del self._importances[held]  # a search moves on from a parent; the original stays
+            data = self.user.batches if self.user is not None else self.data.train  # type: ignore[union-attr]
             self._importances[steps] = filter_importance(
-                model, graph, self.criterion, self.data.train, seed=self.seed, batches=self.taylor_batches
+                model, graph, self.criterion, data, seed=self.seed, batches=self.taylor_batches
             )
         return self._importances[steps]
+
+    def _fine_tune(self, model: nn.Module) -> None:
+        """The short, seeded fine-tune before a score: the user's loop, or SGD on the training split."""
+        if self.user is not None:
+            self.user.fine_tune(model, self.finetune_steps, self.seed)
+            return
+        assert self.data is not None  # checked in __init__
+        train.fine_tune(
+            model,
+            self.data.train,
+            self.finetune_steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            augment=self.data.augment if self.augment else None,
+            precision=self.precision,
+        )
+
+    def _score(self, model: nn.Module) -> tuple[float, float]:
+        """(accuracy, loss) on the validation split, or (score, -score) from the user's function."""
+        if self.user is not None and self.user.score is not None:
+            return self.user.score_pair(model)
+        assert self.data is not None  # checked in __init__
+        return train.score(model, self.data.val, max_samples=self.val_samples, precision=self.precision)
 
     def cost(self) -> dict[str, Any]:
         """Work done so far; agents report the difference over their search."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from dataclasses import replace
@@ -44,6 +45,12 @@ def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ck") / "resnet20"
     save_checkpoint(out, spec.build(), spec, {"data": "synthetic", "seed": 0})
     return out
+
+
+@pytest.fixture(autouse=True)
+def _job_lines(caplog) -> None:  # noqa: ANN001
+    """The job reports progress through logging (``hwprune.job``): keep its INFO lines for the tests that read them."""
+    caplog.set_level(logging.INFO, logger="hwprune.job")
 
 
 def _one_error_line(capsys) -> str:
@@ -246,7 +253,7 @@ def test_a_fine_tuned_model_that_measures_over_the_budget_sends_the_search_on(
 
 @pytest.mark.parametrize("wider_misses", ["fine-tuned"])  # the other outcomes: tests/test_policy.py
 def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
-    checkpoint: Path, tmp_path: Path, monkeypatch, capsys, wider_misses: str
+    checkpoint: Path, tmp_path: Path, monkeypatch, caplog, wider_misses: str
 ) -> None:
     """The first plan measures at half what the table expects, far under the budget: the job keeps it and
     searches again against a looser target. The wider plan is taken when it meets the budget; when it
@@ -290,12 +297,12 @@ def test_a_plan_far_under_the_budget_is_kept_while_a_wider_one_is_searched(
     assert ("try 1's plan is the one fine-tuned and reported" in text) == (wider_misses != "no")
     assert ("wider plan's fine-tuned model measured over the budget" in text) == (wider_misses == "fine-tuned")
     assert ("wider plan was not under the budget by half the margin" in text) == (wider_misses == "measured")
-    said = "this was the last try; taking search 1's plan" in capsys.readouterr().out
+    said = "this was the last try; taking search 1's plan" in caplog.text
     assert said == (wider_misses == "measured")
 
 
 def test_a_wider_plan_that_misses_is_followed_by_a_search_between_it_and_the_kept_plan(
-    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+    checkpoint: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     """Uniform MobileNetV2 0.3x kept a plan at 61 % of its budget when the one wider plan missed, the table
     over-pricing narrow plans more than wide ones. Here, once the search starts, the first plan reads at
@@ -325,12 +332,12 @@ def test_a_wider_plan_that_misses_is_followed_by_a_search_between_it_and_the_kep
     assert kept["predicted_ms"] < between["target_ms"] < wider["predicted_ms"]
     assert between["measured"]["summary"]["median_ms"] <= between["budget_ms"] * 0.95
     assert met and report["search"]["taken_try"] == 3
-    assert "searching between it and search 1's plan" in capsys.readouterr().out
+    assert "searching between it and search 1's plan" in caplog.text
     assert "so try 3 searched between it and the kept plan" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_slack_search_that_finds_the_kept_plan_again_takes_it_without_measuring_it_again(
-    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+    checkpoint: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     """Uniform 0.5x at 1 thread measured its r = 0.5 plan three times: each looser target still found no
     wider uniform plan. Here every search returns the first one's plan; the second search's is taken as
@@ -353,7 +360,7 @@ def test_a_slack_search_that_finds_the_kept_plan_again_takes_it_without_measurin
     assert len(tries) == 2 and tries[0].get("slack_used") and tries[1]["same_plan_as"] == 1
     assert tries[1]["plan"] == tries[0]["plan"] and tries[1]["measured"] == tries[0]["measured"]
     assert met and report["search"]["taken_try"] == 1
-    assert "found search 1's plan again; it is not measured again" in capsys.readouterr().out
+    assert "found search 1's plan again; it is not measured again" in caplog.text
     markdown = (tmp_path / "run" / "report.md").read_text()
     assert "The looser target found the same plan again, so try 1's plan" in markdown
 

@@ -21,7 +21,7 @@ from hwprune.commands.profile import checkpoint_spec
 from hwprune.errors import ConfigError
 from hwprune.io import write_json
 from hwprune.latency.load import load_table, model_for
-from hwprune.latency.validate import check, heldout_plans, paired_meter
+from hwprune.latency.validate import check_table
 from hwprune.options import REPEATS, check_out_location, integer, non_negative_int, out_file, positive_int, text
 
 HELP = "measure random pruned variants and report the latency table's prediction error"
@@ -80,12 +80,19 @@ def run(args: argparse.Namespace) -> int:
     if expected is not None and table.settings.get("model") != expected:
         raise ConfigError(f"{lut} was made for model {table.settings.get('model')!r}, not {expected!r}")
     model, graph = model_for(table)
-    plans = heldout_plans(table, graph, args.plans, args.seed, round_to=args.round_to)
-    measure = None if args.unpaired else paired_meter(table, model, graph, profiler)
-    report = check(
-        table, model, graph, profiler, plans, progress=not args.no_progress, rounds=args.rounds, measure=measure
+    report = check_table(
+        table,
+        model,
+        graph,
+        profiler,
+        plans=args.plans,
+        seed=args.seed,
+        round_to=args.round_to,
+        paired=not args.unpaired,
+        rounds=args.rounds,
+        progress=not args.no_progress,
     )
-    report |= {"lut": str(lut), "seed": args.seed, "round_to": args.round_to, "device_key": profiler.device_key()}
+    report |= {"lut": str(lut)}
     write_json(out, report)
     print(format_report(report))
     print(f"wrote {out}")

@@ -10,6 +10,7 @@ ETA from the cells this session has run.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
@@ -25,6 +26,8 @@ from hwprune.job.budgeted import latency_table
 from hwprune.job.config import JobConfig, check_fresh_out
 from hwprune.job.measure import Loaded, load_inputs
 from hwprune.options import check_out_location
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,14 +98,14 @@ def run_cells(cfg: CompareConfig, failed: dict[str, str]) -> list[CellOutcome]:
             outcomes.append(CellOutcome(cell, run, "failed", failed[cell.name]))
         else:
             eta = _eta(time.perf_counter() - started, ran, len(cells) - i + 1)
-            print(f"compare: cell {i} of {len(cells)}: {cell.label} ({run}){eta}", flush=True)
+            log.info(f"compare: cell {i} of {len(cells)}: {cell.label} ({run}){eta}")
             outcome = run_cell(cfg, cell, outcomes)
             outcomes.append(outcome)
             ran += 1
             if outcome.status == "failed":
                 failed[cell.name] = outcome.reason or "failed"
                 save_state(cfg, failed)
-                print(f"compare: cell {i} of {len(cells)} failed: {outcome.reason}", flush=True)
+                log.info(f"compare: cell {i} of {len(cells)} failed: {outcome.reason}")
         bar.update(1)
     bar.close()
     return outcomes

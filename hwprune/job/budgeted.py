@@ -11,6 +11,7 @@ decisions, while the agents' own state files continue mid-search.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from hwprune.latency import FlopsPredictor, LatencyTable, Predictor, TableSettin
 from hwprune.latency.build import BLOCK_WARMUP_S
 from hwprune.profilers import Measurement
 from hwprune.pruning import PruningPlan, apply_plan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,9 +84,14 @@ def latency_table(cfg: JobConfig, loaded: Loaded, run: Path, resume: bool) -> La
         warmup_s=BLOCK_WARMUP_S,  # the table `hwprune profile` would make, not the job's whole-model warm-up
         calib_plans=cfg.calibration_plans,
     )
-    print(f"profiling {loaded.spec.name} blocks on {cfg.backend} into {run / 'lut.json'}")
+    log.info(f"profiling {loaded.spec.name} blocks on {cfg.backend} into {run / 'lut.json'}")
     table, _ = profile_model(
-        setting, run / "lut.json", resume=resume, model=loaded.model, profiler=timing_like(setting.to_dict(), fp)
+        setting,
+        run / "lut.json",
+        resume=resume,
+        model=loaded.model,
+        profiler=timing_like(setting.to_dict(), fp),
+        progress=cfg.progress,
     )
     return table
 
@@ -160,6 +168,7 @@ def search_context(cfg: JobConfig, loaded: Loaded, predictor: LatencyPredictor) 
         precision=cfg.precision,
         criterion=cfg.criterion or "l2",
         taylor_batches=cfg.taylor_batches,
+        user=loaded.user,
     )
     ctx = SearchContext(
         loaded.spec.name,
@@ -216,13 +225,13 @@ def _try(
 def _say_try(done: dict[str, Any], i: int, budget: Budget) -> None:
     again = done.get("same_plan_as")
     if again:
-        print(
+        log.info(
             f"search {i + 1}: against {done['target_ms']:.3f} ms the search found search {again}'s plan "
             "again; it is not measured again, and taken"
         )
     else:
         judged = judged_from(done, budget)
-        print(
+        log.info(
             f"search {i + 1}: target {done['target_ms']:.3f} ms, predicted {done['predicted_ms']:.3f} ms, "
             f"{judged.describe()}"
         )
@@ -230,7 +239,7 @@ def _say_try(done: dict[str, Any], i: int, budget: Budget) -> None:
 
 def _say(message: str) -> None:
     if message:
-        print(message)
+        log.info(message)
 
 
 def _finish_try(
@@ -273,7 +282,7 @@ def final_start(loaded: Loaded, evaluator: Evaluator, done: dict[str, Any]) -> t
     carried its weights (NetAdapt's default), else its plan cut from the original weights."""
     tried = as_result(done)
     if tried.lineage and tried.lineage[-1].key() == tried.plan.key():
-        print(
+        log.info(
             f"the final model continues from the search's model ({len(tried.lineage)} pruning steps, each "
             "short-term fine-tuned)"
         )

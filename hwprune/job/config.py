@@ -36,7 +36,7 @@ JOB_SCHEMA = 1
 class JobConfig:
     """Everything that defines a run; saved as ``job.json`` so ``--resume`` needs only the directory."""
 
-    checkpoint: str
+    checkpoint: str | None  # None: a model handed in through the Python API (hwprune.prune)
     out: str
     budget: str | None = None
     ratio: float | None = None
@@ -73,6 +73,7 @@ class JobConfig:
     taylor_batches: int = TAYLOR_BATCHES
     ranking: str | None = None  # a LeGR ranking.json to threshold to the budget: no search, no evaluation
     predictor: str = "table"  # "macs": a FLOPs-targeted twin (job/macs_twin.py), no table and one search
+    progress: bool = True  # tqdm bars of the table build and the long fine-tune; changes nothing a run computes
 
     def __post_init__(self) -> None:
         """``ranking`` is the LeGR agent's ``ranking`` option, hoisted to a field of the job so it can be

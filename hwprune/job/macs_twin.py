@@ -12,6 +12,7 @@ whether it meets it is the finding, not a failure.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from hwprune.agents import Budget, check_budget, get_agent
@@ -23,6 +24,8 @@ from hwprune.job.tries import load_tries, record_of, save_tries, total_cost
 from hwprune.latency import FlopsPredictor
 from hwprune.profilers import Measurement
 from hwprune.pruning import apply_plan
+
+log = logging.getLogger(__name__)
 
 
 def macs_predictor(loaded: Loaded, budget: Budget, base: Measurement) -> FlopsPredictor:
@@ -63,7 +66,7 @@ def macs_targeted_search(
             | ({"lineage": [p.to_dict() for p in result.lineage]} if result.lineage else {})
         ]
         save_tries(tries_path, tries)
-        print(f"search 1 (MACs-targeted): target {target:.3f} ms of MACs, {judged.describe()}")
+        log.info(f"search 1 (MACs-targeted): target {target:.3f} ms of MACs, {judged.describe()}")
     model, applied = final_start(loaded, evaluator, tries[0])
     final, taken = finish(cfg, loaded, model, budget)
     search = {

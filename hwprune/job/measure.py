@@ -1,7 +1,13 @@
-"""Loading a run's inputs, measuring models as deployed, and judging them against the budget."""
+"""Loading a run's inputs, measuring models as deployed, and judging them against the budget.
+
+A run's inputs come from a checkpoint and its dataset (``hwprune prune``), or from a model and the
+user's own score / fine-tune functions handed in through the Python API (:func:`inputs_from_model`);
+the job after loading is the same for both.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +26,9 @@ from hwprune.models import ModelSpec
 from hwprune.profilers import Measurement, Profiler, get_profiler, keep_faster
 from hwprune.pruning import ModelGraph, PruningPlan
 from hwprune.train import evaluate, fine_tune
+from hwprune.user_training import UserTraining
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,10 +36,12 @@ class Loaded:
     model: nn.Module
     spec: ModelSpec
     meta: dict[str, Any]
-    data: DataBundle | None  # None: the checkpoint names no dataset (imported without --data) and none was given
+    data: DataBundle | None  # None: the user's own functions (``user``) train and score, or the checkpoint
+    # names no dataset (imported without --data) and none was given
     graph: ModelGraph
     profiler: Profiler
     input_shape: tuple[int, ...]  # as deployed: (batch, channels, height, width)
+    user: UserTraining | None = None
 
     @cached_property
     def timed_unpruned(self) -> Callable[[], Measurement]:
@@ -60,6 +71,25 @@ def data_needs(cfg: JobConfig) -> str | None:
     if cfg.criterion == "taylor":
         return "--criterion taylor (it scores filters on training batches)"
     return None
+
+
+def inputs_from_model(
+    cfg: JobConfig,
+    model: nn.Module,
+    spec: ModelSpec,
+    profiler: Profiler,
+    *,
+    data: DataBundle | None = None,
+    user: UserTraining | None = None,
+) -> Loaded:
+    """A run's inputs from a model in memory (the Python API): its graph at ``spec``'s input, and who trains it.
+
+    ``user`` (the user's score / fine-tune) or ``data`` (a built-in dataset) is what the search ranks
+    plans by and what fine-tunes them; the model is timed by ``profiler`` at ``cfg.batch``.
+    """
+    pin_allocator()
+    graph = ModelGraph(model, (spec.in_channels, *spec.input_size))
+    return Loaded(model, spec, {}, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size), user)
 
 
 def load_trained(
@@ -192,7 +222,7 @@ def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budg
     """
     judged, taken = measure_judged(loaded, model, cfg, budget), 1
     while not judged.met and taken < cfg.max_tries:
-        print(f"final model {judged.describe()}: over, measuring again (the machine may be busy)")
+        log.info(f"final model {judged.describe()}: over, measuring again (the machine may be busy)")
         judged, taken = judged.merge(measure_judged(loaded, model, cfg, budget)), taken + 1
     return judged, taken
 
@@ -201,7 +231,7 @@ def finish(cfg: JobConfig, loaded: Loaded, model: nn.Module, budget: Budget) -> 
     """Long fine-tune ``model`` in place, then judge it (:func:`measure_final`)."""
     long_finetune(cfg, loaded, model)
     judged, taken = measure_final(loaded, model, cfg, budget)
-    print(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
+    log.info(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
     return judged, taken
 
 
@@ -214,10 +244,15 @@ def macs_of(graph: ModelGraph, plan: PruningPlan | None) -> int:
 
 
 def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
-    if loaded.data is None:  # load_inputs let it through: --finetune-steps 0
-        print("no dataset: the pruned model is not fine-tuned, and its accuracy is unknown")
+    if loaded.user is not None:
+        if loaded.user.finetune is not None and cfg.finetune_steps:
+            log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps (your finetune function)")
+        loaded.user.fine_tune(model, cfg.finetune_steps, cfg.seed)
         return
-    print(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
+    if loaded.data is None:  # load_inputs let it through: --finetune-steps 0
+        log.info("no dataset: the pruned model is not fine-tuned, and its accuracy is unknown")
+        return
+    log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
     fine_tune(
         model,
         loaded.data.train,
@@ -225,16 +260,16 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
         lr=cfg.finetune_lr,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        progress=True,
+        progress=cfg.progress,
         augment=loaded.data.augment,
         precision=cfg.precision,
     )
 
 
 def summarize_model(loaded: Loaded, model: nn.Module, plan: PruningPlan | None, m: Measurement) -> dict[str, Any]:
-    return {
-        "measured": m.to_dict(),
-        "test_accuracy": None if loaded.data is None else evaluate(model, loaded.data.test),
-        "params": params_of(model),
-        "macs": macs_of(loaded.graph, plan),
-    }
+    """A model's line of the report: latency, accuracy on the test split (or the user's score), size."""
+    if loaded.user is not None:
+        quality: dict[str, Any] = {"test_accuracy": None, "score": loaded.user.evaluate(model)}
+    else:
+        quality = {"test_accuracy": None if loaded.data is None else evaluate(model, loaded.data.test)}
+    return {"measured": m.to_dict(), **quality, "params": params_of(model), "macs": macs_of(loaded.graph, plan)}

@@ -34,6 +34,13 @@ def percent_used(measured_ms: float, budget_ms: float) -> int:
     return int(100 * measured_ms / budget_ms)
 
 
+def _quality_row(base: dict[str, Any], pruned: dict[str, Any]) -> str:
+    """Test accuracy on the built-in dataset's test split, or the user's own score (Python API runs)."""
+    if base.get("test_accuracy") is None and "score" in base:
+        return f"| score (yours) | {_num(base['score'], '.4f')} | {_num(pruned['score'], '.4f')} |"
+    return f"| test accuracy | {_num(base['test_accuracy'], '.4f')} | {_num(pruned['test_accuracy'], '.4f')} |"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pruned = report["unpruned"], report["pruned"]
     setting = report["deployment"]
@@ -67,7 +74,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| predicted latency, ms | {_num(base.get('predicted_ms'), '.3f')} "
         f"| {_num(pruned.get('predicted_ms'), '.3f')} |",
         f"| measured speed-up | 1.00x | {speedup:.2f}x |",
-        f"| test accuracy | {_num(base['test_accuracy'], '.4f')} | {_num(pruned['test_accuracy'], '.4f')} |",
+        _quality_row(base, pruned),
         f"| parameters | {_num(base['params'])} | {_num(pruned['params'])} |",
         f"| MACs per sample | {_num(base['macs'])} | {_num(pruned['macs'])} |",
         "",

@@ -8,6 +8,7 @@ success the device did not show. Every stage writes into the run directory as it
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import replace
@@ -38,13 +39,17 @@ from hwprune.pruning import (
 )
 from hwprune.train import resolve_precision
 
+log = logging.getLogger(__name__)
 
-def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
+
+def run_job(cfg: JobConfig, resume: bool = False, loaded: Loaded | None = None) -> tuple[Path, bool]:
     """Run (or resume) a pruning job; returns the path of ``report.md`` and whether the budget was met.
 
     Everything that can be refused (options, checkpoint, data, backend, an already-met budget) is
     checked before the run directory is created; a fresh run that fails later is removed whole,
-    while an interrupted one stays for ``--resume``.
+    while an interrupted one stays for ``--resume``. ``loaded``: the inputs already in memory (the
+    Python API's model and the user's functions, :func:`~hwprune.job.measure.inputs_from_model`)
+    instead of ``cfg.checkpoint``'s.
     """
     validate_config(cfg)
     cfg.precision = resolve_precision(cfg.precision)  # job.json and the report record what ran
@@ -54,7 +59,7 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
         check_fresh_out(cfg.out)
     if cfg.budget is not None:
         parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
-    loaded = load_inputs(cfg)
+    loaded = loaded if loaded is not None else load_inputs(cfg)
     # A user's table must fit this checkpoint, batch and device before anything is timed (a mismatch found
     # after the unpruned model's measurement came with that measurement's timing warnings); the search
     # then reads this one rather than loading it again.
@@ -67,7 +72,7 @@ def run_job(cfg: JobConfig, resume: bool = False) -> tuple[Path, bool]:
         Ranking.load(cfg.ranking).check(loaded.spec.name, loaded.graph, cfg.ranking)  # before anything is measured
     t0 = time.perf_counter()
     base_m = measure(loaded, loaded.model, cfg)
-    print(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
+    log.info(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
     budget = _budget(cfg, base_m, resume) if cfg.budget is not None else None
     run = Path(cfg.out) if resume else start_run(cfg, budget.ms if budget else None)
     try:
@@ -115,7 +120,7 @@ def plan_by_criterion(plan: PruningPlan, requested: str | None) -> tuple[Pruning
     if requested is None or requested == own:
         return plan, own or DEFAULT_CRITERION
     if indexed:
-        print(f"the plan's filters were chosen by {own}; choosing them by {requested} (--criterion)")
+        log.info(f"the plan's filters were chosen by {own}; choosing them by {requested} (--criterion)")
         counts = {name: GroupPlan(g.original, g.keep) for name, g in plan.groups.items()}
         plan = PruningPlan(plan.model, counts)
     return plan, requested
@@ -126,14 +131,8 @@ def importance_for(cfg: JobConfig, loaded: Loaded, plan: PruningPlan) -> FilterI
     if all(g.kept_indices is not None for g in plan.groups.values()):
         return None
     assert cfg.criterion is not None  # resolved by run_job
-    return filter_importance(
-        loaded.model,
-        loaded.graph,
-        cfg.criterion,
-        loaded.data.train if loaded.data else None,
-        seed=cfg.seed,
-        batches=cfg.taylor_batches,
-    )
+    data = loaded.user.batches if loaded.user is not None else (loaded.data.train if loaded.data else None)
+    return filter_importance(loaded.model, loaded.graph, cfg.criterion, data, seed=cfg.seed, batches=cfg.taylor_batches)
 
 
 def _run_stages(

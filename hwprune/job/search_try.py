@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from hwprune.job.measure import Loaded
 from hwprune.job.tries import summed_costs
 from hwprune.latency import LatencyTable, Predictor
 from hwprune.latency.densify import densify
+
+log = logging.getLogger(__name__)
 
 ROUND_KIND = "densify-round"
 MAX_SEARCHES_PER_TRY = 3
@@ -77,7 +80,7 @@ def search_try(
             )
             write_json(_round_path(run, try_no, k), {"kind": ROUND_KIND, "schema_version": 1, "round": rounds[-1]})
             shaky = f" ({record['unstable_blocks']} timed unstably)" if record.get("unstable_blocks") else ""
-            print(
+            log.info(
                 f"search {try_no}: timed {len(record['points'])} layer widths the table had not measured{shaky}; "
                 f"the plan now predicts {after:.3f} ms (was {before:.3f}, target {target:.3f})"
                 + ("; searching again on the corrected table" if again else "")
@@ -87,7 +90,7 @@ def search_try(
         k += 1
     chosen = _fitting(results, ctx, target * (1 + DENSIFY_TOLERANCE)) if cfg.densify else result
     if chosen is not result:
-        print(
+        log.info(
             f"search {try_no}: on the final table search {results.index(chosen) + 1}'s plan "
             f"({ctx.predict_ms(chosen.plan):.3f} ms) fits the target {target:.3f} ms best (the last plan: "
             f"{ctx.predict_ms(result.plan):.3f} ms); measuring it"

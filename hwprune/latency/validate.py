@@ -125,6 +125,31 @@ def check(
     }
 
 
+def check_table(
+    table: LatencyTable,
+    model: nn.Module,
+    graph: ModelGraph,
+    profiler: Profiler,
+    *,
+    plans: int = 20,
+    seed: int = 0,
+    round_to: int = 1,
+    paired: bool = True,
+    rounds: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole ``lut-check``: ``plans`` held-out random plans of ``model`` measured and predicted.
+
+    ``paired`` reads each plan right after the unpruned model, at the speed the table was calibrated
+    at (so drift of the machine since profiling is not graded as the table's error); without it each
+    plan is timed alone, at whatever speed the machine runs now.
+    """
+    held = heldout_plans(table, graph, plans, seed, round_to=round_to)
+    measure = paired_meter(table, model, graph, profiler) if paired else None
+    report = check(table, model, graph, profiler, held, progress=progress, rounds=rounds, measure=measure)
+    return report | {"seed": seed, "round_to": round_to, "device_key": profiler.device_key()}
+
+
 def paired_meter(table: LatencyTable, model: nn.Module, graph: ModelGraph, profiler: Profiler) -> PairedMeter:
     """Times plans right after the unpruned model and reads them at the speed the table was calibrated at."""
     full = PruningPlan.full(str(table.settings["model"]), graph)

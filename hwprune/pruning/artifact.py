@@ -1,7 +1,9 @@
 """A pruned model on disk = base model spec + applied plan (JSON) + weights (safetensors).
 
 Loading rebuilds the base architecture, re-applies the plan with its recorded indices, then loads
-the weights: no module is ever unpickled.
+the weights: no module is ever unpickled. A model that no registry can build (a user's own
+``nn.Module`` pruned through the Python API) is rebuilt from the unpruned architecture the caller
+hands in as ``base_model``: its weights do not matter, every tensor is replaced by the saved ones.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from hwprune import __version__
-from hwprune.errors import ArtifactError
+from hwprune.errors import ArtifactError, ModelError
 from hwprune.io import load_weights, read_json, save_weights, write_json
 from hwprune.models import ModelSpec
 from hwprune.pruning.apply import apply_plan
@@ -46,13 +48,27 @@ def save_pruned(
     return out
 
 
-def load_pruned(path: str | Path) -> tuple[nn.Module, ModelSpec, PruningPlan]:
+def load_pruned(path: str | Path, base_model: nn.Module | None = None) -> tuple[nn.Module, ModelSpec, PruningPlan]:
+    """The pruned model saved at ``path`` (a directory or its ``pruned.json``), its spec and applied plan.
+
+    ``base_model``: the unpruned architecture to cut (left untouched), for a model the spec's name
+    cannot build; by default the spec builds it.
+    """
     path = Path(path)
     json_path = path / SPEC_FILE if path.is_dir() else path
     data = read_json(json_path, ARTIFACT_KIND, ARTIFACT_SCHEMA)
     spec = ModelSpec.from_dict(data.get("spec", {}))
     plan = PruningPlan.from_dict(data.get("plan", {}), source=str(json_path))
-    base = spec.build()
+    if base_model is not None:
+        base = base_model
+    else:
+        try:
+            base = spec.build()
+        except ModelError as exc:
+            raise ArtifactError(
+                f"{json_path}: {exc}; for your own model pass the unpruned architecture: "
+                "load_pruned(path, base_model=YourNet())"
+            ) from None
     graph = ModelGraph(base, (spec.in_channels, *spec.input_size))
     if any(g.kept_indices is None for g in plan.groups.values()):
         raise ArtifactError(f"{json_path}: plan has no kept indices, so the weights cannot be placed")
