@@ -12,5 +12,5 @@ test: setup
 	@$(MAKE) --no-print-directory lint
 
 lint: setup
-	@.venv/bin/ruff check hwprune tests benchmarks
-	@.venv/bin/ruff format --check hwprune tests benchmarks
+	@.venv/bin/ruff check hwprune tests benchmarks examples
+	@.venv/bin/ruff format --check hwprune tests benchmarks examples
