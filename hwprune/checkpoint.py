@@ -21,7 +21,7 @@ from torch import nn
 
 from hwprune import __version__
 from hwprune.errors import ArtifactError, ConfigError, HwpruneError
-from hwprune.io import load_weights, read_json, save_weights, write_json
+from hwprune.io import load_into, load_weights, read_json, save_weights, write_json
 from hwprune.models import ModelSpec
 
 KIND = "checkpoint"
@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, A
     broken = nonfinite_tensor(state)
     if broken:
         raise ArtifactError(f"weights in {weights_path} are not finite: {broken}; retrain or re-export the checkpoint")
-    model.load_state_dict(state, strict=True)
+    load_into(model, state)
     model.eval()
     return model, spec, doc
 

@@ -80,6 +80,20 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor]) -> None:
         raise
 
 
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)`` for tensors read from safetensors.
+
+    A state dict saved by torch carries each module's version in ``_metadata``; safetensors keeps
+    tensors only, and some modules refuse a state without it (torchvision's MNASNet). The model's
+    own metadata is the right one: it is the architecture the tensors were saved from.
+    """
+    from collections import OrderedDict
+
+    versioned: Any = OrderedDict(state)
+    versioned._metadata = getattr(model.state_dict(), "_metadata", None)
+    model.load_state_dict(versioned, strict=True)
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -199,10 +199,12 @@ def test_a_legr_cell_without_its_ranking_fails_without_running() -> None:
     from hwprune.compare.runner import CellOutcome, run_cell
 
     cfg = CompareConfig(checkpoint="ck", out="/nonexistent/cmp", budgets=["0.5x", "0.3x"], agents=["legr"], twins=[])
-    cell = cfg.cells()[-1]
-    learned = CellOutcome(cfg.cells()[1], Path("/nonexistent"), "failed", "no plan met the 0.5x budget")
+    cell = cfg.cells()[-1]  # a budget that thresholds the ranking learned by another cell
+    source = next(c for c in cfg.cells() if c.name == cell.ranking_from)
+    learned = CellOutcome(source, Path("/nonexistent"), "failed", "no plan met the budget")
     outcome = run_cell(cfg, cell, [learned])
-    assert outcome.status == "failed" and "legr-0.5x failed (no plan met the 0.5x budget)" in outcome.reason
+    assert not outcome.ran and outcome.status == "failed"
+    assert f"{source.name} failed (no plan met the budget)" in outcome.reason
 
 
 # ---- the pure parts -----------------------------------------------------------------------------

@@ -523,11 +523,11 @@ def test_auto_calibration_picks_the_form_that_predicts_unseen_plans(built, resne
 def test_prune_takes_the_deployment_setting_it_is_not_given_from_the_lut(built) -> None:
     """`prune --lut T` without --backend/--batch/--threads deploys as T was profiled; what is given wins."""
     from hwprune.cli import build_parser
-    from hwprune.commands.prune import _settings_from_table
+    from hwprune.commands.prune import settings_from_table
 
     parser = build_parser()
     args = parser.parse_args(["prune", "--checkpoint", "ck", "--out", "run", "--ratio", "0.5", "--lut", str(built[1])])
-    _settings_from_table(args)
+    settings_from_table(args)
     assert (args.backend, args.batch, args.threads) == ("fake", 2, 1)
     args = parser.parse_args(
         [
@@ -546,8 +546,8 @@ def test_prune_takes_the_deployment_setting_it_is_not_given_from_the_lut(built) 
             "8",
         ]
     )
-    _settings_from_table(args)
+    settings_from_table(args)
     assert (args.backend, args.batch) == ("onnxruntime", 8)
     args = parser.parse_args(["prune", "--checkpoint", "ck", "--out", "run", "--ratio", "0.5"])
-    _settings_from_table(args)
+    settings_from_table(args)
     assert (args.backend, args.batch) == ("onnxruntime", 32)

@@ -15,7 +15,7 @@ from torch import nn
 
 from hwprune import __version__
 from hwprune.errors import ArtifactError, ModelError
-from hwprune.io import load_weights, read_json, save_weights, write_json
+from hwprune.io import load_into, load_weights, read_json, save_weights, write_json
 from hwprune.models import ModelSpec
 from hwprune.pruning.apply import apply_plan
 from hwprune.pruning.graph import ModelGraph
@@ -76,7 +76,7 @@ def load_pruned(path: str | Path, base_model: nn.Module | None = None) -> tuple[
     model, _ = apply_plan(base, plan, graph)
     state = load_weights(json_path.parent / WEIGHTS_FILE)
     try:
-        model.load_state_dict(state, strict=True)
+        load_into(model, state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ArtifactError(f"{json_path.parent}: weights do not fit the pruned architecture ({first})") from None
