@@ -6,7 +6,7 @@ the model, searches per-layer widths under the budget, cuts the filters, fine-tu
 loop and measures the pruned model here against the budget.
 
     python examples/own_model.py              # Fashion-MNIST when installed, else synthetic data (minutes)
-    python examples/own_model.py --quick      # tiny settings and synthetic data: under a minute
+    python examples/own_model.py --quick      # small settings and synthetic data: about a minute
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -105,7 +106,7 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model, synthetic 16x16 data, light profiling")
+    parser.add_argument("--quick", action="store_true", help="small model, synthetic data, light profiling")
     parser.add_argument("--budget", default="0.5x", help="latency budget: 0.5x of the unpruned model, or e.g. 4ms")
     parser.add_argument("--backend", default="onnxruntime", help="how the model is deployed: onnxruntime, torch-cpu")
     parser.add_argument("--batch", type=int, default=16, help="deployment batch (CPU latency rewards pruning from ~16)")
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     data = None if args.quick else fashion_mnist(20000, 2000)
     if data is None:
-        size, classes = (16, 4) if args.quick else (32, 10)
+        size, classes = (32, 4) if args.quick else (32, 10)
         data = (
             synthetic(512 if args.quick else 8000, size, classes, 0),
             synthetic(128 if args.quick else 1000, size, classes, 1),
@@ -139,11 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
         shape,
         batch=args.batch,
         backend=args.backend,
-        grid=(0.25, 0.5, 1.0) if light else (0.125, 0.25, 0.5, 0.75, 1.0),
-        calib_plans=3 if light else 13,
-        repeats=3 if light else 10,
-        runs=1 if light else 5,
-        block_rounds=1 if light else 4,
+        grid=(0.25, 0.5, 0.75, 1.0) if light else (0.125, 0.25, 0.5, 0.75, 1.0),
+        calib_plans=6 if light else 13,
+        repeats=5 if light else 10,
+        runs=3 if light else 5,
+        block_rounds=2 if light else 4,
         progress=not light,
     )
     result = hwprune.prune(
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         finetune=lambda m, steps: train(m, train_loader, steps, lr=0.01),
         search_finetune_steps=1 if light else 20,
         finetune_steps=20 if light else 300,
-        rounds=1 if light else 3,
+        rounds=2 if light else 3,
         settle_s=0.0 if light else 3.0,
         margin=0.1 if light else 0.05,
         out=args.out,
@@ -192,4 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # hwprune logs its progress; show it
-    main()
+    try:
+        main()
+    except hwprune.HwpruneError as exc:  # every refusal is one line naming the problem and the fix
+        sys.exit(f"own_model.py: {exc}")
