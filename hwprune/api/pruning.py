@@ -28,10 +28,10 @@ from hwprune.api.model import model_spec
 from hwprune.data import DataBundle, load_data
 from hwprune.errors import ConfigError
 from hwprune.job import JobConfig, run_job
-from hwprune.job.measure import inputs_from_model
+from hwprune.job.measure import inputs_from_model, job_profiler
 from hwprune.latency import LatencyTable
 from hwprune.models import ModelSpec
-from hwprune.profilers import Measurement, Profiler, get_profiler
+from hwprune.profilers import Measurement, Profiler
 from hwprune.pruning import PruningPlan, load_pruned, save_pruned
 from hwprune.user_training import FinetuneFn, ScoreFn, UserTraining
 
@@ -175,9 +175,7 @@ def prune(
             progress=progress,
             **options,
         )
-        profiler = given or get_profiler(
-            backend_name, threads=threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s
-        )
+        profiler = given or job_profiler(cfg)
         loaded = inputs_from_model(cfg, model, spec, profiler, data=bundle, user=training)
         _, met = run_job(cfg, loaded=loaded)
         result = _result(run, model, spec, met if budget is not None else None, out is not None)

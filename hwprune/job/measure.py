@@ -57,8 +57,12 @@ def load_inputs(cfg: JobConfig) -> Loaded:
             f"({', '.join(DATASETS)})" + (", or --finetune-steps 0 to skip the fine-tune" if cfg.budget is None else "")
         )
     pin_allocator()  # tables are measured under it; the job's own timings must be too (see allocator.py)
-    profiler = get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s)
-    return Loaded(model, spec, meta, data, graph, profiler, (cfg.batch, spec.in_channels, *spec.input_size))
+    return Loaded(model, spec, meta, data, graph, job_profiler(cfg), (cfg.batch, spec.in_channels, *spec.input_size))
+
+
+def job_profiler(cfg: JobConfig) -> Profiler:
+    """The device as the job times it: ``cfg``'s backend and threads, at its measurement protocol."""
+    return get_profiler(cfg.backend, threads=cfg.threads, repeats=cfg.repeats, runs=cfg.runs, warmup_s=cfg.warmup_s)
 
 
 def data_needs(cfg: JobConfig) -> str | None:
