@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from hwprune.data import Augment, DataBundle, make_loader
 from hwprune.errors import ConfigError, DataError
+from hwprune.progress import bars_off
 from hwprune.train_state import TrainState, capture_rng, load_train_state, restore_rng, save_train_state
 
 Device = str | torch.device | None
@@ -226,7 +227,7 @@ def _train_epoch(
     """One pass over ``loader``; returns mean loss and accuracy. The bar closes even on Ctrl-C."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    with tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch") as bar:
+    with tqdm(loader, desc=desc, disable=bars_off(progress), leave=False, unit="batch") as bar:
         for x, y in bar:
             x, y = x.to(dev), y.to(dev)
             if augment is not None:
@@ -326,7 +327,7 @@ def fine_tune(
     model.train()
     batches = _cycle(dataset, batch_size, seed)
     try:
-        with tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False, unit="step") as bar:
+        with tqdm(range(steps), desc="fine-tune", disable=bars_off(progress), leave=False, unit="step") as bar:
             for _ in bar:
                 x, y = next(batches)
                 x, y = x.to(dev), y.to(dev)

@@ -32,6 +32,7 @@ from hwprune.agents.amc_env import REWARDS, ChannelPruningEnv
 from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchResult, check_choice, register_agent
 from hwprune.agents.state import SearchState, begin_search
 from hwprune.errors import ConfigError
+from hwprune.progress import bars_off
 from hwprune.pruning import PruningPlan
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ class AMCSearch:
             agent.noise_sigma * self.action_scale, agent.noise_decay, hold=agent.warmup_episodes, seed=self.ctx.seed
         )
         model = self.learner(self.noise)
-        self.bar = tqdm(total=agent.episodes + 1, desc="amc", unit="ep", disable=None if agent.progress else True)
+        self.bar = tqdm(
+            total=agent.episodes + 1, desc="amc", unit="ep", disable=True if bars_off(agent.progress) else None
+        )
         try:
             model.learn(
                 total_timesteps=agent.episodes * steps, callback=EpisodeCallback(self.record), log_interval=None

@@ -29,6 +29,7 @@ from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchRes
 from hwprune.agents.ranking import Pairs, Ranking, Thresholder, identity_pairs, scores_of, standardised_norms
 from hwprune.agents.state import SearchState, begin_search
 from hwprune.errors import ConfigError
+from hwprune.progress import bars_off
 
 log = logging.getLogger(__name__)
 FITNESS = ("loss", "accuracy")
@@ -186,7 +187,7 @@ class LegrAgent(SearchAgent):
             unit="child",
             total=self.total_steps,
             initial=len(history),
-            disable=None if self.progress else True,
+            disable=True if bars_off(self.progress) else None,
         )
         try:
             for step in range(len(history), self.total_steps):

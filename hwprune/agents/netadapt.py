@@ -34,6 +34,7 @@ from tqdm import tqdm
 from hwprune.agents.base import CostMeter, SearchAgent, SearchContext, SearchResult, check_choice, register_agent
 from hwprune.agents.state import SearchState, begin_search
 from hwprune.errors import BudgetError, ConfigError
+from hwprune.progress import bars_off
 from hwprune.pruning import PruningPlan
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class NetAdaptAgent(SearchAgent):
             log.info("netadapt: resuming after iteration %d", iteration)
         current_ms = ctx.predict_ms(plan)
         lineage = self.lineage(ctx, history)
-        bar = tqdm(desc="netadapt", unit="iter", initial=iteration, disable=None if self.progress else True)
+        bar = tqdm(desc="netadapt", unit="iter", initial=iteration, disable=True if bars_off(self.progress) else None)
         try:
             while current_ms > budget_ms:
                 if iteration >= self.max_iterations:

@@ -26,6 +26,7 @@ from hwprune.latency.interp import Grid, axis_points, tier, tier_probes
 from hwprune.latency.table import LatencyTable, Signature
 from hwprune.profilers.base import Profiler, counting_unstable
 from hwprune.profilers.fingerprint import device_key
+from hwprune.progress import bars_off
 from hwprune.pruning.graph import ModelGraph
 
 SAVE_EVERY_S = 1.0
@@ -294,7 +295,7 @@ def fill_table(
     last_save = time.perf_counter()
     with tqdm(
         total=sum(weights),
-        disable=not progress or not todo,
+        disable=bars_off(progress) or not todo,
         unit="s",
         desc="profiling blocks",
         bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",

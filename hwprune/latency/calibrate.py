@@ -23,6 +23,7 @@ from hwprune.latency.fit import fit
 from hwprune.latency.table import LatencyTable
 from hwprune.profilers.base import Profiler, counting_unstable
 from hwprune.profilers.measurement import Measurement, keep_faster
+from hwprune.progress import bars_off
 from hwprune.pruning.apply import apply_plan
 from hwprune.pruning.graph import ModelGraph
 from hwprune.pruning.plan import PruningPlan
@@ -179,7 +180,7 @@ def measure_rounds(
     state: list[tuple[Measurement | None, int]] = list(done) if done is not None else [(None, 0)] * len(plans)
     unstable = [False] * len(plans)
     todo = [(r, i) for r in range(1, rounds + 1) for i in range(len(plans)) if state[i][1] < r]
-    for _, i in tqdm(todo, desc=desc, unit="run", disable=not progress or not todo):
+    for _, i in tqdm(todo, desc=desc, unit="run", disable=bars_off(progress) or not todo):
         m, shaky = counting_unstable(measure, plans[i])
         kept = keep_faster(state[i][0], m)
         state[i] = (kept, state[i][1] + 1)
