@@ -115,6 +115,8 @@ def test_a_compare_writes_results_plot_and_report_and_resumes_without_rerunning(
     assert twin["search"]["predictor"]["name"] == "flops" and len(twin["search"]["tries"]) == 1
     assert twin["search"]["tries"][0]["target_ms"] == pytest.approx(twin["budget"]["ms_at_start"])
     assert by["uniform-0.4x-macs"]["macs_fraction"] <= 0.4
+    assert "share of the unpruned MACs" in (out / "cells" / "uniform-0.4x-macs" / "report.md").read_text()
+    assert "comes from the latency table" in (out / "cells" / "uniform-0.4x" / "report.md").read_text()
     assert by["legr-0.4x"]["evaluations"] > 0 and by["uniform-0.4x"]["evaluations"] == 0
     # LeGR learned its ranking once, at the learn-at budget; the other budget thresholded it, evaluating nothing.
     assert by["legr-0.6x"]["ranking_from"] == "legr-0.4x" and by["legr-0.6x"]["evaluations"] == 0

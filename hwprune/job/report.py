@@ -41,6 +41,14 @@ def _quality_row(base: dict[str, Any], pruned: dict[str, Any]) -> str:
     return f"| test accuracy | {_num(base['test_accuracy'], '.4f')} | {_num(pruned['test_accuracy'], '.4f')} |"
 
 
+def _predicted_from(report: dict[str, Any]) -> str:
+    """Where the predicted figure comes from: a FLOPs-targeted twin's search never saw the table."""
+    predictor = (report.get("search") or {}).get("predictor") or {}
+    if predictor.get("name") == "flops":
+        return "the predicted value is the plan's share of the unpruned MACs, scaled to ms (a FLOPs-targeted search)"
+    return "the predicted value comes from the latency table"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pruned = report["unpruned"], report["pruned"]
     setting = report["deployment"]
@@ -50,7 +58,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Deployment: backend `{setting['backend']}`, batch {setting['batch']}, input "
         f"{setting['input_shape']}, {setting.get('threads', '-')} threads. Latency is the measured median "
-        "(ms per batch) with its IQR; the predicted value comes from the latency table.",
+        f"(ms per batch) with its IQR; {_predicted_from(report)}.",
         "",
     ]
     if budget:
