@@ -23,6 +23,7 @@ from hwprune import __version__
 from hwprune.errors import ArtifactError, ConfigError, HwpruneError
 from hwprune.io import load_into, load_weights, read_json, save_weights, write_json
 from hwprune.models import ModelSpec
+from hwprune.train_state import has_train_state
 
 KIND = "checkpoint"
 SCHEMA_VERSION = 1
@@ -80,6 +81,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, A
     Every failure (missing file, wrong kind, corrupt or foreign weights) is one ArtifactError line.
     """
     json_path = _json_path(path)
+    if not json_path.is_file() and has_train_state(json_path.parent):
+        raise ArtifactError(
+            f"{json_path.parent} holds an unfinished training (its saved state, no checkpoint yet): "
+            f"continue it with `hwprune train --resume {json_path.parent}`"
+        )
     doc = read_json(json_path, KIND, SCHEMA_VERSION)
     weights_path = json_path.parent / str(doc.get("weights", WEIGHTS_NAME))
     try:

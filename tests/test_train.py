@@ -271,6 +271,8 @@ def test_cli_ctrl_c_mid_epoch_then_resume(main, tmp_path: Path, monkeypatch, cap
     assert (interrupted / "train-state.json").is_file() and not (interrupted / "model.json").exists()
     assert main([*TINY_TRAIN, "--out", str(interrupted)]) == 2  # a fresh start would discard it: refused
     assert "holds an unfinished training (epoch 1 of 2 done)" in capsys.readouterr().err
+    with pytest.raises(ArtifactError, match=f"continue it with `hwprune train --resume {interrupted}`"):
+        load_checkpoint(interrupted)  # what prune, profile and import's users get
     assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
     a, _, meta = load_checkpoint(straight)
     b, _, meta_b = load_checkpoint(interrupted)
