@@ -210,6 +210,35 @@ def test_a_ratio_run_needs_no_score_and_leaves_nothing_without_out(trained: Tiny
     assert result.plan.keep_ratio() == pytest.approx(0.5, abs=0.05) and result.report["pruned"]["score"] is None
 
 
+def test_resume_after_ctrl_c_ends_at_the_uninterrupted_plan(trained: Tiny, table, pruned, tmp_path: Path) -> None:  # noqa: ANN001
+    straight, _, _ = pruned
+    calls, out = Calls(), tmp_path / "run"
+    args: dict[str, Any] = {"budget": "0.5x", "table": table, "backend": device(), "out": out, **LIGHT}
+    args |= {"finetune": calls.finetune, "finetune_steps": 3, "search_finetune_steps": 1}
+
+    def ctrl_c_at_the_fourth_score(model: nn.Module) -> float:
+        if calls.scores == 3:
+            raise KeyboardInterrupt
+        return calls.score(model)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fake device's timing warnings
+        with pytest.raises(KeyboardInterrupt):
+            hwprune.prune(trained, SHAPE, score=ctrl_c_at_the_fourth_score, **args)
+        assert (out / "job.json").is_file() and not (out / "report.json").exists()  # kept for resume=True
+        state = json.loads((out / "search-1.json").read_text())
+        assert state["iteration"] >= 1 and not state["done"]  # stopped mid-search
+        with pytest.raises(ConfigError, match=r"this call has seed=1 \(the run has 0\)"):
+            hwprune.prune(trained, SHAPE, score=calls.score, seed=1, resume=True, **args)
+        resumed = hwprune.prune(trained, SHAPE, score=calls.score, resume=True, **args)
+    assert resumed.plan == straight.plan and resumed.met is True and resumed.out == out
+    scores = calls.scores
+    again = hwprune.prune(trained, SHAPE, score=calls.score, resume=True, **args)  # finished: read back
+    assert again.plan == straight.plan and calls.scores == scores
+    with pytest.raises(ConfigError, match="holds none: call without resume=True"):
+        hwprune.prune(trained, SHAPE, score=calls.score, resume=True, **(args | {"out": tmp_path / "other"}))
+
+
 # ---- bad input: one line --------------------------------------------------------------------------
 
 

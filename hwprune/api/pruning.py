@@ -27,12 +27,13 @@ from hwprune.api.latency import as_table, backend_name_of
 from hwprune.api.model import model_spec
 from hwprune.data import DataBundle, load_data
 from hwprune.errors import ConfigError
-from hwprune.job import JobConfig, run_job
+from hwprune.job import JobConfig, finished_report, resume_config, run_job
 from hwprune.job.measure import inputs_from_model, job_profiler
 from hwprune.latency import LatencyTable
 from hwprune.models import ModelSpec
 from hwprune.profilers import Measurement, Profiler
 from hwprune.pruning import PruningPlan, load_pruned, save_pruned
+from hwprune.train import resolve_precision
 from hwprune.user_training import FinetuneFn, ScoreFn, UserTraining
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def prune(
     name: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    resume: bool = False,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` to a latency ``budget`` measured on this device, as ``hwprune prune`` does.
@@ -124,6 +126,8 @@ def prune(
     onnxruntime). ``out``: the run directory to create (default: a temporary one, removed after).
     Other keywords are ``hwprune prune``'s options by their ``JobConfig`` names (``margin``,
     ``max_tries``, ``round_to``, ``min_keep_ratio``, ``rounds``, ``settle_s`` ...). The model is not changed.
+    ``resume=True``: continue the run in ``out`` after a Ctrl-C or a crash, called with the same
+    arguments (a search picks up where it stopped); a finished run is read back without running anything.
     """
     if budget is not None and not isinstance(budget, str):
         raise ConfigError(
@@ -175,9 +179,14 @@ def prune(
             progress=progress,
             **options,
         )
+        if resume:
+            cfg = _resumed(cfg, out)
+            if finished_report(run) is not None:
+                met = json.loads((run / "report.json").read_text()).get("budget_met")
+                return _result(run, model, spec, met if budget is not None else None, True)
         profiler = given or job_profiler(cfg)
         loaded = inputs_from_model(cfg, model, spec, profiler, data=bundle, user=training)
-        _, met = run_job(cfg, loaded=loaded)
+        _, met = run_job(cfg, resume=resume, loaded=loaded)
         result = _result(run, model, spec, met if budget is not None else None, out is not None)
     log.info(result.summary())
     if result.met is False:
@@ -186,6 +195,39 @@ def prune(
             "report, and retry with a larger margin= or max_tries="
         )
     return result
+
+
+NOT_COMPARED = ("checkpoint", "out", "plan", "lut", "data_dir", "ranking", "progress", "agent_options")
+"""Fields a resumed call may pass anew: paths (a table or plan object is written to a new scratch file
+each call) and what changes nothing computed. Agent options are compared key by key."""
+
+
+def _resumed(cfg: JobConfig, out: str | Path | None) -> JobConfig:
+    """The job saved in ``out`` with this call's paths, refused in one line where the call differs from it."""
+    if out is None or not Path(out, "job.json").is_file():
+        raise ConfigError(
+            f"resume=True continues a run in out=, and {'no out= was given' if out is None else f'{out} holds none'}: "
+            "call without resume=True to start one"
+        )
+    saved = resume_config(out)
+    given = dataclasses.asdict(cfg) | {"precision": resolve_precision(cfg.precision)}
+    given["criterion"] = cfg.criterion or saved.criterion
+    given_options = {k: v for k, v in cfg.agent_options.items() if k != "progress"}
+    differ = [
+        f"{name}={given[name]!r} (the run has {value!r})"
+        for name, value in dataclasses.asdict(saved).items()
+        if name not in NOT_COMPARED and given[name] != value
+    ] + [
+        f"agent option {k}={v!r} (the run has {saved.agent_options.get(k)!r})"
+        for k, v in given_options.items()
+        if saved.agent_options.get(k) != v
+    ]
+    if differ:
+        raise ConfigError(f"resume=True continues {out} as it started, but this call has {'; '.join(differ)}")
+    options = saved.agent_options | ({"progress": False} if cfg.agent_options.get("progress") is False else {})
+    return dataclasses.replace(
+        saved, out=cfg.out, lut=cfg.lut, plan=cfg.plan, progress=cfg.progress, agent_options=options
+    )
 
 
 def _check_options(options: dict[str, Any]) -> None:
