@@ -210,7 +210,7 @@ def test_a_ratio_run_needs_no_score_and_leaves_nothing_without_out(trained: Tiny
     assert result.plan.keep_ratio() == pytest.approx(0.5, abs=0.05) and result.report["pruned"]["score"] is None
 
 
-def test_resume_after_ctrl_c_ends_at_the_uninterrupted_plan(trained: Tiny, table, pruned, tmp_path: Path) -> None:  # noqa: ANN001
+def test_resume_after_ctrl_c_ends_at_the_same_plan(trained: Tiny, table, pruned, tmp_path: Path, caplog) -> None:  # noqa: ANN001
     straight, _, _ = pruned
     calls, out = Calls(), tmp_path / "run"
     args: dict[str, Any] = {"budget": "0.5x", "table": table, "backend": device(), "out": out, **LIGHT}
@@ -223,8 +223,9 @@ def test_resume_after_ctrl_c_ends_at_the_uninterrupted_plan(trained: Tiny, table
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fake device's timing warnings
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, logger="hwprune"):
             hwprune.prune(trained, SHAPE, score=ctrl_c_at_the_fourth_score, **args)
+        assert "call prune again with resume=True" in caplog.text
         assert (out / "job.json").is_file() and not (out / "report.json").exists()  # kept for resume=True
         state = json.loads((out / "search-1.json").read_text())
         assert state["iteration"] >= 1 and not state["done"]  # stopped mid-search

@@ -186,7 +186,12 @@ def prune(
                 return _result(run, model, spec, met if budget is not None else None, True)
         profiler = given or job_profiler(cfg)
         loaded = inputs_from_model(cfg, model, spec, profiler, data=bundle, user=training)
-        _, met = run_job(cfg, resume=resume, loaded=loaded)
+        try:
+            _, met = run_job(cfg, resume=resume, loaded=loaded)
+        except KeyboardInterrupt:
+            if out is not None:
+                log.warning("interrupted: the run stays in %s; call prune again with resume=True to continue", out)
+            raise
         result = _result(run, model, spec, met if budget is not None else None, out is not None)
     log.info(result.summary())
     if result.met is False:
