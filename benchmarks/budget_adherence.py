@@ -8,7 +8,10 @@ final model against the unpruned model measured alongside it, and every agent's 
 target is the same fraction of the shared table's predicted unpruned latency: a slow spell during
 one run cannot hand one agent a looser budget. The matrix of one model and seed is `hwprune
 compare`'s (hwprune.compare, without its twins and control) in ``--out-dir/MODEL/seedN``: runs
-already finished there are reused, so an interrupted benchmark continues where it stopped.
+already finished there are reused, so an interrupted benchmark continues where it stopped. A
+finished ``hwprune compare`` directory placed there (e.g. ``benchmarks/compare.py``'s, linked as
+``resnet20/seed0``) is read as it is, with its own table and settings (each row says its fine-tune
+steps); its twins and control are left out.
 
 ``--seeds 0,1,2`` repeats every run with each seed (fine-tune order, search and candidate scores;
 the table and the validation split stay shared) and compares the agents on their mean test
@@ -31,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,13 +86,14 @@ def compare_dir(model: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 def run_matrix(
-    model: str, seed: int, lut: Path, budgets: list[float], agents: list[str], args: argparse.Namespace
+    model: str, seed: int, lut: Callable[[], Path], budgets: list[float], agents: list[str], args: argparse.Namespace
 ) -> list[dict]:
     """Every agent at every budget for (model, seed): the matrix of `hwprune compare` (its library), on the
-    model's shared table, without twins or control; a finished matrix is read back, an interrupted one resumed."""
+    model's shared table (``lut()``, profiled when first needed), without twins or control; a finished
+    matrix is read back, an interrupted one resumed."""
     out = compare_dir(model, seed, args)
     if (out / "compare.json").is_file():
-        outcomes = resume_compare(out)
+        outcomes = [o for o in resume_compare(out) if o.cell.predictor == "table"]
     else:
         cfg = CompareConfig(
             checkpoint=str(ROOT / "checkpoints" / f"{model}-fmnist"),
@@ -102,7 +108,7 @@ def run_matrix(
                 "backend": args.backend,
                 "threads": args.threads,
                 "batch": args.batch,
-                "lut": str(lut),
+                "lut": str(lut()),
                 "seed": seed,
                 "search_finetune_steps": args.search_finetune_steps,
                 "val_samples": args.val_samples,
@@ -140,6 +146,7 @@ def row_of(model: str, seed: int, outcome: CellOutcome) -> dict:
         # share of the budget the final model uses: slack is latency the budget allowed and accuracy did not get
         "budget_used": round(report["pruned"]["measured"]["summary"]["median_ms"] / report["budget"]["ms"], 3),
         "test_accuracy": round(report["pruned"]["test_accuracy"], 4),
+        "finetune_steps": report["finetune"]["steps"],
         "unpruned_test_accuracy": round(report["unpruned"]["test_accuracy"], 4),
         "search_s": round(report["search"]["cost"]["wall_s"], 1),
         "evaluations": report["search"]["cost"]["evaluations"],
@@ -304,7 +311,7 @@ def main() -> None:
 
     start, rows = time.perf_counter(), []
     for model in args.models.split(","):
-        lut = table_for(model, args)
+        lut = functools.cache(functools.partial(table_for, model, args))
         for seed in args.seeds:
             for row in run_matrix(model, seed, lut, budgets, agents, args):
                 rows.append(row)

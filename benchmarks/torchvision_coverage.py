@@ -18,6 +18,7 @@ user would see) is marked ``"traceback": true``. Models that do not run at ``--i
 and Inception-v3 need more than 32x32) are run at their smallest size, reported per model.
 
     python benchmarks/torchvision_coverage.py --models resnet18,resnext50_32x4d --input-size 32
+    python benchmarks/torchvision_coverage.py --log runs/coverage.jsonl   # all of them, resumable
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import logging
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,14 +110,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=32, help="input side in pixels (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random plan")
     parser.add_argument("--no-profile", action="store_true", help="skip timing the blocks (prune only)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        help="JSON lines, one per finished model; a rerun with the same file skips the models in it "
+        "(the whole run takes hours: an interruption loses only the model in progress)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
     torch.manual_seed(args.seed)
     models = args.models.split(",") if args.models else cnn_classifiers()
+    done = {}
+    if args.log is not None and args.log.is_file():
+        done = {r["model"]: r for r in map(json.loads, args.log.read_text().splitlines())}
     results = []
-    for arch in models:
-        results.append(check_model(arch.strip(), args.input_size, args.seed, not args.no_profile))
+    for arch in (a.strip() for a in models):
+        if arch in done:
+            results.append(done[arch])
+            continue
+        results.append(check_model(arch, args.input_size, args.seed, not args.no_profile))
         print(f"{arch}: {results[-1].get('reason', 'ok')} ({results[-1]['seconds']}s)", file=sys.stderr, flush=True)
+        if args.log is not None:
+            with args.log.open("a") as log:
+                log.write(json.dumps(results[-1]) + "\n")
     summary = {
         "models": len(results),
         "profiled": sum(r["profile"] for r in results),
