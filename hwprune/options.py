@@ -207,7 +207,7 @@ out_file = _argparse_check(_out_file)
 """A file the command will write: not empty, not a directory, in a place it can write."""
 
 
-def _device(value: str) -> str:
+def check_device(value: str) -> str:
     """A torch device that exists on this machine (a missing GPU is one line here, not torch's traceback)."""
     import torch
 
@@ -227,7 +227,7 @@ def _device(value: str) -> str:
     return value
 
 
-torch_device = _argparse_check(_device)
+torch_device = _argparse_check(check_device)
 
 
 # ---- reading the command line -------------------------------------------------------------------

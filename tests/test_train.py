@@ -273,7 +273,13 @@ def test_cli_ctrl_c_mid_epoch_then_resume(main, tmp_path: Path, monkeypatch, cap
     assert "holds an unfinished training (epoch 1 of 2 done)" in capsys.readouterr().err
     with pytest.raises(ArtifactError, match=f"continue it with `hwprune train --resume {interrupted}`"):
         load_checkpoint(interrupted)  # what prune, profile and import's users get
-    assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
+    state = interrupted / "train-state.json"
+    doc = json.loads(state.read_text())
+    doc["extra"]["options"]["device"] = "cuda:7"  # started on a machine with a GPU this one lacks
+    state.write_text(json.dumps(doc))
+    assert main(["train", "--resume", str(interrupted)]) == 2
+    assert f"--resume {interrupted} continues on --device cuda:7: " in capsys.readouterr().err
+    assert main(["train", "--resume", str(interrupted), "--device", "cpu", "--no-progress"]) == 0
     a, _, meta = load_checkpoint(straight)
     b, _, meta_b = load_checkpoint(interrupted)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

@@ -27,6 +27,7 @@ from hwprune.errors import ConfigError, HwpruneError
 from hwprune.io import read_json
 from hwprune.models import ModelSpec, create_model
 from hwprune.options import (
+    check_device,
     check_out_location,
     non_negative_int,
     out_dir,
@@ -95,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         type=text,
         help="continue the interrupted training in DIR from its last completed epoch, with the options it was "
-        "started with (only --threads and --no-progress may be given)",
+        "started with (only --threads, --device and --no-progress may be given)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -117,8 +118,9 @@ def reproduce_command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-RESUME_MAY_CHANGE = ("threads", "no_progress")
-"""Options a resumed training may set anew: neither changes what is computed (threads may move the last bits)."""
+RESUME_MAY_CHANGE = ("threads", "no_progress", "device")
+"""Options a resumed training may set anew: none changes what is computed (threads and device may move the last
+bits), and a training started on a GPU must be able to finish on another machine."""
 
 RECORDED = ("model", "data", "data_dir", "epochs", "lr", "batch_size", "seed", "limit_train", "device", "precision")
 """The options a training state records, from which ``--resume`` rebuilds the run."""
@@ -253,8 +255,14 @@ def _resume_options(args: argparse.Namespace) -> None:
     options = (read_json(folder / STATE_JSON, STATE_KIND, STATE_SCHEMA).get("extra") or {}).get("options")
     if not isinstance(options, dict) or any(key not in options for key in RECORDED):
         raise ConfigError(f"{folder / STATE_JSON} does not record the options of `hwprune train`: it cannot be resumed")
+    given = getattr(args, "given", {})
     for key in RECORDED:
-        setattr(args, key, options[key])
+        if key not in given:  # --device given anew wins over the recorded one
+            setattr(args, key, options[key])
+    try:
+        check_device(args.device)  # the recorded device may not exist on this machine
+    except ConfigError as exc:
+        raise ConfigError(f"--resume {folder} continues on --device {args.device}: {exc}") from None
     if args.threads is None:  # the thread count it was started with, unless the user sets it anew
         args.threads = options.get("threads")
     args.out = str(folder)
