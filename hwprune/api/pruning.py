@@ -182,17 +182,16 @@ def prune(
         if resume:
             cfg = _resumed(cfg, out)
             if finished_report(run) is not None:
-                met = json.loads((run / "report.json").read_text()).get("budget_met")
-                return _result(run, model, spec, met if budget is not None else None, True)
+                return _result(run, model, spec, keep=True)
         profiler = given or job_profiler(cfg)
         loaded = inputs_from_model(cfg, model, spec, profiler, data=bundle, user=training)
         try:
-            _, met = run_job(cfg, resume=resume, loaded=loaded)
+            run_job(cfg, resume=resume, loaded=loaded)
         except KeyboardInterrupt:
             if out is not None:
                 log.warning("interrupted: the run stays in %s; call prune again with resume=True to continue", out)
             raise
-        result = _result(run, model, spec, met if budget is not None else None, out is not None)
+        result = _result(run, model, spec, keep=out is not None)
     log.info(result.summary())
     if result.met is False:
         log.warning(
@@ -286,8 +285,9 @@ def _as_path(item: PruningPlan | LatencyTable | str | Path | None, scratch: Path
     raise ConfigError(f"expected a {kind.__name__} or the path of one, got {type(item).__name__}")
 
 
-def _result(run: Path, model: nn.Module, spec: ModelSpec, met: bool | None, keep: bool) -> PruneResult:
-    """The run's outcome read back from its directory: the saved model rebuilt on ``model``'s architecture."""
+def _result(run: Path, model: nn.Module, spec: ModelSpec, keep: bool) -> PruneResult:
+    """The run's outcome read back from its directory: the saved model rebuilt on ``model``'s architecture
+    (``met`` is the report's verdict, None for a run without a budget)."""
     report = json.loads((run / "report.json").read_text())
     pruned, _, plan = load_pruned(run / "model", base_model=model)
     budget = report.get("budget") or {}
@@ -295,7 +295,7 @@ def _result(run: Path, model: nn.Module, spec: ModelSpec, met: bool | None, keep
         model=pruned,
         plan=plan,
         spec=spec,
-        met=met,
+        met=report["budget_met"],
         budget_ms=budget.get("ms"),
         measured=Measurement.from_dict(report["pruned"]["measured"]),
         unpruned=Measurement.from_dict(report["unpruned"]["measured"]),
