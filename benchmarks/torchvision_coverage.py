@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log",
         type=Path,
-        help="JSON lines, one per finished model; a rerun with the same file skips the models in it "
-        "(the whole run takes hours: an interruption loses only the model in progress)",
+        help="JSON lines, one per finished model; a rerun with the same file and options skips the models in "
+        "it (the whole run takes hours: an interruption loses only the model in progress)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
