@@ -114,6 +114,10 @@ def test_a_final_miss_is_measured_again_and_the_faster_kept() -> None:
     met = _Readings(8.0, 1.0)  # under at once: one measurement
     judged, taken = measure_final(_loaded(met), nn.Identity(), cfg, budget)
     assert (judged.measured.median_ms, taken, met.calls) == (8.0, 1, 1)
+    # A plan that already missed before its fine-tune (a MACs twin's): its miss is the model's, judged once.
+    twin = _Readings(12.0, 9.0)
+    judged, taken = measure_final(_loaded(twin), nn.Identity(), cfg, budget, tried_met=False)
+    assert (judged.measured.median_ms, judged.met, taken, twin.calls) == (12.0, False, 1, 1)
 
 
 def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongside() -> None:

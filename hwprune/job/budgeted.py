@@ -260,7 +260,7 @@ def _finish_try(
     if "final" in done:
         return None
     pruned, applied = final_start(loaded, evaluator, done)
-    final, taken = finish(cfg, loaded, pruned, budget)
+    final, taken = finish(cfg, loaded, pruned, budget, tried_met=judged_from(done, budget).met)
     if final.met or accept_miss:
         predictor = cast(Predictor, ctx.predictor)
         search = {

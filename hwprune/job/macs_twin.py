@@ -20,7 +20,7 @@ from hwprune.agents.state import finished_result
 from hwprune.job.budgeted import SearchOutcome, final_start, search_context
 from hwprune.job.config import JobConfig
 from hwprune.job.measure import Loaded, finish, measure_judged
-from hwprune.job.tries import load_tries, record_of, save_tries, total_cost
+from hwprune.job.tries import judged_from, load_tries, record_of, save_tries, total_cost
 from hwprune.latency import FlopsPredictor
 from hwprune.profilers import Measurement
 from hwprune.pruning import apply_plan
@@ -68,7 +68,7 @@ def macs_targeted_search(
         save_tries(tries_path, tries)
         log.info(f"search 1 (MACs-targeted): target {target:.3f} ms of MACs, {judged.describe()}")
     model, applied = final_start(loaded, evaluator, tries[0])
-    final, taken = finish(cfg, loaded, model, budget)
+    final, taken = finish(cfg, loaded, model, budget, tried_met=judged_from(tries[0], budget).met)
     search = {
         "agent": cfg.agent,
         "options": cfg.agent_options,

@@ -216,25 +216,30 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
     return judged
 
 
-def measure_final(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budget) -> tuple[Judged, int]:
+def measure_final(
+    loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budget, *, tried_met: bool = True
+) -> tuple[Judged, int]:
     """The fine-tuned model judged; a miss is measured again, up to ``max_tries`` times in all, the faster kept.
 
-    The same architecture was already judged under the budget before its fine-tune, and a dense
-    model's latency does not depend on its weights, so a miss here is the machine, not the model.
-    The verdict still rests on this model's own measurements only; the report records how many
-    were taken.
+    A dense model's latency does not depend on its weights, so when the same architecture was judged
+    under the budget before its fine-tune (``tried_met``), a miss here is the machine, not the model.
+    A plan that already missed as tried (a MACs twin's) keeps its one judgement: measuring it again
+    would only cost time. The verdict rests on this model's own measurements; the report records how
+    many were taken.
     """
     judged, taken = measure_judged(loaded, model, cfg, budget), 1
-    while not judged.met and taken < cfg.max_tries:
+    while not judged.met and tried_met and taken < cfg.max_tries:
         log.info(f"final model {judged.describe()}: over, measuring again (the machine may be busy)")
         judged, taken = judged.merge(measure_judged(loaded, model, cfg, budget)), taken + 1
     return judged, taken
 
 
-def finish(cfg: JobConfig, loaded: Loaded, model: nn.Module, budget: Budget) -> tuple[Judged, int]:
+def finish(
+    cfg: JobConfig, loaded: Loaded, model: nn.Module, budget: Budget, *, tried_met: bool = True
+) -> tuple[Judged, int]:
     """Long fine-tune ``model`` in place, then judge it (:func:`measure_final`)."""
     long_finetune(cfg, loaded, model)
-    judged, taken = measure_final(loaded, model, cfg, budget)
+    judged, taken = measure_final(loaded, model, cfg, budget, tried_met=tried_met)
     log.info(f"final model {judged.describe()}: {'met' if judged.met else 'NOT met'}")
     return judged, taken
 
