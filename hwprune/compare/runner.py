@@ -58,20 +58,23 @@ def start_compare(cfg: CompareConfig) -> list[CellOutcome]:
         latency_table(probe, loaded, Path(cfg.out), resume=False)
     save_state(cfg, {})
     _profile(cfg, probe, loaded)
-    return run_cells(cfg, {})
+    return run_cells(cfg, {}, loaded)
 
 
 def resume_compare(out: str | Path) -> list[CellOutcome]:
     """Continue the compare in ``out``: finished and failed cells are kept, an interrupted one continues."""
     check_out_location(out, "--resume")
     cfg, failed = load_state(out)
-    _profile(cfg, *_probe(cfg))
-    return run_cells(cfg, failed)
+    probe, loaded = _probe(cfg)
+    _profile(cfg, probe, loaded)
+    return run_cells(cfg, failed, loaded)
 
 
 def _probe(cfg: CompareConfig) -> tuple[JobConfig, Loaded]:
     """The first cell's job with the user's table (or none), and its inputs: loading them refuses a bad
-    checkpoint or dataset once, for the whole matrix."""
+    checkpoint or dataset once, for the whole matrix. Every cell then runs on these inputs: the
+    deployment options are the compare's, so one load, one export of the unpruned model and one
+    score of it serve all the cells."""
     probe = replace(cfg.job_config(cfg.cells()[0]), lut=cfg.job.get("lut"))
     return probe, load_inputs(probe)
 
@@ -85,7 +88,7 @@ def _profile(cfg: CompareConfig, probe: JobConfig, loaded: Loaded) -> None:
         latency_table(probe, loaded, out, resume=(out / "lut.json").is_file())
 
 
-def run_cells(cfg: CompareConfig, failed: dict[str, str]) -> list[CellOutcome]:
+def run_cells(cfg: CompareConfig, failed: dict[str, str], loaded: Loaded) -> list[CellOutcome]:
     cells = cfg.cells()
     outcomes: list[CellOutcome] = []
     started, ran = time.perf_counter(), 0
@@ -99,7 +102,7 @@ def run_cells(cfg: CompareConfig, failed: dict[str, str]) -> list[CellOutcome]:
         else:
             eta = _eta(time.perf_counter() - started, ran, len(cells) - i + 1)
             log.info(f"compare: cell {i} of {len(cells)}: {cell.label} ({run}){eta}")
-            outcome = run_cell(cfg, cell, outcomes)
+            outcome = run_cell(cfg, cell, outcomes, loaded)
             outcomes.append(outcome)
             ran += 1
             if outcome.status == "failed":
@@ -117,7 +120,7 @@ def _eta(elapsed_s: float, ran: int, left: int) -> str:
     return f"; about {tqdm.format_interval(elapsed_s / ran * left)} left for {left} cells"
 
 
-def run_cell(cfg: CompareConfig, cell: Cell, before: list[CellOutcome]) -> CellOutcome:
+def run_cell(cfg: CompareConfig, cell: Cell, before: list[CellOutcome], loaded: Loaded) -> CellOutcome:
     """Run (or continue) one cell's prune job; an HwpruneError becomes a failed cell, not an abort."""
     run = cell_dir(cfg.out, cell)
     if cell.ranking_from is not None:
@@ -129,10 +132,10 @@ def run_cell(cfg: CompareConfig, cell: Cell, before: list[CellOutcome]) -> CellO
         if (run / "job.json").is_file():
             job = resume_config(run)
             job.out = str(run)
-            run_job(job, resume=True)
+            run_job(job, resume=True, loaded=loaded)
         else:
             run.parent.mkdir(parents=True, exist_ok=True)
-            run_job(cfg.job_config(cell))
+            run_job(cfg.job_config(cell), loaded=loaded)
     except HwpruneError as exc:
         return CellOutcome(cell, run, "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, True)
     return CellOutcome(cell, run, "done", ran=True)

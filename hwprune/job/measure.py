@@ -48,6 +48,11 @@ class Loaded:
         """The unpruned model deployed once per job: it is timed beside every plan the job judges."""
         return self.profiler.deploy(self.model.eval(), self.input_shape)
 
+    @cached_property
+    def unpruned_quality(self) -> dict[str, Any]:
+        """The unpruned model's test accuracy (or the user's score): once for every run sharing these inputs."""
+        return quality_of(self, self.model)
+
 
 def load_inputs(cfg: JobConfig) -> Loaded:
     model, spec, meta, data, graph = load_trained(cfg.checkpoint, cfg.data_dir, cfg.data)
@@ -277,8 +282,11 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
 
 def summarize_model(loaded: Loaded, model: nn.Module, plan: PruningPlan | None, m: Measurement) -> dict[str, Any]:
     """A model's line of the report: latency, accuracy on the test split (or the user's score), size."""
-    if loaded.user is not None:
-        quality: dict[str, Any] = {"test_accuracy": None, "score": loaded.user.evaluate(model)}
-    else:
-        quality = {"test_accuracy": None if loaded.data is None else evaluate(model, loaded.data.test)}
+    quality = loaded.unpruned_quality if model is loaded.model else quality_of(loaded, model)
     return {"measured": m.to_dict(), **quality, "params": params_of(model), "macs": macs_of(loaded.graph, plan)}
+
+
+def quality_of(loaded: Loaded, model: nn.Module) -> dict[str, Any]:
+    if loaded.user is not None:
+        return {"test_accuracy": None, "score": loaded.user.evaluate(model)}
+    return {"test_accuracy": None if loaded.data is None else evaluate(model, loaded.data.test)}
