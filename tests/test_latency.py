@@ -304,6 +304,21 @@ def test_calibration_is_stored_with_its_plans(built, resnet20) -> None:
     assert len(held) == 10 and all(p.keep not in used for p in held)
 
 
+def test_a_sweep_prices_every_plan_exactly_as_pricing_it_afresh(built, resnet20) -> None:
+    """LeGR's threshold sweep looks up only the layers a moved group touches; its figure decides which plan is
+    taken, so it must equal predict_ms bit for bit, whichever groups move and however far."""
+    table, _ = built
+    _, graph = resnet20
+    predictor = Predictor(table, graph)
+    price, rng = predictor.sweep(), np.random.default_rng(0)
+    plan = PruningPlan.full("resnet20", graph)
+    for _ in range(150):
+        moved = rng.choice(len(graph.groups), size=int(rng.integers(1, 4)), replace=False)
+        plan = plan.with_keep({graph.groups[i].name: int(rng.integers(1, graph.groups[i].channels + 1)) for i in moved})
+        assert price(plan) == predictor.predict_ms(plan)
+    assert price(PruningPlan.full("resnet20", graph)) == predictor.predict_ms(PruningPlan.full("resnet20", graph))
+
+
 def test_predictors_are_monotone_and_references_behave(built, resnet20) -> None:
     table, _ = built
     _, graph = resnet20

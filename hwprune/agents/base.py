@@ -15,6 +15,7 @@ import time
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -130,6 +131,18 @@ class SearchContext:
             self.predictor_calls += 1
             self._predictions[key] = float(self.predictor.predict_ms(plan))
         return self._predictions[key]
+
+    def predict_sweep(self, plans: Iterable[PruningPlan]) -> Iterator[tuple[PruningPlan, float]]:
+        """Each plan with :meth:`predict_ms`'s figure, for plans that each move a few groups from the last
+        (a threshold sweep): a predictor with a ``sweep`` (the latency table's) reprices only what moved."""
+        sweep = getattr(self.predictor, "sweep", None)
+        price = sweep() if sweep is not None else self.predictor.predict_ms
+        for plan in plans:
+            key = plan.key()
+            if key not in self._predictions:
+                self.predictor_calls += 1
+                self._predictions[key] = float(price(plan))
+            yield plan, self._predictions[key]
 
     def evaluate(self, plan: PruningPlan) -> float:
         """Validation accuracy of the plan's model (after the evaluator's short fine-tune)."""

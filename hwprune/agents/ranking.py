@@ -16,8 +16,9 @@ Pruning to a budget is one global threshold on the scores, with the context's mi
 is the one that keeps the most channels among those the predictor puts under the budget: the
 candidates are priced from the widest down and the first that fits is taken. Bisection would
 assume latency grows with width, which it does not on SIMD backends (see ``uniform.py``). The
-price is one prediction per plan wider than the answer: ~130 for ResNet-20 at 0.5x (0.1 s on
-this project's VM), 1,400-4,400 for MobileNetV2 at 0.7x-0.3x (1.3-2.9 s, about one evaluation).
+price is one prediction per plan wider than the answer (~130 for ResNet-20 at 0.5x, thousands for
+MobileNetV2), and successive plans differ in a group or two, so the latency table's predictor
+reprices only the layers those groups touch (``SearchContext.predict_sweep``).
 """
 
 from __future__ import annotations
@@ -122,8 +123,7 @@ class Thresholder:
     def fit(self, scores: dict[str, np.ndarray], budget_ms: float) -> tuple[PruningPlan, float, int]:
         """The widest threshold plan predicted at most ``budget_ms``, its prediction, and how many plans were priced."""
         ms = math.inf
-        for priced, plan in enumerate(self.plans(scores), start=1):
-            ms = self.ctx.predict_ms(plan)
+        for priced, (plan, ms) in enumerate(self.ctx.predict_sweep(self.plans(scores)), start=1):
             if ms <= budget_ms:
                 return plan, ms, priced
         raise BudgetError(

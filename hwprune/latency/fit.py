@@ -55,16 +55,23 @@ class TableSum:
         model pays none (all-aligned plans run well under their table sum; docs/latency.md).
         """
         keep = plan.keep if plan is not None else None
-        total = act = weights = aligned = 0.0
-        for (_, sig, full), shape in zip(self._layers, self.graph.layer_shapes(keep), strict=True):
-            total += self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full, corrected=self.corrected)
-            out_vol = shape.c_out * shape.out_hw[0] * shape.out_hw[1]
-            act += out_vol
-            weights += shape.c_out * (1 if shape.depthwise else shape.c_in // shape.groups) * shape.kernel**2
-            if self._aligned(shape):
-                aligned += out_vol + shape.c_in * shape.in_hw[0] * shape.in_hw[1]
+        shapes = self.graph.layer_shapes(keep)
+        return self.total([self.layer_terms(i, shape) for i, shape in enumerate(shapes)])
+
+    def layer_terms(self, index: int, shape: LayerShape) -> tuple[float, float, float, float]:
+        """Layer ``index``'s share of each feature under ``shape``: block ms, activation, weight and aligned volume."""
+        _, sig, full = self._layers[index]
+        out_vol = shape.c_out * shape.out_hw[0] * shape.out_hw[1]
+        weights = shape.c_out * (1 if shape.depthwise else shape.c_in // shape.groups) * shape.kernel**2
+        aligned = out_vol + shape.c_in * shape.in_hw[0] * shape.in_hw[1] if self._aligned(shape) else 0
+        ms = self.table.lookup_ms(sig, shape.c_in, shape.c_out, full=full, corrected=self.corrected)
+        return ms, out_vol, weights, aligned
+
+    def total(self, terms: list[tuple[float, float, float, float]]) -> dict[str, float]:
+        """The features from every layer's terms, summed in layer order."""
+        ms, act, weights, aligned = (sum(column, 0.0) for column in zip(*terms, strict=True))
         return {
-            "lut_sum_ms": total,
+            "lut_sum_ms": ms,
             "act_melems": act * self.batch / 1e6,
             "weight_melems": weights / 1e6,
             "aligned_melems": aligned * self.batch / 1e6,
@@ -74,6 +81,33 @@ class TableSum:
         """A convolution the runtime can run in its blocked layout (the stem reads fewer channels than a block)."""
         q = self.quantum
         return q > 1 and shape.kind == "conv" and shape.c_out % q == 0 and (shape.c_in % q == 0 or shape.c_in < q)
+
+
+class IncrementalSum:
+    """:meth:`TableSum.features` for plans that each move a few groups from the last (a threshold sweep).
+
+    Only the layers tied to a moved group are looked up again; the rest keep their terms. The result
+    equals ``TableSum.features`` of the same plan bit for bit (the same terms, summed in the same
+    order), so a sweep chooses exactly the plan that pricing each plan afresh would.
+    """
+
+    def __init__(self, tsum: TableSum) -> None:
+        self.tsum = tsum
+        self._index = {name: i for i, name in enumerate(tsum.graph.layer_names())}
+        self._keep: dict[str, int] | None = None
+        self._terms: list[tuple[float, float, float, float]] = []
+
+    def features(self, plan: PruningPlan) -> dict[str, float]:
+        graph = self.tsum.graph
+        if self._keep is None:
+            self._terms = [self.tsum.layer_terms(i, s) for i, s in enumerate(graph.layer_shapes(plan.keep))]
+        else:
+            moved = [g for g, k in plan.keep.items() if self._keep.get(g) != k]
+            for layer in set().union(*(graph.layers_of(g) for g in moved)):
+                i = self._index[layer]
+                self._terms[i] = self.tsum.layer_terms(i, graph.layer_shape(layer, plan.keep))
+        self._keep = dict(plan.keep)
+        return self.tsum.total(self._terms)
 
 
 def apply_fit(coef: dict[str, float], offset_ms: float, features: dict[str, float]) -> float:

@@ -13,9 +13,10 @@ scaled by the plan's share of MACs), which is what FLOPs-based pruning implicitl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from hwprune.latency.fit import TableSum, apply_fit
+from hwprune.latency.fit import IncrementalSum, TableSum, apply_fit
 from hwprune.latency.fit import fit as fit_calibration
 from hwprune.latency.table import LatencyTable
 from hwprune.pruning.graph import ModelGraph
@@ -85,6 +86,12 @@ class Predictor:
 
     def predict_ms(self, plan: PruningPlan) -> float:
         return self.apply(self._sum.features(plan))
+
+    def sweep(self) -> Callable[[PruningPlan], float]:
+        """``predict_ms`` for a run of plans that each move a few groups from the last (LeGR's threshold
+        sweep prices thousands): only the layers a moved group touches are looked up again."""
+        features = IncrementalSum(self._sum).features
+        return lambda plan: self.apply(features(plan))
 
     def apply(self, features: dict[str, float]) -> float:
         return apply_fit(self.coef, self.offset_ms, features)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,14 @@ class ModelGraph:
             self._tie_out[root], self._tie_in[root] = dict(tie_out), dict(tie_in)
         self.groups: list[Group] = sorted(groups, key=lambda g: order[g.name])
         self.group_by_name: dict[str, Group] = {g.name: g for g in self.groups}
+        # the same ties per layer, in group order: a layer's shape reads only the groups it moves with
+        self._out_ties: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        self._in_ties: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for g in self.groups:
+            for layer, n in self._tie_out[g.name].items():
+                self._out_ties[layer].append((g.name, n))
+            for layer, n in self._tie_in[g.name].items():
+                self._in_ties[layer].append((g.name, n))
         self.frozen: dict[str, str] = dict(sorted(frozen.items(), key=lambda kv: order[kv[0]]))
         if self.frozen:
             shown = ", ".join(list(self.frozen)[:8]) + (
@@ -138,37 +147,43 @@ class ModelGraph:
     def layer_shapes(self, keep: dict[str, int] | None = None) -> list[LayerShape]:
         """Every conv/linear layer's shape when group ``g`` keeps ``keep[g]`` channels."""
         keep = keep or {}
-        removed_out: dict[str, float] = defaultdict(float)
-        removed_in: dict[str, float] = defaultdict(float)
-        for g in self.groups:
-            k = keep.get(g.name, g.channels)
-            if k == g.channels:
-                continue
-            frac = (g.channels - k) / g.channels
-            for layer, n in self._tie_out[g.name].items():
-                removed_out[layer] += n * frac
-            for layer, n in self._tie_in[g.name].items():
-                removed_in[layer] += n * frac
-        shapes = []
-        for name, base in self._base.items():
-            c_out = base.c_out - round(removed_out[name])
-            c_in = c_out if base.depthwise else base.c_in - round(removed_in[name])
-            shapes.append(
-                LayerShape(
-                    name,
-                    base.kind,
-                    c_in,
-                    c_out,
-                    base.kernel,
-                    base.stride,
-                    base.padding,
-                    base.depthwise,
-                    base.in_hw,
-                    base.out_hw,
-                    c_out if base.depthwise else base.groups,
-                )
-            )
-        return shapes
+        return [self.layer_shape(name, keep) for name in self._base]
+
+    def layer_names(self) -> list[str]:
+        """The conv/linear layers, in the order :meth:`layer_shapes` lists them."""
+        return list(self._base)
+
+    def layers_of(self, group: str) -> set[str]:
+        """The layers whose input or output width moves with ``group``'s channels."""
+        return set(self._tie_out[group]) | set(self._tie_in[group])
+
+    def layer_shape(self, name: str, keep: dict[str, int]) -> LayerShape:
+        """Layer ``name``'s shape under ``keep``: its widths less each tied group's removed share."""
+        base = self._base[name]
+        c_out = base.c_out - round(self._removed(self._out_ties.get(name, ()), keep))
+        c_in = c_out if base.depthwise else base.c_in - round(self._removed(self._in_ties.get(name, ()), keep))
+        return LayerShape(
+            name,
+            base.kind,
+            c_in,
+            c_out,
+            base.kernel,
+            base.stride,
+            base.padding,
+            base.depthwise,
+            base.in_hw,
+            base.out_hw,
+            c_out if base.depthwise else base.groups,
+        )
+
+    def _removed(self, ties: Iterable[tuple[str, int]], keep: dict[str, int]) -> float:
+        removed = 0.0
+        for group, n in ties:
+            channels = self.group_by_name[group].channels
+            k = keep.get(group, channels)
+            if k != channels:
+                removed += n * ((channels - k) / channels)
+        return removed
 
 
 def build_dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
