@@ -15,7 +15,7 @@ import time
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -72,6 +72,7 @@ class SearchContext:
     round_to: int = 1
     predictor_calls: int = field(default=0, init=False)
     _predictions: dict[tuple[int, ...], float] = field(default_factory=dict, init=False, repr=False)
+    _price: Callable[[PruningPlan], float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.min_keep_ratio <= 1:
@@ -125,24 +126,20 @@ class SearchContext:
 
     # ---- the two oracles -----------------------------------------------------------------------
     def predict_ms(self, plan: PruningPlan) -> float:
-        """Predicted latency, memoised per channel counts so bisections never pay twice."""
+        """Predicted latency, memoised per channel counts so bisections never pay twice.
+
+        Searches price runs of plans that each move a group or two from the last (a threshold sweep,
+        one group's candidate widths, an episode's limit): a predictor with a ``sweep`` (the latency
+        table's) then reprices only the layers those groups touch, to the same figure.
+        """
         key = plan.key()
         if key not in self._predictions:
             self.predictor_calls += 1
-            self._predictions[key] = float(self.predictor.predict_ms(plan))
+            if self._price is None:
+                sweep = getattr(self.predictor, "sweep", None)
+                self._price = sweep() if sweep is not None else self.predictor.predict_ms
+            self._predictions[key] = float(self._price(plan))
         return self._predictions[key]
-
-    def predict_sweep(self, plans: Iterable[PruningPlan]) -> Iterator[tuple[PruningPlan, float]]:
-        """Each plan with :meth:`predict_ms`'s figure, for plans that each move a few groups from the last
-        (a threshold sweep): a predictor with a ``sweep`` (the latency table's) reprices only what moved."""
-        sweep = getattr(self.predictor, "sweep", None)
-        price = sweep() if sweep is not None else self.predictor.predict_ms
-        for plan in plans:
-            key = plan.key()
-            if key not in self._predictions:
-                self.predictor_calls += 1
-                self._predictions[key] = float(price(plan))
-            yield plan, self._predictions[key]
 
     def evaluate(self, plan: PruningPlan) -> float:
         """Validation accuracy of the plan's model (after the evaluator's short fine-tune)."""

@@ -18,7 +18,7 @@ candidates are priced from the widest down and the first that fits is taken. Bis
 assume latency grows with width, which it does not on SIMD backends (see ``uniform.py``). The
 price is one prediction per plan wider than the answer (~130 for ResNet-20 at 0.5x, thousands for
 MobileNetV2), and successive plans differ in a group or two, so the latency table's predictor
-reprices only the layers those groups touch (``SearchContext.predict_sweep``).
+reprices only the layers those groups touch (``SearchContext.predict_ms``).
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ class Thresholder:
     def fit(self, scores: dict[str, np.ndarray], budget_ms: float) -> tuple[PruningPlan, float, int]:
         """The widest threshold plan predicted at most ``budget_ms``, its prediction, and how many plans were priced."""
         ms = math.inf
-        for priced, (plan, ms) in enumerate(self.ctx.predict_sweep(self.plans(scores)), start=1):
+        for priced, plan in enumerate(self.plans(scores), start=1):
+            ms = self.ctx.predict_ms(plan)
             if ms <= budget_ms:
                 return plan, ms, priced
         raise BudgetError(
