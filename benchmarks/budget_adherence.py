@@ -111,6 +111,7 @@ def run_matrix(
                 "lut": str(lut()),
                 "seed": seed,
                 "search_finetune_steps": args.search_finetune_steps,
+                "search_bn_batches": args.search_bn_batches,
                 "val_samples": args.val_samples,
                 "finetune_steps": args.finetune_steps,
                 "batch_size": args.batch_size,
@@ -244,6 +245,9 @@ def main() -> None:
         help="comma-separated seeds: every run once per seed; agents compared on the mean",
     )
     p.add_argument("--search-finetune-steps", type=int, default=10, help="fine-tune steps per candidate")
+    p.add_argument(
+        "--search-bn-batches", type=int, default=0, help="adaptive-BN batches per candidate (hwprune prune's)"
+    )
     p.add_argument("--val-samples", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=128, help="fine-tune batch size")
@@ -330,6 +334,7 @@ def main() -> None:
                 "seeds": args.seeds,
                 "finetune_steps": args.finetune_steps,
                 "search_finetune_steps": args.search_finetune_steps,
+                "search_bn_batches": args.search_bn_batches,
                 "val_samples": args.val_samples,
                 "batch_size": args.batch_size,
                 "round_to": args.round_to,

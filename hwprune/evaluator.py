@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
@@ -79,12 +80,20 @@ class Evaluator:
         criterion: str = DEFAULT_CRITERION,
         taylor_batches: int = TAYLOR_BATCHES,
         *,
+        bn_batches: int = 0,
         user: UserTraining | None = None,
     ) -> None:
         if data is None and (user is None or user.score is None):
             raise ConfigError("an evaluator needs a dataset or a score function (score=) to rank plans by")
         if finetune_steps < 0:
             raise ConfigError(f"fine-tune steps must be >= 0, got {finetune_steps}")
+        if bn_batches < 0:
+            raise ConfigError(f"BN recalibration batches must be >= 0, got {bn_batches}")
+        if bn_batches and data is None and (user is None or user.batches is None):
+            raise ConfigError(
+                "re-estimating BN statistics needs training batches: pass your training batches (taylor_data= in "
+                "hwprune.prune) or a dataset"
+            )
         if val_samples is not None and val_samples < 1:
             raise ConfigError(f"val_samples must be >= 1, got {val_samples}")
         self.model = model
@@ -99,6 +108,7 @@ class Evaluator:
         self.precision = precision
         self.criterion = check_criterion(criterion)
         self.taylor_batches = taylor_batches
+        self.bn_batches = bn_batches
         self.user = user
         self._importances: dict[Lineage, FilterImportance] = {}  # the original model's and the last parent's
         self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
@@ -176,6 +186,8 @@ class Evaluator:
         if graph is not self.graph:  # the parent is itself pruned: plan its own groups (same names)
             plan = PruningPlan(plan.model, {g.name: GroupPlan(g.channels, plan.keep[g.name]) for g in graph.groups})
         pruned, applied = apply_plan(model, plan, graph, self._importance(steps[:-1], model, graph))
+        if self.bn_batches:
+            self._recalibrate(pruned)
         if self.finetune_steps:
             self._fine_tune(pruned)
             self.finetune_steps_done += self.finetune_steps
@@ -195,6 +207,15 @@ class Evaluator:
                 model, graph, self.criterion, data, seed=self.seed, batches=self.taylor_batches
             )
         return self._importances[steps]
+
+    def _recalibrate(self, model: nn.Module) -> None:
+        """Adaptive BN on the first ``bn_batches`` seeded training batches (the user's, in their order)."""
+        if self.user is not None and self.user.batches is not None:
+            batches: Iterable[Any] = self.user.batches
+        else:
+            assert self.data is not None  # checked in __init__
+            batches = train.cycle(self.data.train, self.batch_size, self.seed)
+        train.recalibrate_bn(model, batches, self.bn_batches, precision=self.precision)
 
     def _fine_tune(self, model: nn.Module) -> None:
         """The short, seeded fine-tune before a score: the user's loop, or SGD on the training split."""

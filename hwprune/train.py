@@ -286,13 +286,43 @@ def score(
     return correct / n, loss / n
 
 
-def _cycle(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def cycle(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless seeded batches: fine-tuning is bounded in steps so its cost does not grow with the data."""
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed, drop_last=len(dataset) > batch_size)  # type: ignore[arg-type]
     if len(loader) == 0:
         raise DataError("cannot fine-tune on an empty dataset")
     while True:
         yield from loader
+
+
+def recalibrate_bn(
+    model: nn.Module, batches: Iterable[Any], count: int, device: Device = None, precision: str = "fp32"
+) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``count`` batches, without a gradient step.
+
+    A cut model's BN layers still hold the statistics of the channels the unpruned model fed them,
+    so a deep cut scores near chance until it is trained; recomputing the statistics (adaptive BN,
+    Li et al., "EagleEye", ECCV 2020) makes such candidates rank by what they can still do, for the
+    price of ``count`` forward passes. The model's train/eval mode and BN momenta are restored.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if count <= 0 or not norms:
+        return
+    dev = _device_of(model, device)
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not an exponential one
+    model.train()
+    try:
+        with torch.no_grad(), autocast(precision, dev):
+            for _, (x, _y) in zip(range(count), batches, strict=False):
+                model(x.to(dev))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def fine_tune(
@@ -325,7 +355,7 @@ def fine_tune(
     scheduler = _cosine(optimizer, steps, warmup_steps=0)
     was_training = model.training
     model.train()
-    batches = _cycle(dataset, batch_size, seed)
+    batches = cycle(dataset, batch_size, seed)
     try:
         with tqdm(range(steps), desc="fine-tune", disable=bars_off(progress), leave=False, unit="step") as bar:
             for _ in bar:

@@ -225,6 +225,22 @@ def test_a_lineage_scores_the_candidate_cut_from_the_model_the_search_reached(ti
     assert fresh.evaluations == 1 and fresh.cache_hits == 1
 
 
+def test_adaptive_bn_scores_are_seeded_and_read_a_deep_cut_better(tiny) -> None:
+    """With ``bn_batches`` a candidate's BN statistics are re-estimated before its score: the score stays a pure
+    function of the plan (cacheable), and a deep cut from the original weights scores on its own statistics
+    rather than the unpruned model's."""
+    model, graph, data = tiny
+    deep = PruningPlan.full("tiny", graph).with_keep({g.name: max(1, g.channels // 4) for g in graph.groups})
+
+    def scored(bn_batches: int) -> tuple[float, float]:
+        return Evaluator(model, graph, data, seed=0, val_samples=100, bn_batches=bn_batches).score(deep)
+
+    assert scored(4) == scored(4)
+    assert scored(4)[1] < scored(0)[1]  # a lower validation loss once the statistics fit the cut
+    with pytest.raises(ConfigError, match="BN"):
+        Evaluator(model, graph, data, bn_batches=-1)
+
+
 def test_carried_hands_over_the_scored_model_with_indices_of_the_original(tiny) -> None:
     """The model a lineage produced, for the job's long fine-tune: the very model its last step scored,
     and a plan whose kept indices are the original filters (a group cut twice composes both choices)."""

@@ -101,6 +101,24 @@ def _saved_resnet(tmp_path: Path) -> tuple[nn.Module, Path]:
     return model, tmp_path / "ck"
 
 
+def test_bn_recalibration_sets_the_batch_statistics_and_restores_the_model(bundle) -> None:
+    """Adaptive BN: the running statistics become the average over the batches given (not a momentum blend
+    with the stale ones), and nothing else of the model changes: weights, mode and momentum."""
+    model = _tiny().eval()
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(9.0)
+    weights = copy.deepcopy(model[0].state_dict())
+    batches = [(torch.randn(16, 1, 32, 32), torch.zeros(16, dtype=torch.long)) for _ in range(3)]
+    train_loop.recalibrate_bn(model, iter(batches), 2)
+    with torch.no_grad():
+        outs = [model[0](x) for x, _ in batches[:2]]  # the third batch is not read
+    expected = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert not model.training and bn.momentum == 0.1 and bn.num_batches_tracked.item() == 2
+    assert all(torch.equal(v, model[0].state_dict()[k]) for k, v in weights.items())
+
+
 def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     model, ck = _saved_resnet(tmp_path)
     x = torch.randn(4, 1, 32, 32)

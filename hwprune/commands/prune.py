@@ -210,6 +210,14 @@ def add_accuracy_arguments(p: argparse.ArgumentParser) -> None:
         default=20,
         help="short fine-tune steps before each candidate is scored on the validation split",
     )
+    tune.add_argument(
+        "--search-bn-batches",
+        type=non_negative_int,
+        default=0,
+        help="training batches each candidate's BatchNorm statistics are re-estimated on before its short "
+        "fine-tune and score (adaptive BN: forward passes only; makes deep cuts from the original weights, as "
+        "AMC and LeGR score them, rank by more than chance without fine-tune steps); 0: off",
+    )
     tune.add_argument("--val-samples", type=positive_int, default=2000, help="validation samples per candidate score")
     tune.add_argument("--finetune-steps", type=non_negative_int, default=400, help="fine-tune steps after pruning")
     tune.add_argument("--finetune-lr", type=positive_float, default=0.01, help="fine-tune learning rate")
@@ -314,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
             data=args.data,
             seed=args.seed,
             search_finetune_steps=args.search_finetune_steps,
+            search_bn_batches=args.search_bn_batches,
             val_samples=args.val_samples,
             finetune_steps=args.finetune_steps,
             finetune_lr=args.finetune_lr,

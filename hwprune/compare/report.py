@@ -21,14 +21,17 @@ def render(
     cfg: CompareConfig, rows: list[dict[str, Any]], references: dict[str, Any], fingerprint: dict[str, Any], model: str
 ) -> str:
     job = cfg.job
+    bn = (
+        f"BN statistics re-estimated on {job['search_bn_batches']} batches and " if job.get("search_bn_batches") else ""
+    )
     lines = [
         f"# hwprune compare: {model}",
         "",
         f"Every agent at every budget through the measured budget loop of `hwprune prune`, on one latency table "
         f"(`{cfg.table_path()}`), backend `{job.get('backend')}`, batch {job.get('batch')}, "
         f"{fingerprint.get('threads') or job.get('threads') or 'all'} threads, seed {job.get('seed', 0)}. "
-        "Candidates are scored after "
-        f"{job.get('search_finetune_steps')} fine-tune steps on {job.get('val_samples')} validation images; every "
+        f"Candidates are scored after {bn}{job.get('search_finetune_steps')} fine-tune steps on "
+        f"{job.get('val_samples')} validation images; every "
         f"final model gets the same {job.get('finetune_steps')}-step fine-tune and is measured on the device. A budget "
         "is met when the measured median is at most the budget, judged against the unpruned model measured beside "
         "it. *MACs twins* run the same agent with a predictor proportional to MACs, targeted at the budget's "

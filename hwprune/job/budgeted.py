@@ -163,6 +163,7 @@ def search_context(cfg: JobConfig, loaded: Loaded, predictor: LatencyPredictor) 
         loaded.graph,
         loaded.data,
         finetune_steps=cfg.search_finetune_steps,
+        bn_batches=cfg.search_bn_batches,
         seed=cfg.seed,
         val_samples=cfg.val_samples,
         precision=cfg.precision,

@@ -52,6 +52,7 @@ class JobConfig:
     data: str | None = None  # dataset to fine-tune and score on; None: the checkpoint's
     seed: int = 0
     search_finetune_steps: int = 20
+    search_bn_batches: int = 0  # adaptive BN before each candidate's score (train.recalibrate_bn); 0: off
     val_samples: int = 2000
     finetune_steps: int = 400
     finetune_lr: float = 0.01
@@ -106,6 +107,7 @@ RANGES: dict[str, Range] = {
     "taylor_batches": AT_LEAST_1,
     "finetune_steps": NON_NEGATIVE,
     "search_finetune_steps": NON_NEGATIVE,
+    "search_bn_batches": NON_NEGATIVE,
     "calibration_plans": NON_NEGATIVE,
     "seed": NON_NEGATIVE,
     "settle_s": NON_NEGATIVE,
