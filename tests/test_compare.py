@@ -12,10 +12,10 @@ from conftest import FakeProfiler
 from test_prune_cli import checkpoint  # noqa: F401 - the tiny checkpoint fixture, module-scoped
 
 from hwprune.cli import main
-from hwprune.compare import Cell, outcomes_of, plan_cells
+from hwprune.compare import Cell, outcomes_of, plan_cells, runner
 from hwprune.compare.results import COLUMNS
 from hwprune.errors import BudgetError, ConfigError
-from hwprune.job import measure, run
+from hwprune.job import measure
 from hwprune.latency import FlopsPredictor
 from hwprune.models import ModelSpec
 from hwprune.pruning import ModelGraph, PruningPlan
@@ -58,13 +58,13 @@ def device(monkeypatch) -> list[str]:
     """A fake device for every job; returns the list of run directories whose jobs started (in order)."""
     monkeypatch.setattr(measure, "get_profiler", lambda name, **kw: FakeProfiler(**kw))
     started: list[str] = []
-    real = run.load_inputs
+    real = runner.run_job
 
-    def load_inputs(cfg):  # noqa: ANN001, ANN202
+    def run_job(cfg, **kw):  # noqa: ANN001, ANN003, ANN202
         started.append(Path(cfg.out).name)
-        return real(cfg)
+        return real(cfg, **kw)
 
-    monkeypatch.setattr(run, "load_inputs", load_inputs)
+    monkeypatch.setattr(runner, "run_job", run_job)
     return started
 
 
