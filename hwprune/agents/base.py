@@ -72,13 +72,15 @@ class SearchContext:
     round_to: int = 1
     predictor_calls: int = field(default=0, init=False)
     _predictions: dict[tuple[int, ...], float] = field(default_factory=dict, init=False, repr=False)
-    _price: Callable[[PruningPlan], float] | None = field(default=None, init=False, repr=False)
+    _price: Callable[[PruningPlan], float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.min_keep_ratio <= 1:
             raise ConfigError(f"min keep ratio must be in (0, 1], got {self.min_keep_ratio}")
         if self.round_to < 1:
             raise ConfigError(f"round_to must be >= 1, got {self.round_to}")
+        sweep = getattr(self.predictor, "sweep", None)  # see predict_ms
+        self._price = sweep() if sweep is not None else self.predictor.predict_ms
 
     # ---- plans -------------------------------------------------------------------------------
     def full_plan(self) -> PruningPlan:
@@ -135,9 +137,6 @@ class SearchContext:
         key = plan.key()
         if key not in self._predictions:
             self.predictor_calls += 1
-            if self._price is None:
-                sweep = getattr(self.predictor, "sweep", None)
-                self._price = sweep() if sweep is not None else self.predictor.predict_ms
             self._predictions[key] = float(self._price(plan))
         return self._predictions[key]
 

@@ -261,7 +261,8 @@ def _finish_try(
     if "final" in done:
         return None
     pruned, applied = final_start(loaded, evaluator, done)
-    final, taken = finish(cfg, loaded, pruned, budget, tried_met=judged_from(done, budget).met)
+    tried = judged_from(done, budget)
+    final, taken = finish(cfg, loaded, pruned, budget, tried_met=tried.met)
     if final.met or accept_miss:
         predictor = cast(Predictor, ctx.predictor)
         search = {
@@ -272,7 +273,7 @@ def _finish_try(
             "cost": total_cost(tries),
             "predictor": predictor.describe(),
         }
-        return SearchOutcome(pruned, applied, judged_from(done, budget).measured, search, predictor, final, taken)
+        return SearchOutcome(pruned, applied, tried.measured, search, predictor, final, taken)
     done["final"] = record_of(final) | {"measurements": taken}
     save_tries(tries_path, tries)
     return None

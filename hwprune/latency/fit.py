@@ -98,15 +98,15 @@ class IncrementalSum:
         self._terms: list[tuple[float, float, float, float]] = []
 
     def features(self, plan: PruningPlan) -> dict[str, float]:
-        graph = self.tsum.graph
+        graph, keep = self.tsum.graph, plan.keep  # ``keep`` is built afresh on each read: read it once
         if self._keep is None:
-            self._terms = [self.tsum.layer_terms(i, s) for i, s in enumerate(graph.layer_shapes(plan.keep))]
+            self._terms = [self.tsum.layer_terms(i, s) for i, s in enumerate(graph.layer_shapes(keep))]
         else:
-            moved = [g for g, k in plan.keep.items() if self._keep.get(g) != k]
+            moved = [g for g in keep.keys() | self._keep.keys() if keep.get(g) != self._keep.get(g)]
             for layer in set().union(*(graph.layers_of(g) for g in moved)):
                 i = self._index[layer]
-                self._terms[i] = self.tsum.layer_terms(i, graph.layer_shape(layer, plan.keep))
-        self._keep = dict(plan.keep)
+                self._terms[i] = self.tsum.layer_terms(i, graph.layer_shape(layer, keep))
+        self._keep = keep
         return self.tsum.total(self._terms)
 
 
