@@ -73,7 +73,8 @@ def resume_compare(out: str | Path) -> list[CellOutcome]:
 def _probe(cfg: CompareConfig) -> tuple[JobConfig, Loaded]:
     """The first cell's job with the user's table (or none), and its inputs: loading them refuses a bad
     checkpoint or dataset once, for the whole matrix. Every cell then runs on these inputs: the
-    deployment options are the compare's, so one load, one export of the unpruned model and one
+    deployment options are the compare's, so one load, one export of the unpruned model, one
+    measurement of it at the start (every cell at a budget searches toward the same ms) and one
     score of it serve all the cells."""
     probe = replace(cfg.job_config(cfg.cells()[0]), lut=cfg.job.get("lut"))
     return probe, load_inputs(probe)

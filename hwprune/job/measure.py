@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -42,6 +42,14 @@ class Loaded:
     profiler: Profiler
     input_shape: tuple[int, ...]  # as deployed: (batch, channels, height, width)
     user: UserTraining | None = None
+    _at_start: Measurement | None = field(default=None, repr=False)
+
+    def unpruned_at_start(self, cfg: JobConfig) -> Measurement:
+        """The unpruned model measured as a job starts, once for every job sharing these inputs: a
+        compare's cells then each save a measurement, and all cells at a budget search toward the same ms."""
+        if self._at_start is None:
+            self._at_start = measure(self, self.model, cfg)
+        return self._at_start
 
     @cached_property
     def timed_unpruned(self) -> Callable[[], Measurement]:

@@ -71,7 +71,7 @@ def run_job(cfg: JobConfig, resume: bool = False, loaded: Loaded | None = None) 
     if cfg.ranking is not None:
         Ranking.load(cfg.ranking).check(loaded.spec.name, loaded.graph, cfg.ranking)  # before anything is measured
     t0 = time.perf_counter()
-    base_m = measure(loaded, loaded.model, cfg)
+    base_m = loaded.unpruned_at_start(cfg)
     log.info(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
     budget = _budget(cfg, base_m, resume) if cfg.budget is not None else None
     run = Path(cfg.out) if resume else start_run(cfg, budget.ms if budget else None)
