@@ -50,9 +50,23 @@ def _predicted_from(report: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    base, pruned = report["unpruned"], report["pruned"]
-    setting = report["deployment"]
-    budget = report.get("budget")
+    lines = _header(report) + _results_table(report)
+    if report.get("search"):
+        lines += _search_section(report)
+    criterion = report.get("criterion")
+    if criterion:
+        taylor = f", over {report['taylor_batches']} training minibatches" if report.get("taylor_batches") else ""
+        lines += [f"Filters kept in each group: the highest-scoring by criterion `{criterion}`{taylor}.", ""]
+    fp = report.get("fingerprint", {})
+    if fp:
+        lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]
+    lines += [f"Artifacts: `{report['artifacts']['model']}` (pruned model), `{report['artifacts']['plan']}` (plan)."]
+    return "\n".join(lines) + "\n"
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    """The title, the deployment setting and, for a budgeted run, the budget and its verdict."""
+    base, pruned, setting = report["unpruned"], report["pruned"], report["deployment"]
     lines = [
         f"# hwprune report: {report['model']['name']} on {setting['backend']}",
         "",
@@ -61,21 +75,27 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"(ms per batch) with its IQR; {_predicted_from(report)}.",
         "",
     ]
-    if budget:
-        met = report["budget_met"]
-        line = (
-            f"Budget: **{budget['ms']:.3f} ms** (`{budget['text']}`), {'met' if met else 'NOT met'}: measured "
-            f"{pruned['measured']['summary']['median_ms']:.3f} ms {'<=' if met else '>'} {budget['ms']:.3f} ms"
+    budget = report.get("budget")
+    if not budget:
+        return lines
+    met = report["budget_met"]
+    line = (
+        f"Budget: **{budget['ms']:.3f} ms** (`{budget['text']}`), {'met' if met else 'NOT met'}: measured "
+        f"{pruned['measured']['summary']['median_ms']:.3f} ms {'<=' if met else '>'} {budget['ms']:.3f} ms"
+    )
+    if budget.get("fraction") is not None:
+        line += (
+            f". A relative budget is judged against the unpruned model measured alongside the pruned one "
+            f"({base['measured']['summary']['median_ms']:.3f} ms now, {budget['ms_at_start']:.3f} ms of budget "
+            "at the start of the run)"
         )
-        if budget.get("fraction") is not None:
-            line += (
-                f". A relative budget is judged against the unpruned model measured alongside the pruned one "
-                f"({base['measured']['summary']['median_ms']:.3f} ms now, {budget['ms_at_start']:.3f} ms of budget "
-                "at the start of the run)"
-            )
-        lines += [line + ".", ""]
+    return lines + [line + ".", ""]
+
+
+def _results_table(report: dict[str, Any]) -> list[str]:
+    base, pruned = report["unpruned"], report["pruned"]
     speedup = base["measured"]["summary"]["median_ms"] / pruned["measured"]["summary"]["median_ms"]
-    lines += [
+    return [
         "| | unpruned | pruned |",
         "|---|---|---|",
         f"| measured latency, ms | {_ms(base['measured'])} | {_ms(pruned['measured'])} |",
@@ -87,86 +107,86 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| MACs per sample | {_num(base['macs'])} | {_num(pruned['macs'])} |",
         "",
     ]
-    search = report.get("search")
-    if search:
-        cost = search["cost"]
-        rounds = [r for t in search["tries"] for r in t.get("densified", [])]
-        tries, again = len(search["tries"]), sum(r["searched_again"] for r in rounds)
-        steps = len(search["tries"][search.get("taken_try", tries) - 1].get("lineage", []))
-        start = (
-            f", from the model the search reached ({steps} pruning steps, each short-term fine-tuned)"
-            if steps
-            else ", from the original weights"
+
+
+def _search_section(report: dict[str, Any]) -> list[str]:
+    """What the search cost, the widths it timed on the way, and each try when there was more than one."""
+    search = report["search"]
+    cost = search["cost"]
+    rounds = [r for t in search["tries"] for r in t.get("densified", [])]
+    tries, again = len(search["tries"]), sum(r["searched_again"] for r in rounds)
+    steps = len(search["tries"][search.get("taken_try", tries) - 1].get("lineage", []))
+    start = (
+        f", from the model the search reached ({steps} pruning steps, each short-term fine-tuned)"
+        if steps
+        else ", from the original weights"
+    )
+    lines = [
+        f"Search: agent `{search['agent']}`, {tries} {'try' if tries == 1 else 'tries'} "
+        f"({tries + again} searches), "
+        f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
+        f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
+        f"{report['finetune']['steps']} steps{start}."
+        + (
+            " Fine-tunes and candidate scores ran in bf16 mixed precision (fp32 weights; the model timed "
+            "and tested is fp32)."
+            if report["finetune"].get("precision") == "bf16"
+            else ""
+        ),
+        "",
+    ]
+    if rounds:
+        repeated = {0: "no search was", 1: "1 search was"}.get(again, f"{again} searches were")
+        later = (
+            " A later search read the still-unmeasured widths of each layer kind scaled by how far "
+            f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)})."
         )
         lines += [
-            f"Search: agent `{search['agent']}`, {tries} {'try' if tries == 1 else 'tries'} "
-            f"({tries + again} searches), "
-            f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
-            f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
-            f"{report['finetune']['steps']} steps{start}."
-            + (
-                " Fine-tunes and candidate scores ran in bf16 mixed precision (fp32 weights; the model timed "
-                "and tested is fp32)."
-                if report["finetune"].get("precision") == "bf16"
-                else ""
-            ),
+            f"Before each plan was measured, the layer widths it chose that the table had not measured were "
+            f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
+            f"{repeated} repeated because the plan's prediction moved off its target (over it, or more than "
+            "the margin under it)." + (later if tries + again > 1 else ""),
             "",
         ]
-        if rounds:
-            repeated = {0: "no search was", 1: "1 search was"}.get(again, f"{again} searches were")
-            later = (
-                " A later search read the still-unmeasured widths of each layer kind scaled by how far "
-                f"the measured ones sat from the table (after the last round: x{_factor_range(rounds)})."
-            )
+    return lines + (_tries_section(search) if tries > 1 else [])
+
+
+def _tries_section(search: dict[str, Any]) -> list[str]:
+    """A table of the tries, why each later one searched again, and which try's plan was taken."""
+    tries = search["tries"]
+    lines = ["| try | search target, ms | predicted, ms | measured, ms | budget, ms |", "|---" * 5 + "|"]
+    for i, t in enumerate(tries):
+        measured = f"{t['measured']['summary']['median_ms']:.3f}"
+        budget_ms = _num(t.get("budget_ms"), ".3f")
+        if t.get("final"):  # accepted, then missed after its fine-tune
+            measured += f"; fine-tuned {t['final']['measured']['summary']['median_ms']:.3f}"
+            budget_ms += f"; {t['final']['budget_ms']:.3f}"
+        lines.append(f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {measured} | {budget_ms} |")
+    lines.append("")
+    for i, t in enumerate(tries):
+        if t.get("slack_used"):
+            used = percent_used(t["measured"]["summary"]["median_ms"], t["budget_ms"])
             lines += [
-                f"Before each plan was measured, the layer widths it chose that the table had not measured were "
-                f"timed into the run's copy of the table ({sum(len(r['points']) for r in rounds)} widths); "
-                f"{repeated} repeated because the plan's prediction moved off its target (over it, or more than "
-                "the margin under it)." + (later if tries + again > 1 else ""),
+                f"Try {i + 1}'s plan used {used}% of the budget, so it was kept and try {i + 2} "
+                "searched for a wider one against a looser target.",
                 "",
             ]
-        if len(search["tries"]) > 1:
-            lines += ["| try | search target, ms | predicted, ms | measured, ms | budget, ms |", "|---" * 5 + "|"]
-            for i, t in enumerate(search["tries"]):
-                measured = f"{t['measured']['summary']['median_ms']:.3f}"
-                budget_ms = _num(t.get("budget_ms"), ".3f")
-                if t.get("final"):  # accepted, then missed after its fine-tune
-                    measured += f"; fine-tuned {t['final']['measured']['summary']['median_ms']:.3f}"
-                    budget_ms += f"; {t['final']['budget_ms']:.3f}"
-                lines.append(f"| {i + 1} | {t['target_ms']:.3f} | {t['predicted_ms']:.3f} | {measured} | {budget_ms} |")
-            lines.append("")
-            for i, t in enumerate(search["tries"]):
-                if t.get("slack_used"):
-                    used = percent_used(t["measured"]["summary"]["median_ms"], t["budget_ms"])
-                    lines += [
-                        f"Try {i + 1}'s plan used {used}% of the budget, so it was kept and try {i + 2} "
-                        "searched for a wider one against a looser target.",
-                        "",
-                    ]
-                if t.get("searched_between"):
-                    lines += [
-                        f"Try {i + 1}'s wider plan was not under the budget by half the margin, so try "
-                        f"{i + 2} searched between it and the kept plan.",
-                        "",
-                    ]
-            taken = search.get("taken_try", len(search["tries"]))
-            if taken != len(search["tries"]):
-                if "same_plan_as" in search["tries"][-1]:
-                    why = "The looser target found the same plan again"
-                elif "final" in search["tries"][-1]:
-                    why = "The wider plan's fine-tuned model measured over the budget on the last try"
-                else:
-                    why = "The wider plan was not under the budget by half the margin"
-                lines += [f"{why}, so try {taken}'s plan is the one fine-tuned and reported.", ""]
-    criterion = report.get("criterion")
-    if criterion:
-        taylor = f", over {report['taylor_batches']} training minibatches" if report.get("taylor_batches") else ""
-        lines += [f"Filters kept in each group: the highest-scoring by criterion `{criterion}`{taylor}.", ""]
-    fp = report.get("fingerprint", {})
-    if fp:
-        lines += ["Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fp.items() if not isinstance(v, dict)), ""]
-    lines += [f"Artifacts: `{report['artifacts']['model']}` (pruned model), `{report['artifacts']['plan']}` (plan)."]
-    return "\n".join(lines) + "\n"
+        if t.get("searched_between"):
+            lines += [
+                f"Try {i + 1}'s wider plan was not under the budget by half the margin, so try "
+                f"{i + 2} searched between it and the kept plan.",
+                "",
+            ]
+    taken = search.get("taken_try", len(tries))
+    if taken != len(tries):
+        if "same_plan_as" in tries[-1]:
+            why = "The looser target found the same plan again"
+        elif "final" in tries[-1]:
+            why = "The wider plan's fine-tuned model measured over the budget on the last try"
+        else:
+            why = "The wider plan was not under the budget by half the margin"
+        lines += [f"{why}, so try {taken}'s plan is the one fine-tuned and reported.", ""]
+    return lines
 
 
 def write_report(run_dir: str | Path, report: dict[str, Any]) -> Path:
