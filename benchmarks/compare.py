@@ -7,13 +7,14 @@ target, and per budget the best hardware-aware model beside the control and each
 twin. The compare directory keeps every cell, so an interrupted benchmark continues where it stopped.
 
     python benchmarks/compare.py                     # the target: defaults, --out runs/bench-compare
-    python benchmarks/compare.py --finetune-steps 2000 --out runs/bench-compare-long   # accuracy figures
+    python benchmarks/compare.py --budgets 0.5x --agents uniform,netadapt --twins none \
+        --finetune-steps 2000 --out runs/bench-compare-long    # the long fine-tune target at 0.5x
 
-Measured on the project's 2-vCPU AVX2 EPYC VM (fp32) at e2bfaf0: 89.6 minutes, twice the 45-minute
-target (docs/benchmarks.md). The searches took 26 of them; the rest is each cell's fixed cost, about
-200 s (the unpruned model measured at the start, paired judgement sessions before and after the
-fine-tune, ONNX exports, two test passes). The levers, in order: that fixed cost (--rounds, one
-unpruned measurement shared by the cells), --finetune-steps, and the NetAdapt twin (--twins uniform).
+Measured on the project's 2-vCPU AVX2 EPYC VM (fp32) at 1343cb9: 69.7 minutes on a quiet machine,
+against the 45-minute target (docs/benchmarks.md). The searches took 23 of them; the rest is each
+cell's fixed cost, 130 s on the median (paired judgement sessions before and after the fine-tune,
+the fine-tune, two test passes). The levers: that fixed cost (--rounds), --finetune-steps, and
+the NetAdapt twin (--twins uniform).
 """
 
 from __future__ import annotations
