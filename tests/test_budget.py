@@ -96,6 +96,20 @@ def _loaded(profiler: _Readings):  # noqa: ANN202
     )  # as Loaded does, once per job
 
 
+def test_jobs_sharing_inputs_share_the_unpruned_start_measurement() -> None:
+    """A compare's cells run on one Loaded: the unpruned model is measured at the start once, not per cell."""
+    from torch import nn
+
+    from hwprune.job import JobConfig
+    from hwprune.job.measure import Loaded
+
+    cfg = JobConfig(checkpoint="c", out="o", rounds=1, settle_s=0.0)
+    readings = _Readings(30.0, 20.0)
+    loaded = Loaded(nn.Identity(), None, {}, None, None, readings, (1, 1, 8, 8))  # type: ignore[arg-type]
+    first, second = loaded.unpruned_at_start(cfg), loaded.unpruned_at_start(cfg)
+    assert (first is second, first.median_ms, readings.calls) == (True, 30.0, 1)
+
+
 def test_a_final_miss_is_measured_again_and_the_faster_kept() -> None:
     from torch import nn
 

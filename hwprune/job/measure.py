@@ -42,7 +42,7 @@ class Loaded:
     profiler: Profiler
     input_shape: tuple[int, ...]  # as deployed: (batch, channels, height, width)
     user: UserTraining | None = None
-    _at_start: Measurement | None = field(default=None, repr=False)
+    _at_start: Measurement | None = field(default=None, init=False, repr=False)
 
     def unpruned_at_start(self, cfg: JobConfig) -> Measurement:
         """The unpruned model measured as a job starts, once for every job sharing these inputs: a
