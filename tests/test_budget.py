@@ -6,6 +6,7 @@ import pytest
 
 from hwprune.agents import check_budget, min_keep_count, parse_budget
 from hwprune.errors import BudgetError, HwpruneError
+from hwprune.profilers import Profiler
 
 
 @pytest.mark.parametrize(
@@ -71,8 +72,12 @@ def test_min_keep_count(channels: int, ratio: float, round_to: int, expected: in
 class _Readings:
     """A profiler that returns planted medians, in call order, for whichever model it is given."""
 
+    warmup_s = 1.0
+    warm_by_count = Profiler.warm_by_count
+
     def __init__(self, *medians: float) -> None:
         self.left, self.calls, self.deployed = list(medians), 0, 0
+        self.warmups: list[float] = []  # the time-based warm-up each timing had
 
     def deploy(self, model, shape):  # noqa: ANN001, ANN201
         self.deployed += 1  # an ONNX backend exports here: once per model per judgement, not once per round
@@ -82,6 +87,7 @@ class _Readings:
         from hwprune.profilers import Measurement
 
         self.calls += 1
+        self.warmups.append(self.warmup_s)
         return Measurement([self.left.pop(0)] * 3)
 
 
@@ -166,6 +172,22 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     )
     merged = measure_judged(_loaded(_Readings(*[30.0, 14.0] * 4)), nn.Identity(), cfg, budget).merge(again)
     assert (merged.unpruned.median_ms, merged.measured.median_ms, merged.budget_ms) == (26.0, 13.0, 13.0)
+
+
+def test_a_verdict_settles_and_warms_up_by_time_once_per_session_after_other_work(monkeypatch) -> None:
+    """Idle and a timed warm-up are for timings that follow other work (a fine-tune); a timing that follows
+    another timing warms up by count alone, and the second session follows the first without idling."""
+    from torch import nn
+
+    from hwprune.agents import Budget
+    from hwprune.job import JobConfig, measure
+
+    slept: list[float] = []
+    monkeypatch.setattr(measure.time, "sleep", slept.append)
+    cfg = JobConfig(checkpoint="c", out="o", rounds=2, settle_s=3.0)
+    readings = _Readings(*[20.0, 9.0] * 4)
+    measure.measure_judged(_loaded(readings), nn.Identity(), cfg, Budget.parse("0.5x", 20.0))
+    assert slept == [3.0] and readings.warmups == [1.0, 0.0, 0.0, 0.0] * 2 and readings.warmup_s == 1.0
 
 
 def test_budget_fraction() -> None:

@@ -238,6 +238,16 @@ def test_the_matrix_runs_the_control_then_the_learn_at_budget_first_and_legr_thr
     assert Cell(None, "none", None).label == "unpruned model + the same fine-tune"
 
 
+def test_netadapt_cells_continue_the_path_of_the_tightest_budget_run_before() -> None:
+    cells = {c.name: c for c in plan_cells(["0.7x", "0.5x", "0.3x", "4ms"], ["netadapt", "legr"], ["netadapt"], "0.5x")}
+    assert cells["netadapt-0.5x"].path_from is None  # LeGR learns at 0.5x, so it runs first
+    assert cells["netadapt-0.7x"].path_from == "netadapt-0.5x" and cells["netadapt-0.3x"].path_from == "netadapt-0.5x"
+    assert cells["netadapt-0.3x-macs"].path_from == "netadapt-0.5x-macs" and cells["netadapt-4ms"].path_from is None
+    assert cells["legr-0.3x"].path_from is None
+    in_order = {c.name: c.path_from for c in plan_cells(["0.7x", "0.5x", "0.3x"], ["netadapt"], [], control=False)}
+    assert in_order == {"netadapt-0.7x": None, "netadapt-0.5x": "netadapt-0.7x", "netadapt-0.3x": "netadapt-0.5x"}
+
+
 @pytest.mark.parametrize(
     ("budgets", "learn_at", "error", "match"),
     [

@@ -43,6 +43,7 @@ FAST = [
 def checkpoint(tmp_path_factory) -> Path:
     spec = ModelSpec("resnet20", 1, 10, (32, 32))
     out = tmp_path_factory.mktemp("ck") / "resnet20"
+    torch.manual_seed(0)  # the same weights in every session: a search's path depends on them
     save_checkpoint(out, spec.build(), spec, {"data": "synthetic", "seed": 0})
     return out
 
@@ -100,6 +101,9 @@ def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: P
         (["--ratio", "0.5", "--val-samples", "0"], "--val-samples: must be >= 1"),
         (["--ratio", "0.5", "--finetune-lr", "-0.1"], "--finetune-lr: must be > 0"),
         (["--budget", "0.5x", "--calibration-plans", "2"], "--calibration-plans must be 0 (no calibration) or >= 3"),
+        (["--budget", "0.5x", "--agent", "uniform", "--continue-from", "x"], "use it with --agent netadapt"),
+        (["--ratio", "0.5", "--agent", "netadapt", "--continue-from", "x"], "--continue-from needs --budget"),
+        (["--budget", "0.5x", "--continue-from", "nowhere"], "no finished run there"),
     ],
 )
 def test_bad_options_refused_without_output(checkpoint: Path, tmp_path: Path, capsys, args, match) -> None:
@@ -430,6 +434,30 @@ def test_netadapt_s_next_try_continues_the_path_of_the_last(checkpoint: Path, tm
     assert handed is not None and handed.history == first["history"]
     assert second["history"][: len(first["history"])] == first["history"]  # its path, kept as it was
     assert len(second["history"]) > len(first["history"])
+
+
+def test_a_netadapt_run_continues_the_path_of_an_earlier_run_at_another_budget(
+    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """--continue-from: a tighter budget keeps the earlier run's path, up to its last step (which asked only for
+    the rest of that run's gap), and goes on from there; a run without a search path is refused in one line."""
+    from conftest import FakeProfiler
+
+    options = {"agent": "netadapt", "agent_options": {"progress": False}, "margin": 0.2}
+    first, _ = _half_budget_on(FakeProfiler(), checkpoint, tmp_path / "a", monkeypatch, budget="0.7x", **options)
+    path = first["search"]["tries"][first["search"]["taken_try"] - 1]["history"]
+    second, _ = _half_budget_on(
+        FakeProfiler(), checkpoint, tmp_path / "b", monkeypatch, continue_from=str(tmp_path / "a"), **options
+    )
+    walked = second["search"]["tries"][0]["history"]
+    assert len(path) >= 2 and walked[: len(path) - 1] == path[:-1] and len(walked) > len(path) - 1
+    assert second["search"]["continued_from"] == str(tmp_path / "a")
+    assert "continued the path of" in (tmp_path / "b" / "report.md").read_text()
+
+    _half_budget_on(FakeProfiler(), checkpoint, tmp_path / "r", monkeypatch, ratio=0.5, budget=None)
+    args = ["prune", "--checkpoint", str(checkpoint), "--budget", "0.5x", "--continue-from", str(tmp_path / "r")]
+    assert main([*args, "--out", str(tmp_path / "c"), *FAST]) == 2
+    assert "that run has no search path" in _one_error_line(capsys) and not (tmp_path / "c").exists()
 
 
 def test_slack_below_the_margin_is_refused(checkpoint: Path, tmp_path: Path, capsys) -> None:

@@ -7,6 +7,8 @@ Example:  hwprune prune --checkpoint checkpoints/resnet20-fmnist --budget 0.5x -
 
 A LeGR run leaves its learned ranking in the run directory; any other budget reuses it without searching:
           hwprune prune --checkpoint ... --agent legr --ranking runs/r20-legr/ranking.json --budget 0.3x --out ...
+A NetAdapt run's path leads on to tighter budgets; another budget continues it rather than start over:
+          hwprune prune --checkpoint ... --agent netadapt --continue-from runs/r20 --budget 0.3x --out ...
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=text,
         help="with --agent legr: threshold this learned ranking (ranking.json of an earlier LeGR run on the same "
         "model) to --budget instead of searching; no candidate is evaluated",
+    )
+    goal.add_argument(
+        "--continue-from",
+        metavar="RUN",
+        type=text,
+        help="with --agent netadapt: continue the search path of this finished NetAdapt run on the same model "
+        "(its run directory) instead of walking it again from the full model: to a tighter budget the path goes "
+        "on from where that run stopped, to a looser one it stops earlier",
     )
     goal.add_argument(
         "--agent-option",
@@ -335,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
             taylor_batches=args.taylor_batches,
             min_keep_ratio=args.min_keep_ratio,
             ranking=args.ranking,
+            continue_from=args.continue_from,
             max_tries=args.max_tries,
             densify=args.densify,
             repeats=args.repeats,

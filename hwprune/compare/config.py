@@ -26,7 +26,18 @@ DEFAULT_TWINS = ("uniform", "netadapt")
 """Uniform is the plain FLOPs baseline users already run; NetAdapt is the hardware-aware agent that
 beat uniform in the budget benchmark: together they show what the latency table adds to the
 simplest and to the strongest search."""
-PER_CELL = ("checkpoint", "out", "budget", "ratio", "plan", "agent", "agent_options", "ranking", "predictor")
+PER_CELL = (
+    "checkpoint",
+    "out",
+    "budget",
+    "ratio",
+    "plan",
+    "agent",
+    "agent_options",
+    "ranking",
+    "continue_from",
+    "predictor",
+)
 """JobConfig fields a compare sets per cell; every other one is shared (``CompareConfig.job``)."""
 
 
@@ -73,6 +84,7 @@ class CompareConfig:
             agent_options=self.options_for(cell.agent),
             predictor=cell.predictor,
             ranking=ranking,
+            continue_from=str(cell_dir(self.out, cell.path_from)) if cell.path_from else None,
             **shared,
         )
 
@@ -89,11 +101,10 @@ class CompareConfig:
         cells = self.cells()
         for cell in cells:
             cfg = self.job_config(cell)
-            if cfg.ranking is not None:
-                cfg = JobConfig(
-                    **(asdict(cfg) | {"ranking": None, "agent_options": self.options_for(cell.agent or "")})
-                )
-            validate_config(cfg)  # the ranking file does not exist yet; everything else is checked
+            if cfg.ranking is not None or cfg.continue_from is not None:
+                unset = {"ranking": None, "continue_from": None, "agent_options": self.options_for(cell.agent or "")}
+                cfg = JobConfig(**(asdict(cfg) | unset))
+            validate_config(cfg)  # the ranking and the path do not exist yet; everything else is checked
 
     def command(self) -> str:
         """The command line that makes this compare again, every setting spelled out."""

@@ -4,15 +4,19 @@ A cell is one ``hwprune prune`` job: an agent at a budget under a predictor ("ta
 latency table, the hardware-aware search; "macs": its FLOPs-targeted twin), or the control (the
 unpruned model given the same long fine-tune). LeGR learns its ranking once per predictor, at
 ``learn_at``, and its other budgets threshold that ranking, so the budget it learns at is run
-first; the other budgets follow in the order given.
+first; the other budgets follow in the order given. NetAdapt walks one path through ever smaller
+plans, so its cell at each later budget continues the path of its cell at the tightest budget run
+before (``--continue-from``): it stops earlier on that path or goes on from its end, instead of
+walking the shared part again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hwprune.agents import budget_fraction
+from hwprune.agents import budget_fraction, parse_budget
 from hwprune.errors import ConfigError
+from hwprune.job.earlier import CONTINUES_PATH
 
 CONTROL = "unpruned-finetuned"
 LEARNS_ONCE = ("legr",)
@@ -27,6 +31,7 @@ class Cell:
     predictor: str  # "table", "macs", or "none" for the control
     budget: str | None
     ranking_from: str | None = None  # the name of the cell whose ranking.json this one thresholds
+    path_from: str | None = None  # the name of the cell whose search path this one continues
 
     @property
     def name(self) -> str:
@@ -78,5 +83,15 @@ def plan_cells(
                 ranking_from = None
                 if agent in LEARNS_ONCE and budget != learn_at:
                     ranking_from = Cell(agent, predictor, learn_at).name
-                cells.append(Cell(agent, predictor, budget, ranking_from))
+                path_from = _longest_path(cells, agent, predictor, budget) if agent in CONTINUES_PATH else None
+                cells.append(Cell(agent, predictor, budget, ranking_from, path_from))
     return cells
+
+
+def _longest_path(cells: list[Cell], agent: str, predictor: str, budget: str) -> str | None:
+    """The earlier cell of ``agent`` under ``predictor`` at the tightest budget of ``budget``'s kind (a
+    fraction or ms): its path holds the shared part of every looser budget's."""
+    kind = budget_fraction(budget) is None
+    same = [c for c in cells if c.agent == agent and c.predictor == predictor and c.budget is not None]
+    same = [c for c in same if (budget_fraction(c.budget) is None) == kind]
+    return min(same, key=lambda c: parse_budget(c.budget or "", 1.0)).name if same else None

@@ -71,6 +71,13 @@ def render(
             "nothing, so their search time is near zero.",
             "",
         ]
+    continued = [f"{r['cell']} from {r['path_from']}" for r in rows if r["path_from"]]
+    if continued:
+        lines += [
+            f"NetAdapt walks one path through ever smaller plans, so its later budgets continued the path of an "
+            f"earlier cell ({', '.join(continued)}); their search time is what they added to it.",
+            "",
+        ]
     if fingerprint:
         lines += [
             "Device fingerprint: " + ", ".join(f"{k}={v}" for k, v in fingerprint.items() if not isinstance(v, dict)),

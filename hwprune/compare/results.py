@@ -46,6 +46,7 @@ COLUMNS = (
     "finetune_steps",
     "tries",
     "ranking_from",
+    "path_from",
     "run_dir",
 )
 
@@ -76,6 +77,7 @@ def row_of(outcome: CellOutcome) -> dict[str, Any]:
     search = report.get("search") or {}
     cost = search.get("cost", {})
     row |= {
+        "path_from": Path(search["continued_from"]).name if search.get("continued_from") else None,
         "budget_ms": (report.get("budget") or {}).get("ms"),
         "predicted_ms": pruned.get("predicted_ms"),
         "measured_ms": measured["median_ms"],

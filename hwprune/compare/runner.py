@@ -4,8 +4,9 @@ Each cell is the real ``hwprune prune`` job in its own directory under ``OUT/cel
 resumes as a prune run does; a finished cell (its ``report.json``) is read back, never rerun.
 A cell the job refuses (an impossible budget, no plan measured under it) is recorded in
 ``compare.json`` with its one-line reason and the matrix goes on; a LeGR cell whose ranking
-was never learned fails the same way. Progress is one line per cell: which of how many, and an
-ETA from the cells this session has run.
+was never learned fails the same way, while a NetAdapt cell whose path source failed searches from
+the full model. Progress is one line per cell: which of how many, and an ETA from the cells this
+session has run.
 """
 
 from __future__ import annotations
@@ -136,10 +137,18 @@ def run_cell(cfg: CompareConfig, cell: Cell, before: list[CellOutcome], loaded: 
             run_job(job, resume=True, loaded=loaded)
         else:
             run.parent.mkdir(parents=True, exist_ok=True)
-            run_job(cfg.job_config(cell), loaded=loaded)
+            run_job(_path_checked(cfg.job_config(cell), cell, before), loaded=loaded)
     except HwpruneError as exc:
         return CellOutcome(cell, run, "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, True)
     return CellOutcome(cell, run, "done", ran=True)
+
+
+def _path_checked(job: JobConfig, cell: Cell, before: list[CellOutcome]) -> JobConfig:
+    """A cell whose path source failed searches from the full model, as a lone ``hwprune prune`` would."""
+    if cell.path_from is None or any(o.cell.name == cell.path_from and o.status == "done" for o in before):
+        return job
+    log.info(f"compare: {cell.path_from} has no finished path to continue; {cell.name} searches from the full model")
+    return replace(job, continue_from=None)
 
 
 def outcomes_of(out: str | Path) -> tuple[CompareConfig, list[CellOutcome]]:

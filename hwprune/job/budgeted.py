@@ -19,15 +19,16 @@ from typing import Any, cast
 
 from torch import nn
 
-from hwprune.agents import Budget, LatencyPredictor, SearchContext, check_budget
+from hwprune.agents import Budget, LatencyPredictor, SearchContext, SearchResult, check_budget
 from hwprune.errors import BudgetError, TableError
 from hwprune.evaluator import Evaluator
 from hwprune.job.config import JobConfig
+from hwprune.job.earlier import as_result, path_of_run
 from hwprune.job.measure import Judged, Loaded, finish, measure_judged
 from hwprune.job.policy import TryPolicy
 from hwprune.job.search_try import search_try
 from hwprune.job.targets import first_target
-from hwprune.job.tries import as_result, judged_from, load_tries, record_of, save_tries, total_cost
+from hwprune.job.tries import judged_from, load_tries, record_of, save_tries, total_cost
 from hwprune.latency import FlopsPredictor, LatencyTable, Predictor, TableSetting, profile_model, timing_like
 from hwprune.latency.build import BLOCK_WARMUP_S
 from hwprune.profilers import Measurement
@@ -195,8 +196,11 @@ def _try(
     kept: int | None,
     budget: Budget,
 ) -> tuple[SearchContext, dict[str, Any]]:
-    """Search against ``target`` and measure the plan; the try as ``tries.json`` records it."""
-    previous = as_result(tries[-1]) if tries else None  # NetAdapt continues the last try's path
+    """Search against ``target`` and measure the plan; the try as ``tries.json`` records it.
+
+    NetAdapt continues the last try's path; the first try, the path of ``--continue-from``'s run.
+    """
+    previous = as_result(tries[-1]) if tries else continued_run(cfg)
     ctx, result, densified = search_try(cfg, loaded, run, ctx, table, target, len(tries) + 1, previous)
     # A looser target can find the kept plan again: its judgement stands, and there is nothing wider to try.
     same = kept is not None and result.plan.key() == as_result(tries[kept]).plan.key()
@@ -221,6 +225,14 @@ def _try(
         assert kept is not None
         done["same_plan_as"] = kept + 1
     return ctx, done
+
+
+def continued_run(cfg: JobConfig) -> SearchResult | None:
+    """The path ``--continue-from`` names, for the job's first search (None without one)."""
+    if cfg.continue_from is None:
+        return None
+    log.info(f"continuing the search path of {cfg.continue_from}")
+    return path_of_run(cfg.continue_from)
 
 
 def _say_try(done: dict[str, Any], i: int, budget: Budget) -> None:
@@ -272,6 +284,7 @@ def _finish_try(
             "taken_try": take + 1,
             "cost": total_cost(tries),
             "predictor": predictor.describe(),
+            "continued_from": cfg.continue_from,
         }
         return SearchOutcome(pruned, applied, tried.measured, search, predictor, final, taken)
     done["final"] = record_of(final) | {"measurements": taken}

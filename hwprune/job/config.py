@@ -12,6 +12,7 @@ from hwprune.agents import get_agent
 from hwprune.agents.ranking import Ranking
 from hwprune.errors import ArtifactError, ConfigError
 from hwprune.io import read_json, write_json
+from hwprune.job.earlier import CONTINUES_PATH, path_of_run
 from hwprune.latency.calibrate import check_plan_count
 from hwprune.options import (
     AT_LEAST_1,
@@ -73,6 +74,7 @@ class JobConfig:
     criterion: str | None = None  # filter importance; None: l2, or for --plan the criterion that chose its filters
     taylor_batches: int = TAYLOR_BATCHES
     ranking: str | None = None  # a LeGR ranking.json to threshold to the budget: no search, no evaluation
+    continue_from: str | None = None  # a finished NetAdapt run whose search path this one continues
     predictor: str = "table"  # "macs": a FLOPs-targeted twin (job/macs_twin.py), no table and one search
     progress: bool = True  # tqdm bars of the table build and the long fine-tune; changes nothing a run computes
 
@@ -90,7 +92,7 @@ class JobConfig:
         return 2 * self.margin if self.slack is None else self.slack
 
 
-PATH_FIELDS = ("checkpoint", "lut", "plan", "data_dir")
+PATH_FIELDS = ("checkpoint", "lut", "plan", "data_dir", "continue_from")
 """Options naming files: recorded absolute in job.json, so a run resumes from any working directory."""
 
 RANGES: dict[str, Range] = {
@@ -150,6 +152,8 @@ def validate_config(cfg: JobConfig) -> None:
         check_plan_count(cfg.calibration_plans, "--calibration-plans")
     if cfg.ranking is not None:
         validate_ranking(cfg)
+    if cfg.continue_from is not None:
+        validate_continue_from(cfg)
     if cfg.predictor not in PREDICTORS:
         raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}, got {cfg.predictor!r}")
     if cfg.predictor == "macs" and cfg.budget is None:
@@ -174,6 +178,20 @@ def validate_ranking(cfg: JobConfig) -> None:
             "give one"
         )
     Ranking.load(cfg.ranking)  # missing, corrupt or another kind of file: one line now
+
+
+def validate_continue_from(cfg: JobConfig) -> None:
+    """``--continue-from`` hands a NetAdapt search an earlier run's path: it needs a budget and a finished run.
+
+    Whether that path's groups fit the model is checked once the model is loaded (``run.run_job``).
+    """
+    if cfg.agent not in CONTINUES_PATH:
+        raise ConfigError(
+            f"--continue-from continues a NetAdapt search path: use it with --agent netadapt, not --agent {cfg.agent}"
+        )
+    if cfg.budget is None:
+        raise ConfigError("--continue-from needs --budget (e.g. 0.3x): the path is walked until it meets the budget")
+    path_of_run(cfg.continue_from)  # not a finished run, or one without a search: one line now
 
 
 def check_fresh_out(out: str | Path) -> None:

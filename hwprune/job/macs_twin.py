@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hwprune.agents import Budget, check_budget, get_agent
 from hwprune.agents.state import finished_result
-from hwprune.job.budgeted import SearchOutcome, final_start, search_context
+from hwprune.job.budgeted import SearchOutcome, continued_run, final_start, search_context
 from hwprune.job.config import JobConfig
 from hwprune.job.measure import Loaded, finish, measure_judged
 from hwprune.job.tries import judged_from, load_tries, record_of, save_tries, total_cost
@@ -50,7 +50,8 @@ def macs_targeted_search(
     tries_path, state = run / "tries.json", run / "search-1.json"
     tries = load_tries(tries_path) if resume else []
     if not tries:
-        result = finished_result(state) or get_agent(cfg.agent, **cfg.agent_options).search(ctx, target, state)
+        agent = get_agent(cfg.agent, **cfg.agent_options)
+        result = finished_result(state) or agent.search(ctx, target, state, continued_run(cfg))
         pruned, _ = apply_plan(loaded.model, result.plan, loaded.graph)
         judged = measure_judged(loaded, pruned, cfg, budget)
         tries = [
@@ -76,6 +77,7 @@ def macs_targeted_search(
         "taken_try": 1,
         "cost": total_cost(tries),
         "predictor": predictor.describe(),
+        "continued_from": cfg.continue_from,
     }
     measured = Measurement.from_dict(tries[0]["measured"])
     return SearchOutcome(model, applied, measured, search, predictor, final, taken)

@@ -140,10 +140,10 @@ def measure(loaded: Loaded, model: nn.Module, cfg: JobConfig) -> Measurement:
     the final model) is measured the same way, so a budget is neither loosened by a slow spell
     during the unpruned measurement nor missed because of one during the pruned one. The job
     first idles ``cfg.settle_s``: a model timed right after a fine-tune runs slow for a few seconds
-    (docs/latency.md), and the profiler's warm-up is
-    ``cfg.warmup_s`` (1 s) because after an idle pause the first runs are slow too.
+    (docs/latency.md), and the first timing's warm-up is ``cfg.warmup_s`` (1 s) because after an idle
+    pause the first runs are slow too.
     """
-    return _measure_rounds([deploy(loaded, model)], cfg)[0]
+    return _measure_rounds(loaded, [deploy(loaded, model)], cfg)[0]
 
 
 def deploy(loaded: Loaded, model: nn.Module) -> Callable[[], Measurement]:
@@ -155,12 +155,22 @@ def deploy(loaded: Loaded, model: nn.Module) -> Callable[[], Measurement]:
     return loaded.timed_unpruned if model is loaded.model else loaded.profiler.deploy(model.eval(), loaded.input_shape)
 
 
-def _measure_rounds(deployed: list[Callable[[], Measurement]], cfg: JobConfig) -> list[Measurement]:
-    """After ``cfg.settle_s`` idle, ``cfg.rounds`` rounds, each timing every model in turn; the faster of each kept."""
-    time.sleep(cfg.settle_s)
-    kept = [timed() for timed in deployed]  # rounds >= 1 is validated
-    for _ in range(cfg.rounds - 1):
-        kept = [keep_faster(k, timed()) for k, timed in zip(kept, deployed, strict=True)]
+def _measure_rounds(
+    loaded: Loaded, deployed: list[Callable[[], Measurement]], cfg: JobConfig, *, settle: bool = True
+) -> list[Measurement]:
+    """``cfg.rounds`` rounds, each timing every model in turn; the faster of each kept.
+
+    ``settle``: first idle ``cfg.settle_s``, for a session that follows other work (a fine-tune).
+    Only the session's first timing warms up for ``cfg.warmup_s`` too; the others follow timings and
+    warm up by count, which reads the same medians about 11 s sooner per verdict (docs/budget-loop.md).
+    """
+    if settle:
+        time.sleep(cfg.settle_s)
+    kept = [deployed[0]()]  # rounds >= 1 is validated
+    with loaded.profiler.warm_by_count():
+        kept += [timed() for timed in deployed[1:]]
+        for _ in range(cfg.rounds - 1):
+            kept = [keep_faster(k, timed()) for k, timed in zip(kept, deployed, strict=True)]
     return kept
 
 
@@ -198,7 +208,7 @@ class Judged:
 
 
 PAIRED_SESSIONS = 2
-"""Sessions (each ``cfg.rounds`` interleaved rounds after ``cfg.settle_s`` idle) a relative budget is judged on."""
+"""Sessions a relative budget is judged on: each ``cfg.rounds`` interleaved rounds, the first after a settle."""
 
 
 def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budget) -> Judged:
@@ -219,13 +229,13 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
 
     pair = [loaded.timed_unpruned, deploy(loaded, model)]
 
-    def session() -> Judged:
-        unpruned, measured = _measure_rounds(pair, cfg)
+    def session(settle: bool) -> Judged:
+        unpruned, measured = _measure_rounds(loaded, pair, cfg, settle=settle)
         return Judged(measured, unpruned, budget)
 
-    judged = session()
+    judged = session(settle=True)
     for _ in range(PAIRED_SESSIONS - 1):
-        judged = judged.merge(session())
+        judged = judged.merge(session(settle=False))  # it follows the last session's timings, not other work
     return judged
 
 

@@ -132,6 +132,12 @@ def _search_section(report: dict[str, Any]) -> list[str]:
             "and tested is fp32)."
             if report["finetune"].get("precision") == "bf16"
             else ""
+        )
+        + (
+            f" The search continued the path of `{search['continued_from']}` (`--continue-from`): its cost is "
+            "what this run added to that path."
+            if search.get("continued_from")
+            else ""
         ),
         "",
     ]

@@ -18,10 +18,11 @@ from typing import Any
 from hwprune import __version__
 from hwprune.agents import Budget, check_budget, parse_budget
 from hwprune.agents.ranking import Ranking
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, PlanError
 from hwprune.io import read_json
 from hwprune.job.budgeted import budgeted_search, latency_table
 from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
+from hwprune.job.earlier import path_of_run
 from hwprune.job.macs_twin import macs_targeted_search
 from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, measure, summarize_model
 from hwprune.job.report import write_report
@@ -70,6 +71,8 @@ def run_job(cfg: JobConfig, resume: bool = False, loaded: Loaded | None = None) 
     fixed, cfg.criterion = fixed_plan(cfg, loaded) if cfg.budget is None else (None, cfg.criterion or DEFAULT_CRITERION)
     if cfg.ranking is not None:
         Ranking.load(cfg.ranking).check(loaded.spec.name, loaded.graph, cfg.ranking)  # before anything is measured
+    if cfg.continue_from is not None:
+        check_path(cfg.continue_from, loaded)
     t0 = time.perf_counter()
     base_m = loaded.unpruned_at_start(cfg)
     log.info(f"unpruned: {base_m.median_ms:.3f} ms (IQR {base_m.iqr_ms:.3f}) per batch of {cfg.batch} on {cfg.backend}")
@@ -82,6 +85,14 @@ def run_job(cfg: JobConfig, resume: bool = False, loaded: Loaded | None = None) 
             shutil.rmtree(run, ignore_errors=True)
         raise
     return report_path, met
+
+
+def check_path(run: str, loaded: Loaded) -> None:
+    """``--continue-from``'s path was walked on this model: refused in one line before anything is measured."""
+    try:
+        path_of_run(run).plan.validate(loaded.graph, loaded.spec.name)
+    except PlanError as exc:
+        raise PlanError(f"--continue-from {run}: its search path does not fit this model ({exc})") from None
 
 
 def _budget(cfg: JobConfig, base_m: Measurement, resume: bool) -> Budget:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hwprune.agents import Budget, SearchResult
+from hwprune.agents import Budget
 from hwprune.io import read_json, write_json
 from hwprune.job.measure import Judged
 from hwprune.profilers import Measurement
-from hwprune.pruning import PruningPlan
 
 TRIES_KIND = "search-tries"
 
@@ -46,13 +45,3 @@ def summed_costs(costs: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]
 def total_cost(tries: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ["wall_s", "evaluations", "finetune_steps", "predictor_calls", "densify_s"]
     return summed_costs([t["cost"] for t in tries], keys)
-
-
-def as_result(done: dict[str, Any]) -> SearchResult:
-    """A recorded try as the search result it kept: what the next try's agent may continue from."""
-    return SearchResult(
-        PruningPlan.from_dict(done["plan"]),
-        done["history"],
-        done["cost"],
-        lineage=tuple(PruningPlan.from_dict(p) for p in done.get("lineage", ())),
-    )

@@ -14,7 +14,8 @@ import os
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
 from torch import nn
@@ -132,6 +133,17 @@ class Profiler(ABC):
             run()
             self._sync()
             done += 1
+
+    @contextmanager
+    def warm_by_count(self) -> Iterator[None]:
+        """Inside, a measurement warms up by count alone (``warmup`` runs), not for ``warmup_s`` too: for
+        timings that follow other timings, when caches and clocks are already in use and only the new
+        model's own first runs are slow."""
+        previous, self.warmup_s = self.warmup_s, 0.0
+        try:
+            yield
+        finally:
+            self.warmup_s = previous
 
     def _collect(self, run: Workload) -> Measurement:
         return Measurement([self._sample_ms(run) for _ in range(self.repeats)])
