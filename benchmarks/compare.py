@@ -10,11 +10,11 @@ twin. The compare directory keeps every cell, so an interrupted benchmark contin
     python benchmarks/compare.py --budgets 0.5x --agents uniform,netadapt --twins none \
         --finetune-steps 2000 --out runs/bench-compare-long    # the long fine-tune target at 0.5x
 
-Measured on the project's 2-vCPU AVX2 EPYC VM (fp32) at 1343cb9: 69.7 minutes on a quiet machine,
-against the 45-minute target (docs/benchmarks.md). The searches took 23 of them; the rest is each
-cell's fixed cost, 130 s on the median (paired judgement sessions before and after the fine-tune,
-the fine-tune, two test passes). The levers: that fixed cost (--rounds), --finetune-steps, and
-the NetAdapt twin (--twins uniform).
+Measured on the project's 2-vCPU AVX2 EPYC VM (fp32) at 09a0dfc: 54.2 minutes on a quiet machine,
+against the 45-minute target (docs/benchmarks.md). The searches took 15 of them; the rest is each
+cell's fixed cost, 118 s on the median (paired verdicts before and after the fine-tune, the
+fine-tune, one test pass). The levers left: that fixed cost (--finetune-steps, --rounds) and the
+NetAdapt twin (--twins uniform).
 """
 
 from __future__ import annotations
