@@ -7,7 +7,7 @@ target, and per budget the best hardware-aware model beside the control and each
 twin. The compare directory keeps every cell, so an interrupted benchmark continues where it stopped.
 
     python benchmarks/compare.py                     # the target: defaults, --out runs/bench-compare
-    python benchmarks/compare.py --budgets 0.5x --agents uniform,netadapt --twins none \
+    python benchmarks/compare.py --budgets 0.5x --agents netadapt --twins none \
         --finetune-steps 2000 --out runs/bench-compare-long    # the long fine-tune target at 0.5x
 
 Measured on the project's 2-vCPU AVX2 EPYC VM (fp32) at 09a0dfc: 54.2 minutes on a quiet machine,
