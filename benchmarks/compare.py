@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-compare")
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "resnet20-fmnist"))
     p.add_argument("--finetune-steps", type=int, help="the long fine-tune of every cell (default: the compare's)")
+    p.add_argument("--distill", type=float, help="the long fine-tune's distillation weight (default: none)")
     p.add_argument("--budgets", default="0.7x,0.5x,0.3x")
     p.add_argument("--agents", default="uniform,netadapt,amc,legr")
     p.add_argument("--twins", default="uniform,netadapt", help="agents given a MACs-targeted twin ('none': no twins)")
@@ -119,6 +120,7 @@ def main() -> None:
         argv += ["--budgets", args.budgets, "--agents", args.agents, "--twins", args.twins]
         argv += ["--backend", "onnxruntime", "--batch", "32", "--threads", "1"]  # the demo's deployment setting
         argv += ["--finetune-steps", str(args.finetune_steps)] if args.finetune_steps else []
+        argv += ["--distill", str(args.distill)] if args.distill else []
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the jobs' progress lines; stdout is the JSON
         code = hwprune(argv)

@@ -59,6 +59,7 @@ ANY = Range()
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 FRACTION = Range(0, 1, low_open=True)  # a keep ratio: (0, 1]
+UNIT_INTERVAL = Range(0, 1)  # a weight: [0, 1]
 AT_LEAST_1 = Range(1)
 REPEATS = Range(3)  # timed samples per run: fewer make a median and an IQR meaningless
 MARGIN = Range(0, 0.5, high_open=True)  # the share of a budget a search keeps in reserve
@@ -113,6 +114,7 @@ non_negative_int = integer(NON_NEGATIVE)
 positive_float = number(POSITIVE)
 non_negative_float = number(NON_NEGATIVE)
 fraction = number(FRACTION)
+unit_interval = number(UNIT_INTERVAL)
 
 
 def _nonempty(text: str) -> str:

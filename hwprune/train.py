@@ -98,17 +98,47 @@ def _cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+DISTILL_TEMPERATURE = 4.0
+"""How far both models' logits are softened in the distillation term: Hinton et al.'s range, and the
+usual choice for 10-class image tasks."""
+
+
+def distilled_loss(
+    logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, weight: float, temperature: float
+) -> torch.Tensor:
+    """(1 - weight) x cross-entropy on the labels + weight x T^2 x KL(teacher || student) at temperature T.
+
+    The teacher's softened outputs say which wrong classes look alike, which a pruned model relearns
+    faster than from labels alone; T^2 keeps that term's gradients on the labels' scale.
+    """
+    hard = F.cross_entropy(logits, y)
+    soft = F.kl_div(
+        F.log_softmax(logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - weight) * hard + weight * temperature**2 * soft
+
+
 def _step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     precision: str = "fp32",
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> tuple[float, int]:
     optimizer.zero_grad(set_to_none=True)
     with autocast(precision, x.device):
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        if teacher is None:
+            loss = F.cross_entropy(logits, y)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = distilled_loss(logits, y, teacher_logits, distill, DISTILL_TEMPERATURE)
     loss.backward()
     optimizer.step()
     return float(loss.detach()), int((logits.argmax(1) == y).sum())
@@ -336,19 +366,28 @@ def fine_tune(
     device: Device = None,
     augment: Augment | None = None,
     precision: str = "fp32",
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> None:
     """Recover accuracy after pruning with ``steps`` SGD steps, cosine-decayed from ``lr``.
 
     Deterministic: the same model, data, seed and precision give bit-identical weights on the same
     machine (it reseeds the global RNGs, as ``train`` does). The model's train/eval mode is restored.
     ``precision`` bf16 runs forward and backward under bf16 autocast; the weights stay fp32.
+    ``teacher`` (the unpruned model, in eval mode and untouched) with ``distill`` > 0: knowledge
+    distillation, ``distill`` the weight of its softened outputs against the labels (:func:`distilled_loss`).
     """
     if steps < 0:
         raise ConfigError(f"fine-tune steps must be >= 0, got {steps}")
+    if not 0 <= distill <= 1 or (distill > 0) != (teacher is not None):
+        raise ConfigError(f"distillation needs a teacher and a weight in (0, 1], got weight {distill}")
     if steps == 0:
         return
     dev = _device_of(model, device)
     model.to(dev)
+    teacher_was_training = teacher is not None and teacher.training
+    if teacher is not None:
+        teacher.to(dev).eval()
     seed_everything(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
     optimizer = _sgd(model, lr)
@@ -363,8 +402,10 @@ def fine_tune(
                 x, y = x.to(dev), y.to(dev)
                 if augment is not None:
                     x = augment(x, aug_gen)
-                loss, _hits = _step(model, optimizer, x, y, precision)
+                loss, _hits = _step(model, optimizer, x, y, precision, teacher, distill)
                 scheduler.step()
                 bar.set_postfix(loss=f"{loss:.3f}")
     finally:
         model.train(was_training)
+        if teacher is not None:
+            teacher.train(teacher_was_training)

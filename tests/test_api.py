@@ -270,6 +270,7 @@ def _refused(trained: nn.Module, table, tmp_path: Path, **kw: Any) -> str:  # no
         ({"score": len, "criterion": "taylor"}, "pass taylor_data="),
         ({"score": len, "margn": 0.1}, "unknown option margn=: did you mean margin=?"),
         ({"score": len, "backend": "onnx"}, "unknown backend 'onnx'"),
+        ({"score": len, "distill": 0.5}, "distil inside your finetune= function"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(trained: Tiny, table, tmp_path: Path, options, needle) -> None:  # noqa: ANN001

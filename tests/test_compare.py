@@ -82,7 +82,8 @@ def test_a_compare_writes_results_plot_and_report_and_resumes_without_rerunning(
 ) -> None:
     out = tmp_path / "cmp"
     args = ["--checkpoint", str(checkpoint), "--out", str(out), "--budgets", "0.6x,0.4x"]
-    assert _compare(*args, "--agents", "uniform,legr", "--twins", "uniform", *LEGR_OPTIONS, *TINY) == 0
+    matrix = ["--agents", "uniform,legr", "--twins", "uniform", "--distill", "0.5"]
+    assert _compare(*args, *matrix, *LEGR_OPTIONS, *TINY) == 0
     names = ["unpruned-finetuned", "uniform-0.4x", "legr-0.4x", "uniform-0.4x-macs"]
     names += ["uniform-0.6x", "legr-0.6x", "uniform-0.6x-macs"]
     assert device == names  # the control, then the learn-at (middle) budget first; one table, profiled once
@@ -132,6 +133,9 @@ def test_a_compare_writes_results_plot_and_report_and_resumes_without_rerunning(
     assert "--budgets 0.6x,0.4x --agents uniform,legr --twins uniform" in command
     assert "--agent-option legr.generations=1" in command
     assert "--backend fake" in command and "--finetune-steps 2" in command and "--margin 0.2" in command
+    # Every cell, the control too, was taught by the unpruned model: the same fine-tune for all.
+    assert "--distill 0.5" in command and "2-step fine-tune (distilled from the unpruned model, weight 0.5)" in text
+    assert {json.loads((out / "cells" / n / "report.json").read_text())["finetune"]["distill"] for n in names} == {0.5}
 
     # --resume: every finished cell is read back, none is run again.
     device.clear()

@@ -77,13 +77,17 @@ def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: P
     assert spec.name == "resnet20" and plan == PruningPlan.load(out / "plan.json")
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 
-    # The saved plan re-applies through --plan.
+    # The saved plan re-applies through --plan; this time the unpruned model teaches the fine-tune.
     again = tmp_path / "again"
-    assert (
-        main(["prune", "--checkpoint", str(checkpoint), "--plan", str(out / "plan.json"), "--out", str(again), *FAST])
-        == 0
-    )
+    plan_args = ["--plan", str(out / "plan.json"), "--distill", "0.5"]
+    assert main(["prune", "--checkpoint", str(checkpoint), *plan_args, "--out", str(again), *FAST]) == 0
     assert PruningPlan.load(again / "plan.json").keep == plan.keep
+    assert (report["finetune"]["distill"], json.loads((again / "report.json").read_text())["finetune"]["distill"]) == (
+        0.0,
+        0.5,
+    )
+    taught = load_pruned(again / "model")[0].state_dict()
+    assert not all(torch.equal(v, taught[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize(
@@ -100,6 +104,7 @@ def test_ratio_run_writes_smaller_model_and_report(checkpoint: Path, tmp_path: P
         (["--budget", "0.5x", "--agent-option", "candidate_share=2"], "candidate_share must be in [0, 1]"),
         (["--ratio", "0.5", "--val-samples", "0"], "--val-samples: must be >= 1"),
         (["--ratio", "0.5", "--finetune-lr", "-0.1"], "--finetune-lr: must be > 0"),
+        (["--ratio", "0.5", "--distill", "1.5"], "--distill: must be in [0, 1]"),
         (["--budget", "0.5x", "--calibration-plans", "2"], "--calibration-plans must be 0 (no calibration) or >= 3"),
         (["--budget", "0.5x", "--agent", "uniform", "--continue-from", "x"], "use it with --agent netadapt"),
         (["--ratio", "0.5", "--agent", "netadapt", "--continue-from", "x"], "--continue-from needs --budget"),

@@ -76,6 +76,38 @@ def test_bf16_fine_tune_is_seeded_mixed_precision(bundle) -> None:
     assert not all(torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["bf16"])
 
 
+def test_the_distilled_loss_mixes_the_labels_with_the_teacher_s_softened_outputs() -> None:
+    from torch.nn import functional as F
+
+    from hwprune.train import distilled_loss
+
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]), torch.tensor([0, 1])
+    hard = F.cross_entropy(logits, y)
+    assert distilled_loss(logits, y, -logits, 0.0, 4.0) == pytest.approx(float(hard))  # weight 0: labels alone
+    assert float(distilled_loss(logits, y, logits, 1.0, 4.0)) == pytest.approx(0.0, abs=1e-6)  # agrees: nothing
+    disagree = distilled_loss(logits, y, -logits, 0.5, 4.0)
+    assert float(disagree) > 0.5 * float(hard)  # a teacher that disagrees adds to the labels' half
+
+
+def test_a_distilled_fine_tune_learns_from_the_teacher_and_leaves_it_as_it_was(bundle) -> None:
+    start, teacher = _tiny(), _tiny()
+    train(teacher, bundle, epochs=1, lr=0.05, batch_size=32, progress=False)
+    teacher.train()
+    taught_before = copy.deepcopy(teacher.state_dict())
+    runs = {}
+    for weight in (0.0, 0.7, 0.7):
+        model = copy.deepcopy(start)
+        fine_tune(model, bundle.train, 6, batch_size=32, seed=1, teacher=teacher if weight else None, distill=weight)
+        runs.setdefault(weight, []).append(model.state_dict())
+    assert all(torch.equal(runs[0.7][0][k], runs[0.7][1][k]) for k in runs[0.7][0])  # seeded, as without one
+    assert not all(torch.equal(runs[0.7][0][k], runs[0.0][0][k]) for k in runs[0.0][0])  # the teacher moved it
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in taught_before.items())  # BN stats too
+    assert teacher.training  # its mode restored
+    for teacher_given, weight in ((None, 0.5), (teacher, 0.0), (teacher, 1.5)):
+        with pytest.raises(ConfigError, match="distillation needs a teacher"):
+            fine_tune(_tiny(), bundle.train, 1, teacher=teacher_given, distill=weight)
+
+
 def test_bf16_score_agrees_with_fp32(bundle) -> None:
     model = _tiny()
     train(model, bundle, epochs=2, lr=0.05, batch_size=32, progress=False)

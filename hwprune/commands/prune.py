@@ -33,6 +33,7 @@ from hwprune.options import (
     positive_float,
     positive_int,
     text,
+    unit_interval,
 )
 from hwprune.pruning.importance import TAYLOR_BATCHES
 
@@ -232,6 +233,15 @@ def add_accuracy_arguments(p: argparse.ArgumentParser) -> None:
     tune.add_argument("--finetune-steps", type=non_negative_int, default=400, help="fine-tune steps after pruning")
     tune.add_argument("--finetune-lr", type=positive_float, default=0.01, help="fine-tune learning rate")
     tune.add_argument(
+        "--distill",
+        type=unit_interval,
+        default=0.0,
+        metavar="WEIGHT",
+        help="knowledge distillation in the fine-tune after pruning: the unpruned model teaches the pruned one, "
+        "WEIGHT its softened outputs' share of the loss against the labels' (e.g. 0.7; about a third more time "
+        "per step for the teacher's forward pass); 0: labels alone",
+    )
+    tune.add_argument(
         "--batch-size",
         type=positive_int,
         default=128,
@@ -336,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
             val_samples=args.val_samples,
             finetune_steps=args.finetune_steps,
             finetune_lr=args.finetune_lr,
+            distill=args.distill,
             batch_size=args.batch_size,
             precision=args.precision,
             margin=args.margin,

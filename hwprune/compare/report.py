@@ -24,6 +24,7 @@ def render(
     bn = (
         f"BN statistics re-estimated on {job['search_bn_batches']} batches and " if job.get("search_bn_batches") else ""
     )
+    taught = f" (distilled from the unpruned model, weight {job['distill']:g})" if job.get("distill") else ""
     lines = [
         f"# hwprune compare: {model}",
         "",
@@ -32,7 +33,8 @@ def render(
         f"{fingerprint.get('threads') or job.get('threads') or 'all'} threads, seed {job.get('seed', 0)}. "
         f"Candidates are scored after {bn}{job.get('search_finetune_steps')} fine-tune steps on "
         f"{job.get('val_samples')} validation images; every "
-        f"final model gets the same {job.get('finetune_steps')}-step fine-tune and is measured on the device. A budget "
+        f"final model gets the same {job.get('finetune_steps')}-step fine-tune{taught} and is measured on the device. "
+        "A budget "
         "is met when the measured median is at most the budget, judged against the unpruned model measured beside "
         "it. *MACs twins* run the same agent with a predictor proportional to MACs, targeted at the budget's "
         "fraction of the unpruned MACs, and are judged against the same latency budget. Accuracy change is against "

@@ -22,6 +22,7 @@ from hwprune.options import (
     POSITIVE,
     REPEATS,
     SLACK,
+    UNIT_INTERVAL,
     Range,
     check_out_location,
 )
@@ -57,6 +58,7 @@ class JobConfig:
     val_samples: int = 2000
     finetune_steps: int = 400
     finetune_lr: float = 0.01
+    distill: float = 0.0  # weight of the unpruned model's soft outputs in the long fine-tune; 0: labels alone
     batch_size: int = 128
     precision: str = "auto"  # of fine-tunes and candidate scores; resolved to fp32/bf16 when the run starts
     margin: float = 0.05
@@ -118,6 +120,7 @@ RANGES: dict[str, Range] = {
     "margin": MARGIN,
     "slack": SLACK,
     "finetune_lr": POSITIVE,
+    "distill": UNIT_INTERVAL,
 }
 """The range of every numeric option; the CLI's types check the same ones while parsing."""
 

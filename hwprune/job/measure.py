@@ -284,7 +284,8 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
     if loaded.data is None:  # load_inputs let it through: --finetune-steps 0
         log.info("no dataset: the pruned model is not fine-tuned, and its accuracy is unknown")
         return
-    log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps")
+    taught = f", taught by the unpruned model (distillation weight {cfg.distill:g})" if cfg.distill else ""
+    log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps{taught}")
     fine_tune(
         model,
         loaded.data.train,
@@ -295,7 +296,18 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
         progress=cfg.progress,
         augment=loaded.data.augment,
         precision=cfg.precision,
+        teacher=loaded.model if cfg.distill else None,
+        distill=cfg.distill,
     )
+
+
+def check_distill(cfg: JobConfig, loaded: Loaded) -> None:
+    """Distillation is a loss of hwprune's own fine-tune: refused in one line where the user's functions train."""
+    if cfg.distill and loaded.user is not None:
+        raise ConfigError(
+            "distill= is a loss of hwprune's own fine-tune (data= a built-in dataset), and this run trains with "
+            "your functions: distil inside your finetune= function, or pass data= instead"
+        )
 
 
 def summarize_model(loaded: Loaded, model: nn.Module, plan: PruningPlan | None, m: Measurement) -> dict[str, Any]:

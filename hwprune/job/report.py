@@ -109,6 +109,11 @@ def _results_table(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _taught(report: dict[str, Any]) -> str:
+    weight = report["finetune"].get("distill")
+    return f", distilled from the unpruned model (weight {weight:g})" if weight else ""
+
+
 def _search_section(report: dict[str, Any]) -> list[str]:
     """What the search cost, the widths it timed on the way, and each try when there was more than one."""
     search = report["search"]
@@ -126,7 +131,7 @@ def _search_section(report: dict[str, Any]) -> list[str]:
         f"({tries + again} searches), "
         f"{cost.get('wall_s', 0):.1f} s, {cost.get('evaluations', 0)} evaluations, "
         f"{cost.get('finetune_steps', 0)} short fine-tune steps. Fine-tune after pruning: "
-        f"{report['finetune']['steps']} steps{start}."
+        f"{report['finetune']['steps']} steps{start}{_taught(report)}."
         + (
             " Fine-tunes and candidate scores ran in bf16 mixed precision (fp32 weights; the model timed "
             "and tested is fp32)."

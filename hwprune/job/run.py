@@ -24,7 +24,7 @@ from hwprune.job.budgeted import budgeted_search, latency_table
 from hwprune.job.config import JOB_KIND, JOB_SCHEMA, JobConfig, check_fresh_out, start_run, validate_config
 from hwprune.job.earlier import path_of_run
 from hwprune.job.macs_twin import macs_targeted_search
-from hwprune.job.measure import Judged, Loaded, load_inputs, long_finetune, measure, summarize_model
+from hwprune.job.measure import Judged, Loaded, check_distill, load_inputs, long_finetune, measure, summarize_model
 from hwprune.job.report import write_report
 from hwprune.latency import FlopsPredictor, LatencyTable, Predictor
 from hwprune.options import check_out_location
@@ -61,6 +61,7 @@ def run_job(cfg: JobConfig, resume: bool = False, loaded: Loaded | None = None) 
     if cfg.budget is not None:
         parse_budget(cfg.budget, 1.0)  # a malformed budget is refused before anything is loaded
     loaded = loaded if loaded is not None else load_inputs(cfg)
+    check_distill(cfg, loaded)
     # A user's table must fit this checkpoint, batch and device before anything is timed (a mismatch found
     # after the unpruned model's measurement came with that measurement's timing warnings); the search
     # then reads this one rather than loading it again.
@@ -202,6 +203,7 @@ def _run_stages(
         "finetune": {
             "steps": cfg.finetune_steps,
             "lr": cfg.finetune_lr,
+            "distill": cfg.distill,
             "batch_size": cfg.batch_size,
             "precision": cfg.precision,
         },
