@@ -1,10 +1,11 @@
 """The long fine-tune again, other settings: what would a finished run's model score with a teacher, or another seed?
 
 Rebuilds the model a finished ``hwprune prune`` run fine-tuned (NetAdapt's carried search model,
-or the plan cut from the original weights) exactly as the run did, fine-tunes it again with
-``--distill`` and ``--seed`` in place of the run's, and prints its test accuracy beside the run's
-own. Nothing is timed: the architecture, hence the latency, is the run's. It separates what a
-fine-tune setting adds from what the search's plan does, and measures the fine-tune's seed noise.
+the plan cut from the original weights, or for a compare's control the unpruned model) exactly as
+the run did, fine-tunes it again with ``--distill``, ``--seed``, ``--steps`` and ``--lr`` in place of
+the run's, and prints its test accuracy beside the run's own. Nothing is timed: the architecture,
+hence the latency, is the run's. It separates what a fine-tune setting adds from what the search's
+plan does, and measures the fine-tune's seed noise.
 
     .venv/bin/python benchmarks/refinetune.py --run runs/bench-compare-long-kd/cells/netadapt-0.5x --distill 0
 """
@@ -12,6 +13,7 @@ fine-tune setting adds from what the search's plan does, and measures the fine-t
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from dataclasses import replace
@@ -37,24 +39,35 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True, help="a finished budgeted prune run (or a compare cell)")
     p.add_argument("--distill", type=float, required=True, help="distillation weight of the new fine-tune (0: none)")
     p.add_argument("--seed", type=int, help="seed of the new fine-tune (default: the run's)")
+    p.add_argument("--steps", type=int, help="fine-tune steps (default: the run's)")
+    p.add_argument("--lr", type=float, help="fine-tune peak learning rate (default: the run's)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     report = read_json(args.run / "report.json", REPORT_KIND, REPORT_SCHEMA)
     cfg = replace(resume_config(args.run), progress=False)
     loaded = load_inputs(cfg)
-    _ctx, evaluator = search_context(cfg, loaded, FlopsPredictor(loaded.graph, 1.0))  # scores nothing here
-    taken = load_tries(args.run / "tries.json")[report["search"]["taken_try"] - 1]
     start = time.perf_counter()
-    model, _plan = final_start(loaded, evaluator, taken)  # the search's seed, as the run rebuilt it
-    tuned = replace(cfg, distill=args.distill, seed=cfg.seed if args.seed is None else args.seed)
+    if report["search"] is None:  # a compare's control: the unpruned model given the fine-tune
+        model = copy.deepcopy(loaded.model)
+    else:
+        _ctx, evaluator = search_context(cfg, loaded, FlopsPredictor(loaded.graph, 1.0))  # scores nothing here
+        taken = load_tries(args.run / "tries.json")[report["search"]["taken_try"] - 1]
+        model, _plan = final_start(loaded, evaluator, taken)  # the search's seed, as the run rebuilt it
+    given = {"distill": args.distill, "seed": args.seed, "finetune_steps": args.steps, "finetune_lr": args.lr}
+    tuned = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     long_finetune(tuned, loaded, model)
     emit(
         {
             "benchmark": "refinetune",
             "command": "python " + " ".join(sys.argv),
             "run": str(args.run),
-            "finetune": {"steps": tuned.finetune_steps, "distill": tuned.distill, "seed": tuned.seed},
+            "finetune": {
+                "steps": tuned.finetune_steps,
+                "lr": tuned.finetune_lr,
+                "distill": tuned.distill,
+                "seed": tuned.seed,
+            },
             "test_accuracy": evaluate(model, loaded.data.test),
             "run_finetune": report["finetune"],
             "run_test_accuracy": report["pruned"]["test_accuracy"],

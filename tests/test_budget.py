@@ -174,6 +174,36 @@ def test_a_relative_budget_is_judged_against_the_unpruned_model_measured_alongsi
     assert (merged.unpruned.median_ms, merged.measured.median_ms, merged.budget_ms) == (26.0, 13.0, 13.0)
 
 
+@pytest.mark.parametrize(
+    ("measured_ms", "needed"),
+    [(5.9, False), (6.0, False), (6.1, True), (9.9, True), (10.0, True), (13.9, True), (14.0, False), (25.0, False)],
+)
+def test_a_second_session_is_taken_unless_the_first_is_decisive(measured_ms: float, needed: bool) -> None:
+    """Against a 10 ms budget: a pass at 60 % of it or less, or a miss by 40 % or more, stands on one session."""
+    from hwprune.job.measure import second_session_needed
+
+    assert second_session_needed(measured_ms, 10.0) is needed
+
+
+def test_a_decisive_first_session_is_the_verdict() -> None:
+    from torch import nn
+
+    from hwprune.agents import Budget
+    from hwprune.job import JobConfig
+    from hwprune.job.measure import measure_judged
+
+    cfg = JobConfig(checkpoint="c", out="o", rounds=2, settle_s=0.0)
+    budget = Budget.parse("0.5x", 20.0)
+    # A MACs twin at 1.9x its budget: one session of two rounds, its miss stands.
+    twin = _Readings(30.0, 28.5, 29.5, 28.0, 30.0, 20.0, 30.0, 20.0)
+    judged = measure_judged(_loaded(twin), nn.Identity(), cfg, budget)
+    assert (twin.calls, judged.measured.median_ms, judged.budget_ms, judged.met) == (4, 28.0, 14.75, False)
+    # A plan at 96 % of its budget gets its second session.
+    close = _Readings(30.0, 14.5, 29.5, 14.2, 30.0, 14.0, 30.0, 14.1)
+    judged = measure_judged(_loaded(close), nn.Identity(), cfg, budget)
+    assert (close.calls, judged.measured.median_ms, judged.budget_ms) == (8, 14.0, 14.75)
+
+
 def test_a_verdict_settles_and_warms_up_by_time_once_per_session_after_other_work(monkeypatch) -> None:
     """Idle and a timed warm-up are for timings that follow other work (a fine-tune); a timing that follows
     another timing warms up by count alone, and the second session follows the first without idling."""

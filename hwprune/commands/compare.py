@@ -27,11 +27,12 @@ from hwprune.options import key_value, out_dir, text
 
 HELP = "run every search agent at every budget on one device and table; results, a Pareto plot and a report"
 
-COMPARE_DEFAULTS = {"finetune_steps": 150, "search_finetune_steps": 10, "val_samples": 500}
+COMPARE_DEFAULTS = {"finetune_steps": 100, "search_finetune_steps": 10, "val_samples": 500}
 """A compare runs 19 prune jobs (4 agents x 3 budgets, 2 twins x 3, the control): a shorter long fine-tune
 and cheaper candidate scores than one prune run's keep the full ResNet-20 matrix near 45 minutes on 2
-cores (the estimate is in benchmarks/compare.py). Every cell gets the same ones, so the comparison is fair;
-for accuracy figures to quote, give a longer --finetune-steps."""
+cores (measured in benchmarks/compare.py). Every cell gets the same ones, so the comparison is fair;
+for accuracy figures to quote, give a longer --finetune-steps. The candidate score stays at 10 steps:
+at 5, NetAdapt picked the reference's candidate half as often (docs/benchmarks.md, candidate_ranking)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

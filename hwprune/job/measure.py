@@ -210,6 +210,16 @@ class Judged:
 PAIRED_SESSIONS = 2
 """Sessions a relative budget is judged on: each ``cfg.rounds`` interleaved rounds, the first after a settle."""
 
+DECISIVE = 0.4
+"""A first session this far from its budget (a miss by 40 % or more, a pass at 60 % or less) is the verdict.
+One session's ratio moved by -20 % to +31 % at the next, and one model's reading by a quarter, across the
+budget benchmarks (docs/budget-loop.md): a second session cannot overturn it, only cost time."""
+
+
+def second_session_needed(measured_ms: float, budget_ms: float) -> bool:
+    """Whether a verdict whose first session read ``measured_ms`` against ``budget_ms`` needs its second."""
+    return (1 - DECISIVE) * budget_ms < measured_ms < (1 + DECISIVE) * budget_ms
+
 
 def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Budget) -> Judged:
     """``model`` measured as :func:`measure` does, and the budget it must meet.
@@ -221,8 +231,8 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
     budget ("4.2ms") has no reference and is judged on ``model`` alone.
 
     The ratio of one such session still moves from one session to the next (docs/budget-loop.md),
-    so a relative budget is judged on ``PAIRED_SESSIONS`` sessions, the
-    faster of each model kept, whether the plan looks like a pass or a miss.
+    so a relative budget is judged on ``PAIRED_SESSIONS`` sessions, the faster of each model kept,
+    unless the first is decisive (:func:`second_session_needed`): a MACs twin missing by half again.
     """
     if budget.fraction is None:
         return Judged(measure(loaded, model, cfg), None, budget)
@@ -234,6 +244,8 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
         return Judged(measured, unpruned, budget)
 
     judged = session(settle=True)
+    if not second_session_needed(judged.measured.median_ms, judged.budget_ms):
+        return judged
     for _ in range(PAIRED_SESSIONS - 1):
         judged = judged.merge(session(settle=False))  # it follows the last session's timings, not other work
     return judged
