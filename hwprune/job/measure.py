@@ -287,17 +287,18 @@ def macs_of(graph: ModelGraph, plan: PruningPlan | None) -> int:
     return sum(layer.macs for layer in graph.layer_shapes(plan.keep if plan else None))
 
 
-def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module) -> None:
+def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module, what: str = "the pruned model") -> None:
+    """``what``: the model as the log names it (a compare's control is the unpruned one)."""
     if loaded.user is not None:
         if loaded.user.finetune is not None and cfg.finetune_steps:
-            log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps (your finetune function)")
+            log.info(f"fine-tuning {what} for {cfg.finetune_steps} steps (your finetune function)")
         loaded.user.fine_tune(model, cfg.finetune_steps, cfg.seed)
         return
     if loaded.data is None:  # load_inputs let it through: --finetune-steps 0
         log.info("no dataset: the pruned model is not fine-tuned, and its accuracy is unknown")
         return
     taught = f", taught by the unpruned model (distillation weight {cfg.distill:g})" if cfg.distill else ""
-    log.info(f"fine-tuning the pruned model for {cfg.finetune_steps} steps{taught}")
+    log.info(f"fine-tuning {what} for {cfg.finetune_steps} steps{taught}")
     fine_tune(
         model,
         loaded.data.train,

@@ -165,7 +165,8 @@ def _run_stages(
     if fixed is not None:
         pruned, applied = apply_plan(loaded.model, fixed, loaded.graph, importance_for(cfg, loaded, fixed))
         pruned_m = measure(loaded, pruned, cfg)
-        long_finetune(cfg, loaded, pruned)
+        whole = applied.keep_ratio() == 1.0  # a compare's control: nothing cut
+        long_finetune(cfg, loaded, pruned, "the unpruned model" if whole else "the pruned model")
         final_m = measure(loaded, pruned, cfg)
     else:
         assert budget is not None
