@@ -232,7 +232,7 @@ def measure_judged(loaded: Loaded, model: nn.Module, cfg: JobConfig, budget: Bud
 
     The ratio of one such session still moves from one session to the next (docs/budget-loop.md),
     so a relative budget is judged on ``PAIRED_SESSIONS`` sessions, the faster of each model kept,
-    unless the first is decisive (:func:`second_session_needed`): a MACs twin missing by half again.
+    unless the first is decisive (:func:`second_session_needed`), as a MACs twin missing by 40 % or more is.
     """
     if budget.fraction is None:
         return Judged(measure(loaded, model, cfg), None, budget)
@@ -295,7 +295,7 @@ def long_finetune(cfg: JobConfig, loaded: Loaded, model: nn.Module, what: str = 
         loaded.user.fine_tune(model, cfg.finetune_steps, cfg.seed)
         return
     if loaded.data is None:  # load_inputs let it through: --finetune-steps 0
-        log.info("no dataset: the pruned model is not fine-tuned, and its accuracy is unknown")
+        log.info(f"no dataset: {what} is not fine-tuned, and its accuracy is unknown")
         return
     taught = f", taught by the unpruned model (distillation weight {cfg.distill:g})" if cfg.distill else ""
     log.info(f"fine-tuning {what} for {cfg.finetune_steps} steps{taught}")
