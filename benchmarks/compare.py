@@ -10,11 +10,10 @@ twin. The compare directory keeps every cell, so an interrupted benchmark contin
     python benchmarks/compare.py --budgets 0.5x --agents netadapt --twins none \
         --finetune-steps 2000 --out runs/bench-compare-long    # the long fine-tune target at 0.5x
 
-Measured on the project's 2-vCPU AVX2 EPYC VM (fp32) at 09a0dfc: 54.2 minutes on a quiet machine,
-against the 45-minute target (docs/benchmarks.md). The searches took 15 of them; the rest is each
-cell's fixed cost, 118 s on the median (paired verdicts before and after the fine-tune, the
-fine-tune, one test pass). The levers left: that fixed cost (--finetune-steps, --rounds) and the
-NetAdapt twin (--twins uniform).
+Measured at 058ce72 on a 2-vCPU AMD EPYC VM with AVX-512 and bf16: 35.6 minutes on a quiet machine,
+against the 45-minute target (docs/benchmarks.md). The searches took 10 of them; the rest is each
+cell's fixed cost, 63 s on the median (paired verdicts before and after the fine-tune, the
+fine-tune, one test pass).
 """
 
 from __future__ import annotations
