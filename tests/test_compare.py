@@ -194,7 +194,10 @@ def test_a_failed_cell_is_recorded_and_the_rest_runs(
     assert "budget" in failed["reason"] and failed["measured_ms"] is None and failed["accuracy_change"] is None
     assert done["status"] == "done" and done["accuracy_change"] is None  # no control: nothing to change against
     assert not (out / "cells" / "uniform-0.001x").exists()  # the job removed its fresh run
-    assert "- `uniform-0.001x`: " in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "- `uniform-0.001x`: " in report
+    command = next(line for line in report.splitlines() if line.startswith("hwprune compare "))
+    assert "--twins none" in command and '""' not in command  # what the options parse back as no twins
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     device.clear()
     assert _compare("--resume", str(out)) == 1 and device == []

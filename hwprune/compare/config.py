@@ -109,8 +109,8 @@ class CompareConfig:
     def command(self) -> str:
         """The command line that makes this compare again, every setting spelled out."""
         args = ["hwprune", "compare", "--checkpoint", self.checkpoint, "--out", self.out]
-        args += ["--budgets", ",".join(self.budgets), "--agents", ",".join(self.agents) or '""']
-        args += ["--twins", ",".join(self.twins) or '""']
+        args += ["--budgets", ",".join(self.budgets), "--agents", ",".join(self.agents) or "none"]
+        args += ["--twins", ",".join(self.twins) or "none"]  # what the options parse as an empty list
         if self.legr_learn_at:
             args += ["--legr-learn-at", self.legr_learn_at]
         if not self.control:
@@ -126,7 +126,7 @@ class CompareConfig:
                 args += ["--allow-foreign-table"] if value else []
             elif value is not None and (value != defaults.get(name) or name in ALWAYS_SPELLED):
                 args += [flag, _json(value)]
-        return " ".join(a if a == '""' else shlex.quote(str(a)) for a in args)
+        return " ".join(shlex.quote(str(a)) for a in args)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
