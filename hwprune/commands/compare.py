@@ -29,7 +29,7 @@ HELP = "run every search agent at every budget on one device and table; results,
 
 COMPARE_DEFAULTS = {"finetune_steps": 100, "search_finetune_steps": 10, "val_samples": 500}
 """A compare runs 19 prune jobs (4 agents x 3 budgets, 2 twins x 3, the control): a shorter long fine-tune
-and cheaper candidate scores than one prune run's keep the full ResNet-20 matrix near 45 minutes on 2
+and cheaper candidate scores than one prune run's keep the full ResNet-20 matrix under 45 minutes on 2
 cores (measured in benchmarks/compare.py). Every cell gets the same ones, so the comparison is fair;
 for accuracy figures to quote, give a longer --finetune-steps. The candidate score stays at 10 steps:
 at 5, NetAdapt picked the reference's candidate half as often (docs/benchmarks.md, candidate_ranking)."""
