@@ -16,6 +16,7 @@ from hwprune.compare import Cell, outcomes_of, plan_cells, runner
 from hwprune.compare.results import COLUMNS
 from hwprune.errors import BudgetError, ConfigError
 from hwprune.job import measure
+from hwprune.job.report import threads_phrase
 from hwprune.latency import FlopsPredictor
 from hwprune.models import ModelSpec
 from hwprune.pruning import ModelGraph, PruningPlan
@@ -129,6 +130,11 @@ def test_a_compare_writes_results_plot_and_report_and_resumes_without_rerunning(
     text = (out / "report.md").read_text()
     assert "![test accuracy against measured latency](pareto.png)" in text
     assert "| uniform | macs | 0.4x |" in text and "Device fingerprint: backend=fake" in text
+    threads = threads_phrase(
+        json.loads((out / "cells" / "uniform-0.4x" / "report.json").read_text())["deployment"]["threads"]
+    )
+    assert f"batch 2, {threads}, seed 0" in text  # the device's own count, worded as a cell's report words it
+    assert f"{threads}. Latency" in (out / "cells" / "uniform-0.4x" / "report.md").read_text()
     command = next(line for line in text.splitlines() if line.startswith("hwprune compare "))
     assert "--budgets 0.6x,0.4x --agents uniform,legr --twins uniform" in command
     assert "--agent-option legr.generations=1" in command
@@ -267,6 +273,11 @@ def test_netadapt_cells_continue_the_path_of_the_tightest_budget_run_before() ->
 def test_a_bad_matrix_is_refused(budgets: list[str], learn_at: str | None, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         plan_cells(budgets, ["uniform", "legr"], [], learn_at)
+
+
+@pytest.mark.parametrize(("threads", "said"), [(1, "1 thread"), (2, "2 threads"), (None, "all threads")])
+def test_reports_say_the_thread_count_in_words(threads: int | None, said: str) -> None:
+    assert threads_phrase(threads) == said
 
 
 def test_the_macs_predictor_is_proportional_to_macs() -> None:

@@ -7,14 +7,11 @@ from typing import Any
 
 from hwprune.compare.config import CompareConfig
 from hwprune.io import atomic_write_text
+from hwprune.job.report import threads_phrase
 
 
 def _f(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
-
-
-def _threads(n: int | None) -> str:
-    return "all threads" if not n else f"{n} thread" + ("" if n == 1 else "s")
 
 
 def _met(row: dict[str, Any]) -> str:
@@ -34,7 +31,7 @@ def render(
         "",
         f"Every agent at every budget through the measured budget loop of `hwprune prune`, on one latency table "
         f"(`{cfg.table_path()}`), backend `{job.get('backend')}`, batch {job.get('batch')}, "
-        f"{_threads(fingerprint.get('threads') or job.get('threads'))}, seed {job.get('seed', 0)}. "
+        f"{threads_phrase(fingerprint.get('threads') or job.get('threads'))}, seed {job.get('seed', 0)}. "
         f"Candidates are scored after {bn}{job.get('search_finetune_steps')} fine-tune steps on "
         f"{job.get('val_samples')} validation images; every "
         f"final model gets the same {job.get('finetune_steps')}-step fine-tune{taught} and is measured on the device. "

@@ -64,6 +64,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def threads_phrase(n: int | None) -> str:
+    """The thread count as a report sentence says it: none pinned means the runtime's default, all of them."""
+    return "all threads" if not n else f"{n} thread" + ("" if n == 1 else "s")
+
+
 def _header(report: dict[str, Any]) -> list[str]:
     """The title, the deployment setting and, for a budgeted run, the budget and its verdict."""
     base, pruned, setting = report["unpruned"], report["pruned"], report["deployment"]
@@ -71,7 +76,7 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"# hwprune report: {report['model']['name']} on {setting['backend']}",
         "",
         f"Deployment: backend `{setting['backend']}`, batch {setting['batch']}, input "
-        f"{setting['input_shape']}, {setting.get('threads', '-')} threads. Latency is the measured median "
+        f"{setting['input_shape']}, {threads_phrase(setting.get('threads'))}. Latency is the measured median "
         f"(ms per batch) with its IQR; {_predicted_from(report)}.",
         "",
     ]
